@@ -1,0 +1,112 @@
+"""Where the store lives, how many workers run, and the engine of this process."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+_settings: dict[str, Any] = {"store": None, "workers": None}
+_engine: Any = None
+
+
+def _workers_from(name: str, value: object) -> int:
+    try:
+        n = int(str(value).strip()) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and n != value):
+        raise ValueError(f"{name}={value!r} is not valid: use an integer >= 1")
+    return n
+
+
+def _notebook_name() -> str | None:
+    """The running notebook's file name, from Jupyter or VS Code, if there is one."""
+    path = os.environ.get("JPY_SESSION_NAME")
+    if not path:
+        main = sys.modules.get("__main__")
+        path = getattr(main, "__vsc_ipynb_file__", None)
+        if path is None:
+            try:
+                from IPython import get_ipython  # type: ignore[import-not-found,unused-ignore]
+
+                shell = get_ipython()
+                path = shell.user_ns.get("__vsc_ipynb_file__") if shell else None
+            except ImportError:
+                path = None
+    if not path:
+        return None
+    return os.path.basename(str(path))
+
+
+def default_store_path() -> str:
+    """``.nbtasks/<notebook or script name>.duckdb`` in the working directory."""
+    name = _notebook_name()
+    if name is None:
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        name = os.path.basename(main_file) if main_file else "default"
+    stem = os.path.splitext(name)[0] or "default"
+    stem = re.sub(r"[^A-Za-z0-9_.\-]+", "_", stem)
+    return os.path.join(os.getcwd(), ".nbtasks", f"{stem}.duckdb")
+
+
+def store_path() -> str:
+    chosen = _settings["store"] or os.environ.get("NBTASKS_STORE")
+    return os.path.abspath(os.path.expanduser(chosen)) if chosen else default_store_path()
+
+
+def worker_count() -> int:
+    if _settings["workers"] is not None:
+        workers: int = _settings["workers"]
+        return workers
+    env = os.environ.get("NBTASKS_WORKERS")
+    if env:
+        return _workers_from("NBTASKS_WORKERS", env)
+    return os.cpu_count() or 1
+
+
+def configure(store: str | os.PathLike[str] | None = None, workers: int | None = None,
+              executor: str | None = None) -> None:  # fmt: skip
+    """Choose the store file and the worker count. Takes effect for the next engine: if one
+    is running, it is shut down first (its executing runs end INTERRUPTED)."""
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        raise ValueError(f"store={store!r} is not valid: use a file path")
+    if workers is not None:
+        workers = _workers_from("workers", workers)
+    if executor not in (None, "local"):
+        raise ValueError(f"executor={executor!r} is not valid: the available executor is 'local'")
+    with _lock:
+        if store is not None:
+            _settings["store"] = os.fspath(store)
+        if workers is not None:
+            _settings["workers"] = workers
+    shutdown()
+
+
+def get_engine() -> Any:
+    global _engine
+    engine = _engine
+    if engine is not None and not engine.closed:
+        return engine
+    with _lock:
+        if _engine is None or _engine.closed:
+            from ._engine import Engine
+
+            _engine = Engine(store_path(), worker_count())
+        return _engine
+
+
+def shutdown() -> None:
+    """Stop this process's engine: executing runs end INTERRUPTED, workers are killed."""
+    global _engine
+    with _lock:
+        engine, _engine = _engine, None
+    if engine is not None:
+        engine.close()
+
+
+atexit.register(shutdown)

@@ -1,0 +1,111 @@
+"""The exceptions nbtasks raises, in one place.
+
+    NbtasksError                  base of everything nbtasks raises on its own
+    ├── StoreLockedError          the store file is held by another process
+    ├── UnknownRunError           a run id that is not in the store (also a KeyError)
+    ├── PayloadError              a payload/output dill cannot serialise (also a TypeError)
+    ├── EngineStoppedError        a call after the engine was shut down
+    └── RunError                  a run ended without output; carries the remote error
+    AbortRun                      raised by task code to fail a run without retrying it
+
+User mistakes in options raise the built-in ``ValueError`` naming the option and the value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class NbtasksError(Exception):
+    """Base class of the errors nbtasks raises itself."""
+
+
+class StoreLockedError(NbtasksError):
+    """The store file is open in another process."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(
+            f"the nbtasks store {path!r} is in use by {holder}. Close that kernel or process, "
+            "or choose another store with nbtasks.configure(store='other.duckdb') or the "
+            "NBTASKS_STORE environment variable."
+        )
+
+
+class UnknownRunError(NbtasksError, KeyError):
+    """No run with this id exists in the store."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(run_id)
+
+    def __str__(self) -> str:
+        return f"no run with id {self.run_id!r} in this store"
+
+
+class PayloadError(NbtasksError, TypeError):
+    """A value cannot be serialised with dill."""
+
+
+class EngineStoppedError(NbtasksError):
+    """The engine has been shut down in this process."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback as the ``__cause__`` of a re-raised error."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb.rstrip()}\n"""'
+
+
+class RunError(NbtasksError):
+    """A run did not produce output: the error it ended with, as recorded.
+
+    ``type`` and ``message`` describe the task's exception (or the crash / timeout / cancel),
+    ``traceback`` is the worker's formatted traceback, ``status`` the run's final status.
+    """
+
+    def __init__(
+        self,
+        status: str,
+        type: str,
+        message: str,
+        traceback: str = "",
+        *,
+        run_id: str | None = None,
+        exc_bytes: bytes | None = None,
+    ) -> None:
+        self.status = status
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        self.run_id = run_id
+        self.exc_bytes = exc_bytes
+        super().__init__(f"{status}: {type}: {message}" if message else f"{status}: {type}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+
+    def _render_traceback_(self) -> list[str]:
+        """How IPython shows this error: the worker's traceback, then the summary."""
+        lines = self.traceback.rstrip().splitlines() if self.traceback else []
+        return [*lines, f"nbtasks.RunError: {self}"]
+
+
+class AbortRun(Exception):
+    """Raise inside a task to fail the run at once, without further attempts."""
+
+
+for _cls in (NbtasksError, StoreLockedError, UnknownRunError, PayloadError, EngineStoppedError,
+             RunError, AbortRun):  # fmt: skip
+    _cls.__module__ = "nbtasks"  # shown and pickled under their public name

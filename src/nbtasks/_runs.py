@@ -1,0 +1,177 @@
+"""``runs``: list, retrieve, cancel, wait for and watch runs, live or stored."""
+
+from __future__ import annotations
+
+import asyncio
+import queue as queue_mod
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._calls import block, engine, wait_runs
+from ._durations import parse_duration
+from ._errors import UnknownRunError
+from ._models import Attempt, Page, Result, Run, run_from_row
+from ._schema import ATTEMPT_COLUMNS, RUN_COLUMNS
+from ._state import utcnow
+from ._status import RunStatus
+
+_LIST_COLUMNS = ", ".join(
+    "NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS
+)  # listing never reads (or unpickles) payloads and outputs
+_ALL_COLUMNS = ", ".join(RUN_COLUMNS)
+
+
+def _statuses(value: RunStatus | str | Sequence[RunStatus | str]) -> list[str]:
+    items = [value] if isinstance(value, (str, RunStatus)) else list(value)
+    out = []
+    for item in items:
+        try:
+            out.append(RunStatus(item.upper() if isinstance(item, str) else item).value)
+        except ValueError:
+            names = ", ".join(s.value for s in RunStatus)
+            raise ValueError(f"status={item!r} is not a run status; use one of {names}") from None
+    return out
+
+
+def _fetch(run_id: str, what: str) -> Any:
+    """Load one part of a stored run on first access (payload, output, attempts)."""
+    store = engine().store
+    if what == "attempts":
+        rows = store.query(
+            f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE run_id = ? ORDER BY number",
+            [run_id],
+        )
+        return tuple(Attempt.from_row(r) for r in rows)
+    (row,) = store.query(f"SELECT {what} FROM runs WHERE id = ?", [run_id])
+    return row[0]
+
+
+class Runs:
+    """The runs API: ``runs.list``, ``runs.retrieve``, ``runs.cancel``, ``runs.wait``, ..."""
+
+    def list(
+        self,
+        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
+        task: str | Sequence[str] | None = None,
+        version: str | None = None,
+        tag: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        period: str | float | timedelta | None = None,
+        limit: int = 25,
+        after: str | None = None,
+        batch: str | None = None,
+    ) -> Page:
+        """Runs newest first, filtered; ``Page.next`` is the cursor to pass as ``after=``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValueError(f"limit={limit!r} is not valid: use an integer from 1 to 10000")
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(_statuses(status))
+        if task is not None:
+            where.append("task_id IN (SELECT unnest(?::VARCHAR[]))")
+            params.append([task] if isinstance(task, str) else list(task))
+        for name, value, clause in (
+            ("version", version, "version = ?"),
+            ("tag", tag, "list_contains(tags, ?)"),
+            ("after", after, "id < ?"),
+            ("batch", batch, "batch_id = ?"),
+        ):
+            if value is not None:
+                if not isinstance(value, str):
+                    raise ValueError(f"{name}={value!r} is not valid: use a string")
+                where.append(clause)
+                params.append(value)
+        for name, when, clause in (
+            ("created_after", created_after, "created_at >= ?"),
+            ("created_before", created_before, "created_at < ?"),
+        ):
+            if when is not None:
+                if not isinstance(when, datetime):
+                    raise ValueError(f"{name}={when!r} is not valid: use a datetime")
+                where.append(clause)
+                params.append(when)
+        seconds = parse_duration("period", period)
+        if seconds is not None:
+            where.append("created_at >= ?")
+            params.append(utcnow() - timedelta(seconds=seconds))
+        sql = f"SELECT {_LIST_COLUMNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY id DESC LIMIT {limit + 1}"
+        rows = engine().store.query(sql, params)
+        items = [run_from_row(r, _fetch) for r in rows[:limit]]
+        return Page(items, items[-1].id if len(rows) > limit else None)
+
+    def retrieve(self, run_id: str) -> Run:
+        """The run as it is now: live from the engine, or from the store."""
+        eng = engine()
+        live = block(eng.call(eng.snapshot, run_id))
+        if live is not None:
+            return live  # type: ignore[no-any-return]
+        rows = eng.store.query(f"SELECT {_ALL_COLUMNS} FROM runs WHERE id = ?", [run_id])
+        if not rows:
+            raise UnknownRunError(run_id)
+        return run_from_row(rows[0], _fetch, _fetch(run_id, "attempts"))
+
+    def cancel(self, run_id: str) -> Run:
+        """Cancel a run (its process tree is killed); a final run is left as it is."""
+        eng = engine()
+        eng.require_run(run_id)
+        snapshot = block(eng.call(eng.cancel, run_id))
+        return snapshot if snapshot is not None else self.retrieve(run_id)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> Result[Any]:
+        """Block until the run is final and return its result."""
+        return wait_runs([run_id], timeout)[0]
+
+    def subscribe(self, run_id: str) -> Iterator[Run]:
+        """Yield a snapshot now and at every change of the run, ending when it is final."""
+        eng = engine()
+        eng.require_run(run_id)
+        changes: queue_mod.SimpleQueue[Run] = queue_mod.SimpleQueue()
+        first = block(eng.call(eng.subscribe, run_id, changes.put))
+        if first is None:
+            yield self.retrieve(run_id)
+            return
+        try:
+            current: Run = first
+            yield current
+            while not current.is_final:
+                current = changes.get()
+                yield current
+        finally:
+            if not eng.closed:
+                eng.call(eng.unsubscribe, run_id, changes.put)
+
+    async def asubscribe(self, run_id: str) -> AsyncIterator[Run]:
+        """The async twin of ``subscribe``."""
+        eng = engine()
+        loop = asyncio.get_running_loop()
+        changes: asyncio.Queue[Run] = asyncio.Queue()
+
+        def put(snapshot: Run) -> None:
+            loop.call_soon_threadsafe(changes.put_nowait, snapshot)
+
+        first = await asyncio.wrap_future(eng.call(eng.subscribe, run_id, put))
+        if first is None:
+            yield await loop.run_in_executor(None, self.retrieve, run_id)
+            return
+        try:
+            current: Run = first
+            yield current
+            while not current.is_final:
+                current = await changes.get()
+                yield current
+        finally:
+            if not eng.closed:
+                eng.call(eng.unsubscribe, run_id, put)
+
+    def __repr__(self) -> str:
+        return "<nbtasks.runs>"
+
+
+runs = Runs()

@@ -1,0 +1,91 @@
+"""The store's tables, in one place. Bump SCHEMA_VERSION with any change."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "id", "task_id", "version", "status", "queue",
+    "payload", "payload_preview", "output", "output_preview", "error",
+    "created_at", "updated_at", "queued_at", "started_at", "finished_at",
+    "delay_until", "ttl_s", "expired_at", "idempotency_key", "idempotency_expires_at",
+    "tags", "metadata", "trigger_metadata", "max_attempts", "max_duration_s",
+    "attempt_count", "parent_id", "root_id", "depth", "batch_id", "replayed_from", "owner",
+)  # fmt: skip
+
+ATTEMPT_COLUMNS: tuple[str, ...] = (
+    "id", "run_id", "number", "status", "started_at", "finished_at", "pid",
+    "exit_code", "signal", "oom", "error", "stdout", "stderr",
+)  # fmt: skip
+
+DDL = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS task_versions (
+    task_id VARCHAR NOT NULL,
+    version VARCHAR NOT NULL,
+    code_hash VARCHAR NOT NULL,
+    source VARCHAR,
+    fn BLOB,
+    options JSON,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (task_id, version)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id VARCHAR PRIMARY KEY,
+    task_id VARCHAR NOT NULL,
+    version VARCHAR,
+    status VARCHAR NOT NULL,
+    queue VARCHAR,
+    payload BLOB,
+    payload_preview VARCHAR,
+    output BLOB,
+    output_preview VARCHAR,
+    error JSON,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    queued_at TIMESTAMPTZ,
+    started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ,
+    delay_until TIMESTAMPTZ,
+    ttl_s DOUBLE,
+    expired_at TIMESTAMPTZ,
+    idempotency_key VARCHAR,
+    idempotency_expires_at TIMESTAMPTZ,
+    tags VARCHAR[],
+    metadata JSON,
+    trigger_metadata JSON,
+    max_attempts INTEGER,
+    max_duration_s DOUBLE,
+    attempt_count INTEGER NOT NULL,
+    parent_id VARCHAR,
+    root_id VARCHAR,
+    depth INTEGER NOT NULL,
+    batch_id VARCHAR,
+    replayed_from VARCHAR,
+    owner VARCHAR
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id VARCHAR PRIMARY KEY,
+    run_id VARCHAR NOT NULL,
+    number INTEGER NOT NULL,
+    status VARCHAR NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ,
+    pid INTEGER,
+    exit_code INTEGER,
+    signal INTEGER,
+    oom BOOLEAN NOT NULL,
+    error JSON,
+    stdout VARCHAR,
+    stderr VARCHAR
+);
+CREATE TABLE IF NOT EXISTS run_events (
+    run_id VARCHAR NOT NULL,
+    "at" TIMESTAMPTZ NOT NULL,
+    status VARCHAR NOT NULL,
+    attempt_number INTEGER,
+    detail VARCHAR
+);
+CREATE INDEX IF NOT EXISTS attempts_run ON attempts (run_id);
+CREATE INDEX IF NOT EXISTS events_run ON run_events (run_id);
+"""

@@ -1,0 +1,92 @@
+"""dill round trips for payloads, outputs and task functions, and safe previews."""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+import dill
+
+from ._errors import PayloadError
+
+_PREVIEW = reprlib.Repr()
+_PREVIEW.maxstring = 80
+_PREVIEW.maxother = 80
+_PREVIEW.maxlist = _PREVIEW.maxtuple = _PREVIEW.maxdict = _PREVIEW.maxset = 8
+_PREVIEW.maxlevel = 3
+PREVIEW_CHARS = 200
+
+
+def dumps(obj: object) -> bytes:
+    """Serialise with dill; functions and classes from ``__main__`` travel by value."""
+    return dill.dumps(obj, recurse=True)  # type: ignore[no-any-return]
+
+
+def loads(data: bytes) -> Any:
+    return dill.loads(data)
+
+
+def preview(obj: object) -> str:
+    """A short repr, computed once at write time so listing never unpickles."""
+    try:
+        text = _PREVIEW.repr(obj)
+    except Exception as exc:  # a broken __repr__ must not break a trigger
+        text = f"<{type(obj).__qualname__} (repr failed: {type(exc).__name__})>"
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
+
+
+def type_name(obj: object) -> str:
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def dumps_checked(what: str, obj: object) -> bytes:
+    """``dumps`` that fails with a ``PayloadError`` naming the object that cannot travel."""
+    try:
+        return dumps(obj)
+    except Exception as exc:
+        path, culprit, cause = _find_culprit(what, obj, exc)
+        raise PayloadError(
+            f"{path} cannot be serialised with dill: {type_name(culprit)} "
+            f"{preview(culprit)} ({type(cause).__name__}: {cause})"
+        ) from exc
+
+
+def _children(obj: object) -> list[tuple[str, object]]:
+    if isinstance(obj, dict):
+        return [(f"[{k!r}]", v) for k, v in obj.items()]
+    if isinstance(obj, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)):
+        return [(f"{{{preview(v)}}}", v) for v in obj]
+    code = getattr(obj, "__code__", None)
+    fn_globals = getattr(obj, "__globals__", None)
+    if code is not None and isinstance(fn_globals, dict):
+        found = [(f" global {n}", fn_globals[n]) for n in code.co_names if n in fn_globals]
+        cells = getattr(obj, "__closure__", None) or ()
+        for name, cell in zip(code.co_freevars, cells, strict=False):
+            try:
+                found.append((f" closure {name}", cell.cell_contents))
+            except ValueError:
+                pass
+        return found
+    task_fn = getattr(obj, "fn", None)
+    if callable(task_fn) and type(obj).__name__ == "Task":
+        return [("", task_fn)]
+    attrs = getattr(obj, "__dict__", None)
+    if isinstance(attrs, dict) and not isinstance(obj, type):
+        return [(f".{k}", v) for k, v in attrs.items()]
+    return []
+
+
+def _find_culprit(
+    path: str, obj: object, exc: Exception, depth: int = 0
+) -> tuple[str, object, Exception]:
+    """Walk containers and attributes down to the innermost value that fails alone."""
+    if depth < 20:
+        for suffix, child in _children(obj):
+            try:
+                dumps(child)
+            except Exception as child_exc:
+                return _find_culprit(path + suffix, child, child_exc, depth + 1)
+    return path, obj, exc

@@ -1,0 +1,187 @@
+"""The engine's live records of runs and attempts, and how they become rows and snapshots.
+
+Only the engine's event loop thread touches these objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ._models import Attempt, Run, error_from_json
+from ._options import Retry
+from ._status import AttemptStatus, RunStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(slots=True, eq=False)
+class TaskVersion:
+    """What a worker needs to run one version of a task."""
+
+    task_id: str
+    version: str
+    fn_key: str  # hash of fn_bytes: a worker loads each key once
+    fn_bytes: bytes
+    retry: Retry | None
+    memory_limit: int | None
+
+
+@dataclass(slots=True, eq=False)
+class RunSpec:
+    """A run as prepared by the caller's thread: validated, payload already serialised."""
+
+    id: str
+    task_id: str
+    task: TaskVersion | None
+    payload: bytes
+    payload_preview: str
+    created_at: datetime
+    queue: str | None = None
+    concurrency_limit: int | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] | None = None
+    max_attempts: int | None = None
+    max_duration_s: float | None = None
+    batch_id: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class AttemptState:
+    id: str
+    run_id: str
+    number: int
+    status: AttemptStatus
+    started_at: datetime
+    pid: int | None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    oom: bool = False
+    error: str | None = None  # JSON
+    stdout: str = ""
+    stderr: str = ""
+    worker: Any = None  # the WorkerProc executing it
+    kill_reason: str | None = None  # "cancel" | "timeout" | "oom" | "shutdown"
+    timer: Any = None
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.run_id, self.number, self.status.value, self.started_at,
+            self.finished_at, self.pid, self.exit_code, self.signal, self.oom, self.error,
+            self.stdout, self.stderr,
+        )  # fmt: skip
+
+    def snapshot(self) -> Attempt:
+        return Attempt.from_row(self.row())
+
+
+@dataclass(slots=True, eq=False)
+class RunState:
+    id: str
+    task_id: str
+    version: str | None
+    status: RunStatus
+    queue: str | None
+    payload: bytes
+    payload_preview: str
+    created_at: datetime
+    updated_at: datetime
+    task: TaskVersion | None = None
+    output: bytes | None = None
+    output_preview: str | None = None
+    error: str | None = None  # JSON
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    delay_until: datetime | None = None
+    ttl_s: float | None = None
+    expired_at: datetime | None = None
+    idempotency_key: str | None = None
+    idempotency_expires_at: datetime | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    trigger_metadata: dict[str, Any] | None = None
+    max_attempts: int = 1
+    max_duration_s: float | None = None
+    attempt_count: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    depth: int = 0
+    batch_id: str | None = None
+    replayed_from: str | None = None
+    owner: str | None = None
+    concurrency_limit: int | None = None
+    attempts: list[AttemptState] = field(default_factory=list)
+    timer: Any = None
+    waiters: list[Any] = field(default_factory=list)  # called with (snapshot, error)
+
+    @property
+    def attempt(self) -> AttemptState | None:
+        """The attempt executing now, if any."""
+        if self.attempts and self.attempts[-1].status is AttemptStatus.EXECUTING:
+            return self.attempts[-1]
+        return None
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.task_id, self.version, self.status.value, self.queue,
+            self.payload, self.payload_preview, self.output, self.output_preview, self.error,
+            self.created_at, self.updated_at, self.queued_at, self.started_at,
+            self.finished_at, self.delay_until, self.ttl_s, self.expired_at,
+            self.idempotency_key, self.idempotency_expires_at, list(self.tags),
+            json.dumps(self.metadata) if self.metadata else None,
+            json.dumps(self.trigger_metadata) if self.trigger_metadata else None,
+            self.max_attempts, self.max_duration_s, self.attempt_count, self.parent_id,
+            self.root_id, self.depth, self.batch_id, self.replayed_from, self.owner,
+        )  # fmt: skip
+
+    def snapshot(self) -> Run:
+        return Run(
+            id=self.id,
+            task_id=self.task_id,
+            version=self.version,
+            status=self.status,
+            queue=self.queue,
+            payload_preview=self.payload_preview,
+            output_preview=self.output_preview,
+            error=error_from_json(self.error, self.id),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            queued_at=self.queued_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            delay_until=self.delay_until,
+            ttl=self.ttl_s,
+            expired_at=self.expired_at,
+            idempotency_key=self.idempotency_key,
+            tags=tuple(self.tags),
+            metadata=dict(self.metadata),
+            max_attempts=self.max_attempts,
+            attempt_count=self.attempt_count,
+            parent_id=self.parent_id,
+            root_id=self.root_id,
+            depth=self.depth,
+            batch_id=self.batch_id,
+            replayed_from=self.replayed_from,
+            _payload_bytes=self.payload,
+            _output_bytes=self.output,
+            _attempts=tuple(a.snapshot() for a in self.attempts),
+        )
+
+
+def error_json(status: RunStatus | AttemptStatus | str, type_: str, message: str,
+               traceback: str = "", exc: bytes | None = None) -> str:  # fmt: skip
+    data: dict[str, Any] = {
+        "status": str(status),
+        "type": type_,
+        "message": message,
+        "traceback": traceback,
+    }
+    if exc is not None:
+        data["exc"] = exc.hex()
+    return json.dumps(data)

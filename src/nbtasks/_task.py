@@ -1,0 +1,225 @@
+"""``@task`` and ``Task``: a function that can be triggered as durable runs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar, overload
+
+from ._durations import parse_duration, parse_memory
+from ._options import Queue, Retry, coerce_queue, coerce_retry
+from ._state import TaskVersion
+
+P = TypeVar("P")
+R = TypeVar("R")
+_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")
+
+registry: dict[str, Task[Any, Any]] = {}  # task id -> latest definition in this process
+_registry_lock = threading.Lock()
+
+
+def _source_of(fn: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return repr(fn)
+        return repr((code.co_code, code.co_consts, code.co_names, code.co_varnames))
+
+
+class Task(Generic[P, R]):
+    """A function registered as a task. Calling it runs it in-process, without a run."""
+
+    def __init__(
+        self,
+        fn: Callable[[P], R],
+        *,
+        id: str | None = None,
+        retry: Retry | int | None = None,
+        max_duration: float | str | Any = None,
+        memory_limit: int | str | None = None,
+        queue: Queue | str | None = None,
+        ttl: float | str | Any = None,
+        source: str | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"@task needs a function, got {fn!r}")
+        task_id = fn.__name__ if id is None else id
+        self.fn = fn
+        self.id: str = task_id
+        (self.retry, self.max_duration_s, self.memory_limit, self.queue, self.ttl_s) = (
+            _check_options(task_id, retry, max_duration, memory_limit, queue, ttl)
+        )
+        self.source = source if source is not None else _source_of(fn)
+        self.code_hash = hashlib.sha256(self.source.encode()).hexdigest()[:32]
+        self._shipped: TaskVersion | None = None
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", task_id)
+        self.__qualname__ = getattr(fn, "__qualname__", task_id)
+        self.__module__ = getattr(fn, "__module__", "__main__")
+        self.__wrapped__ = fn
+        with _registry_lock:
+            registry[self.id] = self
+
+    def __call__(self, payload: P) -> R:
+        return self.fn(payload)
+
+    def __repr__(self) -> str:
+        return f"Task({self.id!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        module = self.__module__
+        if (
+            module != "__main__"
+            and getattr(sys.modules.get(module), self.__qualname__, None) is self
+        ):
+            return (_task_by_reference, (module, self.__qualname__))
+        return (_task_by_value, (self.fn, self.id, self.retry, self.memory_limit))
+
+    def options_json(self) -> str:
+        return json.dumps(
+            {
+                "retry": None if self.retry is None else repr(self.retry),
+                "max_duration_s": self.max_duration_s,
+                "memory_limit": self.memory_limit,
+                "queue": None if self.queue is None else self.queue.name,
+                "ttl_s": self.ttl_s,
+            },
+            sort_keys=True,
+        )
+
+    def shipping(self, register: Callable[[str, str, str, bytes, str], str]) -> TaskVersion:
+        """The version to send to workers, with this definition's current globals."""
+        from ._serialize import dumps_checked
+
+        fn_bytes = dumps_checked(f"task {self.id!r}", self)
+        fn_key = hashlib.blake2b(fn_bytes, digest_size=16).hexdigest()
+        shipped = self._shipped
+        if shipped is not None and shipped.fn_key == fn_key:
+            return shipped
+        version = register(self.id, self.code_hash, self.source, fn_bytes, self.options_json())
+        shipped = TaskVersion(self.id, version, fn_key, fn_bytes, self.retry, self.memory_limit)
+        self._shipped = shipped
+        return shipped
+
+    # -- triggering (implemented in _calls) ------------------------------------------------
+
+    def trigger(self, payload: P, **options: Any) -> RunHandle[R]:
+        """Create a run; returns once it is stored, without waiting for it to execute."""
+        from ._calls import trigger
+
+        return trigger(self, payload, options)
+
+    def trigger_and_wait(self, payload: P, **options: Any) -> Result[R]:
+        """Create a run and block until it is final."""
+        from ._calls import trigger_and_wait
+
+        return trigger_and_wait(self, payload, options)
+
+    def batch_trigger(self, items: Iterable[P | BatchItem], **options: Any) -> BatchHandle[R]:
+        """Create one run per item; returns once they are stored."""
+        from ._calls import batch_trigger
+
+        return batch_trigger(self, items, options)
+
+    def batch_trigger_and_wait(
+        self, items: Iterable[P | BatchItem], **options: Any
+    ) -> BatchResult[R]:
+        """Create one run per item and block until all are final; results in item order."""
+        from ._calls import batch_trigger_and_wait
+
+        return batch_trigger_and_wait(self, items, options)
+
+    async def atrigger(self, payload: P, **options: Any) -> RunHandle[R]:
+        from ._calls import run_in_thread
+
+        return await run_in_thread(self.trigger, payload, **options)
+
+    async def atrigger_and_wait(self, payload: P, **options: Any) -> Result[R]:
+        handle = await self.atrigger(payload, **options)
+        return await handle.await_result()
+
+    async def abatch_trigger(
+        self, items: Iterable[P | BatchItem], **options: Any
+    ) -> BatchHandle[R]:
+        from ._calls import run_in_thread
+
+        return await run_in_thread(self.batch_trigger, list(items), **options)
+
+    async def abatch_trigger_and_wait(
+        self, items: Iterable[P | BatchItem], **options: Any
+    ) -> BatchResult[R]:
+        handle = await self.abatch_trigger(items, **options)
+        return await handle.await_result()
+
+
+def _check_options(
+    id: str | None = None,
+    retry: Retry | int | None = None,
+    max_duration: Any = None,
+    memory_limit: Any = None,
+    queue: Queue | str | None = None,
+    ttl: Any = None,
+) -> tuple[Retry | None, float | None, int | None, Queue | None, float | None]:
+    if id is not None and (not isinstance(id, str) or not _ID_RE.match(id)):
+        raise ValueError(
+            f"id={id!r} is not a valid task id: use 1-128 letters, digits, "
+            "'_', '.', ':' or '-', not starting with a punctuation mark"
+        )
+    return (
+        coerce_retry(retry),
+        parse_duration("max_duration", max_duration),
+        parse_memory("memory_limit", memory_limit),
+        coerce_queue(queue),
+        parse_duration("ttl", ttl),
+    )
+
+
+def _task_by_reference(module: str, qualname: str) -> Task[Any, Any]:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+def _task_by_value(fn: Callable[[Any], Any], task_id: str, retry: Retry | None,
+                   memory_limit: int | None) -> Task[Any, Any]:  # fmt: skip
+    """Rebuild a notebook-defined task in a worker, without registering it there."""
+    t: Task[Any, Any] = Task.__new__(Task)
+    t.fn, t.id, t.retry, t.memory_limit = fn, task_id, retry, memory_limit
+    return t
+
+
+@overload
+def task(fn: Callable[[P], R], /) -> Task[P, R]: ...
+@overload
+def task(
+    *,
+    id: str | None = None,
+    retry: Retry | int | None = None,
+    max_duration: float | str | Any = None,
+    memory_limit: int | str | None = None,
+    queue: Queue | str | None = None,
+    ttl: float | str | Any = None,
+) -> Callable[[Callable[[P], R]], Task[P, R]]: ...
+def task(fn: Any = None, /, **options: Any) -> Any:
+    """Make a function a task: ``@task`` or ``@task(id=..., retry=Retry(...), ...)``."""
+    if fn is not None:
+        return Task(fn, **options)
+
+    def decorate(f: Callable[[P], R]) -> Task[P, R]:
+        return Task(f, **options)
+
+    _check_options(**options)  # a mistake points at the decorator line
+    return decorate
+
+
+from ._handles import BatchHandle, RunHandle  # noqa: E402
+from ._models import BatchItem, BatchResult, Result  # noqa: E402

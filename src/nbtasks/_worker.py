@@ -1,0 +1,258 @@
+"""A worker process: executes one attempt at a time for the kernel that spawned it.
+
+Started as ``python -m nbtasks._worker CMD_FD EVENT_FD PARENT_PID`` in a new session, so
+the worker is the leader of a process group holding everything its tasks start; the kernel
+kills that group to cancel or time out an attempt. The worker kills its own group when the
+kernel goes away (the command pipe reaches end of file, or the parent-death signal fires).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import queue
+import signal
+import sys
+import tempfile
+import threading
+import traceback
+from typing import Any
+
+from . import _context, _protocol
+from ._errors import AbortRun
+
+OUTPUT_CAP = 256 * 1024  # bytes of stdout / stderr kept per attempt (the tail)
+_PR_SET_PDEATHSIG = 1
+
+
+def _kill_group(*_: object) -> None:
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    signal.signal(signal.SIGUSR2, _kill_group)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR2, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pipe watch below still applies
+        pass
+    if os.getppid() != parent_pid:
+        _kill_group()
+
+
+class _Capture:
+    """Redirects file descriptors 1 and 2 (so subprocess output is caught too) to files."""
+
+    def __init__(self) -> None:
+        self.files = []
+        for fd in (1, 2):
+            f = tempfile.TemporaryFile()
+            os.dup2(f.fileno(), fd)
+            self.files.append(f)
+        sys.stdout = io.TextIOWrapper(
+            os.fdopen(1, "wb", closefd=False), line_buffering=True, errors="backslashreplace"
+        )
+        sys.stderr = io.TextIOWrapper(
+            os.fdopen(2, "wb", closefd=False), line_buffering=True, errors="backslashreplace"
+        )
+
+    def reset(self) -> None:
+        for fd in (1, 2):
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+
+    def collect(self) -> tuple[str, str]:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        return _tail(1), _tail(2)
+
+
+def _tail(fd: int) -> str:
+    size = os.fstat(fd).st_size
+    start = max(0, size - OUTPUT_CAP)
+    data = os.pread(fd, size - start, start)
+    text = data.decode("utf-8", errors="replace")
+    if start:
+        text = f"[... {start} earlier bytes not kept ...]\n" + text
+    return text
+
+
+class _MemoryWatch(threading.Thread):
+    """Kills the worker's process group when its tree's resident memory passes a limit."""
+
+    def __init__(self, limit: int, attempt_id: str, send: Any) -> None:
+        super().__init__(daemon=True, name="nbtasks-memory-watch")
+        self.limit = limit
+        self.attempt_id = attempt_id
+        self.send = send
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.stopped.wait(0.02):
+            try:
+                rss = me.memory_info().rss
+                for child in me.children(recursive=True):
+                    try:
+                        rss += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                continue
+            if rss > self.limit:
+                self.send(("oom", self.attempt_id, rss))
+                _kill_group()
+
+
+def _error_info(exc: BaseException) -> dict[str, str]:
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # drop the worker's own frame
+    t = type(exc)
+    name = (
+        t.__qualname__
+        if t.__module__ in ("builtins", "__main__")
+        else f"{t.__module__}.{t.__qualname__}"
+    )
+    return {
+        "type": name,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(t, exc, tb)),
+    }
+
+
+def _exc_bytes(exc: BaseException) -> bytes | None:
+    from ._serialize import dumps, loads
+
+    try:
+        data = dumps(exc)
+        loads(data)  # only ship what can be rebuilt
+        return data
+    except Exception:
+        return None
+
+
+class Worker:
+    def __init__(self, cmd_fd: int, event_fd: int) -> None:
+        self.cmd_fd = cmd_fd
+        self.event_fd = event_fd
+        self.write_lock = threading.Lock()
+        self.functions: dict[str, Any] = {}
+        self.inbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.capture = _Capture()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        data = _protocol.encode(message)
+        with self.write_lock:
+            _protocol.write_all(self.event_fd, data)
+
+    def _read_commands(self) -> None:
+        try:
+            while (message := _protocol.read_frame(self.cmd_fd)) is not None:
+                self.inbox.put(message)
+        except OSError:
+            pass
+        _kill_group()  # the kernel is gone: take every process of this worker with us
+
+    def serve(self) -> None:
+        threading.Thread(target=self._read_commands, daemon=True, name="nbtasks-cmd").start()
+        self.send(("ready", os.getpid()))
+        while (message := self.inbox.get()) is not None:
+            kind = message[0]
+            if kind == "run":
+                self.run_attempt(*message[1:])
+            elif kind == "init":
+                sys.path[:] = message[1]
+                os.chdir(message[2])
+            elif kind == "exit":
+                return
+
+    def run_attempt(
+        self,
+        attempt_id: str,
+        fn_key: str,
+        fn_bytes: bytes | None,
+        payload_bytes: bytes,
+        ctx: dict[str, Any],
+        memory_limit: int | None,
+    ) -> None:
+        from ._serialize import dumps, loads, preview
+
+        def done(
+            outcome: str,
+            output: bytes | None = None,
+            out_preview: str = "",
+            error: dict[str, str] | None = None,
+            exc: bytes | None = None,
+        ) -> None:
+            stdout, stderr = self.capture.collect()
+            self.send(
+                ("done", attempt_id, outcome, output, out_preview, error, exc, stdout, stderr)
+            )
+
+        self.capture.reset()
+        try:
+            if fn_bytes is not None:
+                self.functions[fn_key] = loads(fn_bytes)
+            fn = self.functions[fn_key]
+        except BaseException as exc:
+            info = _error_info(exc)
+            info["message"] = f"the worker could not load the task function: {info['message']}"
+            return done("system_failure", error=info)
+        try:
+            payload = loads(payload_bytes)
+        except BaseException as exc:
+            info = _error_info(exc)
+            info["message"] = f"the worker could not load the payload: {info['message']}"
+            return done("system_failure", error=info)
+
+        task_ctx = _context.TaskContext(
+            run_id=ctx["run_id"],
+            task_id=ctx["task_id"],
+            attempt_number=ctx["attempt_number"],
+            version=ctx["version"],
+            tags=tuple(ctx.get("tags") or ()),
+            attempt_id=attempt_id,
+        )
+        _context._install(_context._Current(task_ctx, dict(ctx.get("metadata") or {}), self.send))
+        watch = _MemoryWatch(memory_limit, attempt_id, self.send) if memory_limit else None
+        if watch:
+            watch.start()
+        try:
+            result = fn(payload)
+        except AbortRun as exc:
+            return done("aborted", error=_error_info(exc), exc=_exc_bytes(exc))
+        except BaseException as exc:
+            return done("failed", error=_error_info(exc), exc=_exc_bytes(exc))
+        finally:
+            if watch:
+                watch.stopped.set()
+            _context._install(None)
+        try:
+            output = dumps(result)
+        except Exception as exc:
+            info = _error_info(exc)
+            info["message"] = (
+                f"the task returned {type(result).__qualname__}, which dill cannot "
+                f"serialise: {info['message']}"
+            )
+            return done("failed", error=info)
+        done("completed", output, preview(result))
+
+
+def main(argv: list[str]) -> None:
+    cmd_fd, event_fd, parent_pid = (int(a) for a in argv[1:4])
+    os.set_inheritable(cmd_fd, False)
+    os.set_inheritable(event_fd, False)
+    _die_with_parent(parent_pid)
+    Worker(cmd_fd, event_fd).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
