@@ -9,8 +9,6 @@ def add(payload):
 add.trigger_and_wait({"a": 1, "b": 2}).unwrap()   # 3
 """
 
-from __future__ import annotations
-
 from ._config import configure, shutdown
 from ._context import TaskContext, context, metadata
 from ._errors import (

@@ -60,7 +60,6 @@ class Engine:
         self._spawn_failures = 0
         self._last_boot_log = ""
         self.pool = Pool(self.loop, self._on_message, self._on_exit)
-        self._pool_started = False
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -94,11 +93,16 @@ class Engine:
         self._commit_waiters.setdefault(ticket, []).append(callback)
 
     def _ensure_pool(self) -> None:
-        """Spawn the workers at the first trigger, so opening a store costs no processes."""
-        if not self._pool_started:
-            self._pool_started = True
-            for _ in range(self.size):
-                self.pool.spawn()
+        """Top the pool up to its size. Workers start at the first trigger (opening a store
+        costs no processes) and after workers failed to start, at the next trigger."""
+        if len(self.pool.workers) < self.size:
+            self._spawn_failures = 0
+            try:
+                while len(self.pool.workers) < self.size:
+                    self.pool.spawn()
+            except OSError as exc:
+                self._spawn_failures = MAX_SPAWN_FAILURES
+                self._fail_queued(f"{type(exc).__name__}: {exc}")
 
     # -- state changes -----------------------------------------------------------------
 

@@ -1,0 +1,79 @@
+"""Shared fixtures: a real store file per test, a real engine with real workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import nbtasks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> str:
+    return str(tmp_path / "store" / "runs.duckdb")
+
+
+@pytest.fixture
+def nb(store_path: str) -> Iterator[object]:
+    """nbtasks with a fresh store in tmp_path and two workers; shut down afterwards."""
+    nbtasks.configure(store=store_path, workers=2)
+    yield nbtasks
+    nbtasks.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers() -> Iterator[None]:
+    """Every test must leave no worker process of this process behind."""
+    yield
+    nbtasks.shutdown()
+    me = psutil.Process()
+    left = [p for p in me.children(recursive=True) if _is_worker(p)]
+    _, alive = psutil.wait_procs(left, timeout=5)
+    assert not alive, f"worker processes left alive: {alive}"
+
+
+def _is_worker(p: psutil.Process) -> bool:
+    try:
+        return "nbtasks._worker" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+def run_script(code: str, tmp_path: Path, *, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run ``code`` as ``python script.py`` (tasks defined in ``__main__``, as in a notebook)."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    full_env = {**os.environ, "NBTASKS_WORKERS": "2", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_script(code: str, tmp_path: Path, *, env: dict[str, str] | None = None,
+                 name: str = "script.py") -> subprocess.Popen[str]:  # fmt: skip
+    script = tmp_path / name
+    script.write_text(textwrap.dedent(code))
+    full_env = {**os.environ, "NBTASKS_WORKERS": "2", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

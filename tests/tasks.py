@@ -1,0 +1,57 @@
+"""Ordinary tasks used by the tests, defined in an importable module."""
+
+from __future__ import annotations
+
+import sys
+
+from nbtasks import Retry, context, task
+
+
+class CustomError(Exception):
+    """An exception type the kernel can rebuild from the worker."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"custom failure {code}")
+        self.code = code
+
+
+@task
+def add(p: dict[str, int]) -> int:
+    return p["a"] + p["b"]
+
+
+@task
+def echo(p: object) -> object:
+    return p
+
+
+@task
+def chatty(p: str) -> str:
+    print(f"out: {p}")
+    print(f"err: {p}", file=sys.stderr)
+    return p
+
+
+@task
+def fail(code: int) -> None:
+    raise CustomError(code)
+
+
+@task(retry=Retry(max_attempts=3, min_delay=0.01, max_delay=0.02, randomize=False))
+def succeed_on_third(_: object) -> int:
+    n = context().attempt_number
+    if n < 3:
+        raise RuntimeError(f"attempt {n} fails")
+    return n
+
+
+@task(retry=Retry(max_attempts=3, min_delay=0.01, max_delay=0.02))
+def always_fail(_: object) -> None:
+    raise RuntimeError("always")
+
+
+@task
+def attempt_info(_: object) -> dict[str, object]:
+    ctx = context()
+    return {"run_id": ctx.run_id, "task_id": ctx.task_id, "attempt": ctx.attempt_number,
+            "version": ctx.version, "tags": list(ctx.tags)}  # fmt: skip

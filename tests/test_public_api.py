@@ -1,0 +1,54 @@
+"""The public surface: what ``import nbtasks`` offers, and nothing private leaking out."""
+
+from __future__ import annotations
+
+import nbtasks
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in dir(nbtasks) if not name.startswith("_")}
+    assert set(nbtasks.__all__) == public
+    assert nbtasks.__all__ == sorted(nbtasks.__all__)
+
+
+def test_contract_names_are_importable() -> None:
+    from nbtasks import (  # noqa: F401
+        AbortRun,
+        Attempt,
+        BatchItem,
+        BatchResult,
+        Queue,
+        Result,
+        Retry,
+        Run,
+        RunError,
+        RunHandle,
+        RunStatus,
+        Task,
+        context,
+        metadata,
+        runs,
+        task,
+    )
+
+    assert [s.value for s in RunStatus] == [
+        "WAITING_FOR_DEPLOY", "DELAYED", "QUEUED", "EXECUTING", "REATTEMPTING", "FROZEN",
+        "COMPLETED", "CANCELED", "FAILED", "TIMED_OUT", "CRASHED", "INTERRUPTED",
+        "SYSTEM_FAILURE", "EXPIRED",
+    ]  # fmt: skip
+    assert RunStatus("COMPLETED") is RunStatus.COMPLETED and RunStatus.COMPLETED == "COMPLETED"
+
+
+def test_errors_share_one_base_and_read_under_their_public_name() -> None:
+    for err in (
+        nbtasks.StoreLockedError,
+        nbtasks.UnknownRunError,
+        nbtasks.PayloadError,
+        nbtasks.RunError,
+        nbtasks.EngineStoppedError,
+    ):
+        assert issubclass(err, nbtasks.NbtasksError)
+        assert err.__module__ == "nbtasks"
+    assert issubclass(nbtasks.PayloadError, TypeError)
+    assert issubclass(nbtasks.UnknownRunError, KeyError)
+    assert not issubclass(nbtasks.AbortRun, nbtasks.NbtasksError)
