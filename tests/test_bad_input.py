@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-import tasks
 
 import nbtasks
 from nbtasks import Retry, Task, runs, task
+
+import tasks
 
 
 def _noop(p: object) -> object:

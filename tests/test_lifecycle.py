@@ -7,14 +7,15 @@ import signal
 import time
 from pathlib import Path
 
-import crashers
 import psutil
 import pytest
-import tasks
 
 import nbtasks
 from nbtasks import AttemptStatus, Retry, RunStatus, Task, runs, task
 from nbtasks._status import FINAL, TRANSITIONS, IllegalTransition, check_transition
+
+import crashers
+import tasks
 
 
 def _wait_for(predicate, timeout: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
