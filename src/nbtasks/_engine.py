@@ -121,7 +121,7 @@ class Engine:
             setattr(run, name, value)
         if new in FINAL:
             run.finished_at = run.finished_at or run.updated_at
-        ticket = self.store.stage_run(run.row())
+        ticket = self.store.stage_run(run.row(), run.update_row())
         self._event(run, detail)
         self._notify(run)
         if new in FINAL:
@@ -180,7 +180,7 @@ class Engine:
             )
             run.root_id = run.id
             self.runs[run.id] = run
-            ticket = self.store.stage_run(run.row(), new=True)
+            ticket = self.store.stage_run(run.row())
             self._event(run)
             self._queue.append(run)
             created.append(run)
@@ -311,7 +311,7 @@ class Engine:
         run = self.runs[attempt.run_id]
         apply_metadata_op(run.metadata, op, key, value)
         run.updated_at = utcnow()
-        self.store.stage_run(run.row())
+        self.store.stage_run(run.row(), run.update_row())
         self._notify(run)
 
     def _on_exit(self, worker: WorkerProc, exit_code: int | None, sig: int | None,

@@ -13,6 +13,13 @@ RUN_COLUMNS: tuple[str, ...] = (
     "attempt_count", "parent_id", "root_id", "depth", "batch_id", "replayed_from", "owner",
 )  # fmt: skip
 
+# The columns that change after a run is created; updates write only these.
+RUN_UPDATE_COLUMNS: tuple[str, ...] = (
+    "id", "version", "status", "output", "output_preview", "error", "updated_at",
+    "queued_at", "started_at", "finished_at", "delay_until", "expired_at",
+    "idempotency_expires_at", "metadata", "attempt_count",
+)  # fmt: skip
+
 ATTEMPT_COLUMNS: tuple[str, ...] = (
     "id", "run_id", "number", "status", "started_at", "finished_at", "pid",
     "exit_code", "signal", "oom", "error", "stdout", "stderr",

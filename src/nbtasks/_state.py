@@ -140,6 +140,15 @@ class RunState:
             self.root_id, self.depth, self.batch_id, self.replayed_from, self.owner,
         )  # fmt: skip
 
+    def update_row(self) -> tuple[Any, ...]:
+        """The columns that change after creation, in ``RUN_UPDATE_COLUMNS`` order."""
+        return (
+            self.id, self.version, self.status.value, self.output, self.output_preview,
+            self.error, self.updated_at, self.queued_at, self.started_at, self.finished_at,
+            self.delay_until, self.expired_at, self.idempotency_expires_at,
+            json.dumps(self.metadata) if self.metadata else None, self.attempt_count,
+        )  # fmt: skip
+
     def snapshot(self) -> Run:
         return Run(
             id=self.id,

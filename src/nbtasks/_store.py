@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 
 from ._errors import NbtasksError, StoreLockedError
-from ._schema import ATTEMPT_COLUMNS, DDL, RUN_COLUMNS, SCHEMA_VERSION
+from ._schema import ATTEMPT_COLUMNS, DDL, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
 
 Row = tuple[Any, ...]
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
@@ -94,7 +94,7 @@ class Store:
         self._writer = self._conn.cursor()
         self._insert_runs = self._writer.appender("runs", columns=list(RUN_COLUMNS))
         self._update_runs = self._writer.appender(
-            "runs", columns=list(RUN_COLUMNS), action="update", key=["id"]
+            "runs", columns=list(RUN_UPDATE_COLUMNS), action="update", key=["id"]
         )
         self._insert_attempts = self._writer.appender("attempts", columns=list(ATTEMPT_COLUMNS))
         self._update_attempts = self._writer.appender(
@@ -118,14 +118,16 @@ class Store:
 
     # -- staging (engine thread) -------------------------------------------------------
 
-    def stage_run(self, row: Row, *, new: bool = False) -> int:
+    def stage_run(self, row: Row, update: Row | None = None) -> int:
+        """Stage a run: ``row`` has every column; ``update`` only ``RUN_UPDATE_COLUMNS``
+        and is None for a new run."""
         with self._cv:
             s = self._staged
             run_id = row[0]
-            if new or run_id in s.new_runs:
+            if update is None or run_id in s.new_runs:
                 s.new_runs[run_id] = row
             else:
-                s.run_updates[run_id] = row
+                s.run_updates[run_id] = update
             self._cv.notify()
             return self._ticket
 
