@@ -1,7 +1,8 @@
 """The blocking and async calls behind ``Task.trigger*``, ``RunHandle`` and ``runs``.
 
 Everything that can fail on bad input (options, dill) happens here, in the caller's thread,
-before the engine sees the work: a bad trigger creates no run.
+before the engine sees the work: a bad trigger creates no run. Inside a task (in a worker)
+the same calls go to the kernel's engine through the worker's pipe.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._durations import parse_duration
-from ._errors import NbtasksError
+from . import _context
+from ._durations import parse_delay, parse_duration
 from ._handles import BatchHandle, RunHandle
 from ._ids import new_id
 from ._models import BatchItem, BatchResult, Result, Run
@@ -32,6 +33,7 @@ OPTIONS = (
     "delay", "ttl", "idempotency_key", "idempotency_key_ttl", "idempotency_key_scope",
     "tags", "metadata", "max_attempts", "max_duration", "queue",
 )  # fmt: skip
+DEFAULT_KEY_TTL_S = 30 * 86400.0
 _POLL_S = 0.05  # a blocking wait wakes this often, to stay interruptible
 
 
@@ -59,6 +61,9 @@ def block(fut: cf.Future[T], timeout: float | None = None,
         if on_interrupt is not None:
             on_interrupt()
         raise
+
+
+# -- options ---------------------------------------------------------------------------------
 
 
 def _check_tags(value: object) -> tuple[str, ...]:
@@ -93,7 +98,23 @@ def _check_max_attempts(value: object) -> int | None:
     return value
 
 
-def _spec_options(task: Task[Any, Any], options: dict[str, Any]) -> dict[str, Any]:
+def _check_key(options: dict[str, Any]) -> tuple[str | None, float | None]:
+    """The idempotency key, scoped to the parent run inside a task, and its ttl."""
+    key = options.get("idempotency_key")
+    scope = options.get("idempotency_key_scope")
+    if scope not in (None, "run", "global"):
+        raise ValueError(f"idempotency_key_scope={scope!r} is not valid: use 'run' or 'global'")
+    if key is None:
+        return None, None
+    if not isinstance(key, str) or not 0 < len(key) <= 512:
+        raise ValueError(f"idempotency_key={key!r} is not valid: use a string of 1-512 chars")
+    ttl = parse_duration("idempotency_key_ttl", options.get("idempotency_key_ttl"))
+    if _context.in_task() and scope != "global":
+        key = f"{_context.context().run_id}/{key}"
+    return key, DEFAULT_KEY_TTL_S if ttl is None else ttl
+
+
+def spec_options(task: Task[Any, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
     """Validate trigger options into ``RunSpec`` fields; a bad one names itself and its value."""
     for name in options:
         if name not in OPTIONS:
@@ -101,44 +122,53 @@ def _spec_options(task: Task[Any, Any], options: dict[str, Any]) -> dict[str, An
                 f"unknown trigger option {name}={options[name]!r}; the options are: "
                 + ", ".join(OPTIONS)
             )
-    unsupported = [n for n in ("delay", "ttl", "idempotency_key") if options.get(n) is not None]
-    if unsupported:
-        raise NbtasksError(f"the option {unsupported[0]}= is not available yet in this version")
-    queue = coerce_queue(options.get("queue")) or task.queue
-    max_duration = parse_duration("max_duration", options.get("max_duration"))
+    queue = coerce_queue(options.get("queue"))
+    key, key_ttl = _check_key(options)
     return {
         "tags": _check_tags(options.get("tags")),
         "metadata": _check_metadata(options.get("metadata")),
         "max_attempts": _check_max_attempts(options.get("max_attempts")),
-        "max_duration_s": max_duration if max_duration is not None else task.max_duration_s,
+        "max_duration_s": parse_duration("max_duration", options.get("max_duration")),
         "queue": queue.name if queue else None,
         "concurrency_limit": queue.concurrency_limit if queue else None,
+        "delay_until": parse_delay("delay", options.get("delay"), utcnow()),
+        "ttl_s": parse_duration("ttl", options.get("ttl")),
+        "idempotency_key": key,
+        "idempotency_key_ttl_s": key_ttl,
     }
 
 
-def _version(task: Task[Any, Any]) -> TaskVersion:
-    eng = engine()
+def _version(task: Task[Any, Any], eng: Engine | None = None) -> TaskVersion:
+    if _context.IN_WORKER:  # the kernel assigns the version of a task sent from a worker
+        return task.shipping(lambda *args: "")
+    eng = eng or engine()
     return task.shipping(lambda *args: block(eng.call(eng.register_version, *args)))
 
 
-def make_specs(task: Task[Any, Any], items: Iterable[Any], options: dict[str, Any],
-               batch_id: str | None = None) -> list[RunSpec]:  # fmt: skip
-    common = _spec_options(task, options)
-    tv = _version(task)
+def make_specs(
+    task: Task[Any, Any] | None,
+    items: Iterable[Any],
+    options: dict[str, Any],
+    batch_id: str | None = None,
+    task_id: str | None = None,
+) -> list[RunSpec]:
+    """RunSpecs for a trigger: options checked and payloads serialised, before any run."""
+    common = spec_options(task, options)
+    tv = _version(task) if task is not None else None
     specs = []
     now = utcnow()
     for i, item in enumerate(items):
         fields = common
         payload = item
         if isinstance(item, BatchItem):
-            fields = _spec_options(task, {**options, **item.options})
+            fields = spec_options(task, {**options, **item.options})
             payload = item.payload
         what = "payload" if batch_id is None else f"items[{i}]"
         data = dumps_checked(what, payload)
         specs.append(
             RunSpec(
                 id=new_id("run"),
-                task_id=task.id,
+                task_id=task.id if task is not None else str(task_id),
                 task=tv,
                 payload=data,
                 payload_preview=preview(payload),
@@ -148,6 +178,9 @@ def make_specs(task: Task[Any, Any], items: Iterable[Any], options: dict[str, An
             )
         )
     return specs
+
+
+# -- triggering ------------------------------------------------------------------------------
 
 
 def _cancel_all(ids: list[str]) -> None:
@@ -169,45 +202,62 @@ def _results(ids: list[str], snapshots: list[Run | None]) -> list[Result[Any]]:
     ]
 
 
-def trigger(task: Task[Any, T], payload: Any, options: dict[str, Any]) -> RunHandle[T]:
-    specs = make_specs(task, [payload], options)
+def submit(specs: list[RunSpec]) -> list[tuple[str, bool]]:
+    """Create the runs; return ``(run_id, is_cached)`` each, once they are committed."""
+    if _context.in_task():
+        created: list[tuple[str, bool]] = _context.call_engine("submit", specs, False)
+    else:
+        eng = engine()
+        created = block(eng.call(eng.submit, specs))
+    return created
+
+
+def submit_and_wait(specs: list[RunSpec]) -> list[Result[Any]]:
+    if _context.in_task():
+        return [Result(s) for s in _context.call_engine("submit", specs, True)]
     eng = engine()
-    (run_id,) = block(eng.call(eng.submit, specs))
-    return RunHandle(run_id, task.id)
+    final: cf.Future[list[Run | None]] = cf.Future()
+    new_ids = [s.id for s in specs]
+    created = block(eng.call(eng.submit, specs, final), on_interrupt=lambda: _cancel_all(new_ids))
+    ids = [run_id for run_id, _ in created]
+    snapshots = block(final, on_interrupt=lambda: _cancel_all(ids))
+    return _results(ids, snapshots)
+
+
+def handles(task_id: str, created: list[tuple[str, bool]]) -> list[RunHandle[Any]]:
+    return [RunHandle(run_id, task_id, cached) for run_id, cached in created]
+
+
+def trigger(task: Task[Any, T], payload: Any, options: dict[str, Any]) -> RunHandle[T]:
+    (handle,) = handles(task.id, submit(make_specs(task, [payload], options)))
+    return handle
 
 
 def trigger_and_wait(task: Task[Any, T], payload: Any, options: dict[str, Any]) -> Result[T]:
-    specs = make_specs(task, [payload], options)
-    return _submit_and_wait(specs)[0]
+    return submit_and_wait(make_specs(task, [payload], options))[0]
 
 
 def batch_trigger(task: Task[Any, T], items: Iterable[Any],
                   options: dict[str, Any]) -> BatchHandle[T]:  # fmt: skip
     batch_id = new_id("batch")
     specs = make_specs(task, list(items), options, batch_id)
-    eng = engine()
-    ids = block(eng.call(eng.submit, specs))
-    return BatchHandle(batch_id, [RunHandle(i, task.id) for i in ids])
+    return BatchHandle(batch_id, handles(task.id, submit(specs)))
 
 
 def batch_trigger_and_wait(task: Task[Any, T], items: Iterable[Any],
                            options: dict[str, Any]) -> BatchResult[T]:  # fmt: skip
     batch_id = new_id("batch")
     specs = make_specs(task, list(items), options, batch_id)
-    return BatchResult(batch_id, _submit_and_wait(specs))
+    return BatchResult(batch_id, submit_and_wait(specs))
 
 
-def _submit_and_wait(specs: list[RunSpec]) -> list[Result[Any]]:
-    eng = engine()
-    final: cf.Future[list[Run | None]] = cf.Future()
-    ids = [s.id for s in specs]
-    block(eng.call(eng.submit, specs, final), on_interrupt=lambda: _cancel_all(ids))
-    snapshots = block(final, on_interrupt=lambda: _cancel_all(ids))
-    return _results(ids, snapshots)
+# -- waiting ---------------------------------------------------------------------------------
 
 
 def wait_runs(ids: list[str], timeout: float | None = None) -> list[Result[Any]]:
     """Block until the runs are final (they need not be live in this kernel)."""
+    if _context.in_task():
+        return [Result(s) for s in _context.call_engine("wait", list(ids))]
     eng = engine()
     for run_id in ids:
         eng.require_run(run_id)
@@ -221,6 +271,8 @@ def wait_runs(ids: list[str], timeout: float | None = None) -> list[Result[Any]]
 
 
 async def await_runs(ids: list[str]) -> list[Result[Any]]:
+    if _context.in_task():
+        return await run_in_thread(wait_runs, ids)
     eng = engine()
     futs = [eng.call(eng.wait, run_id) for run_id in ids]
     try:

@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Any
 
+from ._errors import NbtasksError
+
 _lock = threading.Lock()
 _settings: dict[str, Any] = {"store": None, "workers": None}
 _engine: Any = None
@@ -93,11 +95,53 @@ def get_engine() -> Any:
     if engine is not None and not engine.closed:
         return engine
     with _lock:
-        if _engine is None or _engine.closed:
-            from ._engine import Engine
+        if _engine is not None and not _engine.closed:
+            return _engine
+        from ._context import IN_WORKER
+        from ._engine import Engine
 
-            _engine = Engine(store_path(), worker_count())
-        return _engine
+        if IN_WORKER:
+            raise NbtasksError(
+                "in a worker process, runs can be triggered and read only by task code "
+                "while it executes"
+            )
+        engine = _engine = Engine(store_path(), worker_count())
+        from ._task import registry
+
+        for task_id in list(engine.waiting_tasks):  # runs an earlier kernel left waiting
+            task = registry.get(task_id)
+            if task is not None:
+                deploy(engine, task)
+        return engine
+
+
+def deploy(engine: Any, task: Any) -> None:
+    """Start the runs of ``engine`` that wait for ``task`` to be defined."""
+    from ._calls import _version, block
+
+    block(engine.call(engine.deploy, _version(task, engine)))
+
+
+def task_defined(task: Any) -> None:
+    """A task was (re)defined in this process: runs waiting for it may start.
+
+    With an engine running, its waiting runs start. Without one, a task defined in
+    ``__main__`` (a notebook or script) opens the store if it exists, so runs left waiting
+    by an earlier kernel start when their task's cell runs again."""
+    from ._context import IN_WORKER
+
+    if IN_WORKER:
+        return
+    engine = _engine
+    if engine is not None and not engine.closed:
+        if task.id in engine.waiting_tasks:
+            deploy(engine, task)
+        return
+    if getattr(task, "__module__", None) == "__main__" and os.path.exists(store_path()):
+        try:
+            get_engine()
+        except NbtasksError:
+            pass  # e.g. the store is held by another process: the next trigger says so
 
 
 def shutdown() -> None:

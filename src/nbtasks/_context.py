@@ -33,7 +33,7 @@ class _Current:
     ctx: TaskContext
     metadata: dict[str, Any]
     send: Callable[[tuple[Any, ...]], None]
-    extra: dict[str, Any] = field(default_factory=dict)
+    call: Callable[[str, tuple[Any, ...]], Any] = field(default=lambda op, args: None)
 
 
 _current: _Current | None = None
@@ -42,6 +42,24 @@ _current: _Current | None = None
 def _install(current: _Current | None) -> None:
     global _current
     _current = current
+
+
+IN_WORKER = False  # set by the worker process at start
+
+
+def in_task() -> bool:
+    """True in task code executing in a worker."""
+    return _current is not None
+
+
+def call_engine(op: str, *args: Any) -> Any:
+    """Ask the kernel's engine to do ``op`` for the running task, and wait for the answer."""
+    if _current is None:
+        raise NbtasksError(
+            "in a worker process, runs can be triggered and read only by task code while it "
+            "executes"
+        )
+    return _current.call(op, args)
 
 
 def context() -> TaskContext:

@@ -4,62 +4,83 @@ Public calls prepare their work in the caller's thread (validation, dill) and ha
 the loop with ``Engine.call``; the loop changes run state only through ``_transition``,
 which checks the transition table, records an event and stages the row for the store's
 next group commit. Callers that need durability wait for that commit.
+
+The class is split by topic: this module creates, schedules, cancels and settles runs;
+``_outcomes`` handles what workers report (results, crashes, timeouts, retries);
+``_nesting`` serves runs triggered and awaited from inside tasks (FROZEN parents).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import json
 import os
-import signal
 import socket
-from collections import deque
 from collections.abc import Callable
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import anyio.from_thread
 
 from ._errors import EngineStoppedError, UnknownRunError
-from ._ids import new_id
 from ._models import Run
-from ._pool import Pool, WorkerProc
-from ._state import AttemptState, RunSpec, RunState, error_json, utcnow
-from ._status import FINAL, AttemptStatus, RunStatus, check_transition
+from ._pool import MAX_SPAWN_FAILURES, Pool, WorkerProc
+from ._reconcile import load_waiting_runs, reconcile_at_start
+from ._scheduler import Scheduler
+from ._state import AttemptState, RunSpec, RunState, TaskVersion, error_json, utcnow
+from ._status import FINAL, KEY_HOLDING, AttemptStatus, RunStatus, check_transition
 from ._store import Store
 
 S = RunStatus
-A = AttemptStatus
-MAX_SPAWN_FAILURES = 3
 Listener = Callable[[Run], None]
+Waiter = Callable[[Run, BaseException | None], None]
 
 
-class Engine:
+class EngineBase:
+    """Creating, scheduling, canceling and settling runs (see the module docstring)."""
+
+    if TYPE_CHECKING:  # provided by the mixins below
+
+        def _on_message(self, worker: WorkerProc, message: tuple[Any, ...]) -> None: ...
+        def _on_exit(self, worker: WorkerProc, code: int | None, sig: int | None,
+                     log: str) -> None: ...  # fmt: skip
+        def _end_attempt(self, run: RunState, attempt: AttemptState, status: AttemptStatus,
+                         error: str | None = None) -> None: ...  # fmt: skip
+        def _take_slot(self, run: RunState, attempt: AttemptState) -> None: ...
+        def _release_slot(self, run: RunState, attempt: AttemptState) -> None: ...
+        def _start_attempt(self, run: RunState, worker: WorkerProc) -> None: ...
+        def _fail_queued(self, log: str) -> None: ...
+        def _resume_ready(self) -> None: ...
+        def _on_call(self, worker: WorkerProc, attempt: AttemptState, request_id: int,
+                     op: str, args: tuple[Any, ...]) -> None: ...  # fmt: skip
+
     def __init__(self, store_path: str, workers: int) -> None:
         self.store_path = store_path
         self.size = workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.closed = False
+        self.runs: dict[str, RunState] = {}  # live runs, until their final state is committed
+        self.versions: dict[tuple[str, str], str] = {}  # (task id, code hash) -> version
+        self.waiting_tasks: set[str] = set()  # task ids with runs WAITING_FOR_DEPLOY
+        self.scheduler = Scheduler()
+        self._idle: list[WorkerProc] = []
+        self._active = 0  # workers executing an attempt that is not frozen
+        self._resumable: list[RunState] = []  # FROZEN runs whose children are done
+        self._keys: dict[tuple[str, str], str] = {}  # (task id, key) -> live run id
+        self._commit_waiters: dict[int, list[Callable[[BaseException | None], None]]] = {}
+        self._listeners: dict[str, list[Listener]] = {}
+        self._spawn_failures = 0
         self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
         self._portal = self._portal_cm.__enter__()
         try:
             self.loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
             self.store = Store(store_path, self._committed_threadsafe)
-            from ._reconcile import reconcile_at_start
-
             reconcile_at_start(self.store, utcnow())
+            self.pool = Pool(self.loop, self._on_message, self._on_exit)
+            self._portal.call(self._adopt, load_waiting_runs(self.store))
         except BaseException:
             self._portal_cm.__exit__(None, None, None)
             raise
-        self.runs: dict[str, RunState] = {}  # live runs, until their final state is committed
-        self.versions: dict[tuple[str, str], str] = {}  # (task id, code hash) -> version
-        self._queue: deque[RunState] = deque()
-        self._idle: list[WorkerProc] = []
-        self._commit_waiters: dict[int, list[Callable[[BaseException | None], None]]] = {}
-        self._listeners: dict[str, list[Listener]] = {}
-        self._spawn_failures = 0
-        self._last_boot_log = ""
-        self.pool = Pool(self.loop, self._on_message, self._on_exit)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -82,7 +103,7 @@ class Engine:
     def _committed_threadsafe(self, ticket: int, error: BaseException | None) -> None:
         try:
             self.loop.call_soon_threadsafe(self._committed, ticket, error)
-        except RuntimeError:  # loop already closed at shutdown
+        except RuntimeError:  # the loop is closed: shutdown is over
             pass
 
     def _committed(self, ticket: int, error: BaseException | None) -> None:
@@ -91,18 +112,6 @@ class Engine:
 
     def _after_commit(self, ticket: int, callback: Callable[[BaseException | None], None]) -> None:
         self._commit_waiters.setdefault(ticket, []).append(callback)
-
-    def _ensure_pool(self) -> None:
-        """Top the pool up to its size. Workers start at the first trigger (opening a store
-        costs no processes) and after workers failed to start, at the next trigger."""
-        if len(self.pool.workers) < self.size:
-            self._spawn_failures = 0
-            try:
-                while len(self.pool.workers) < self.size:
-                    self.pool.spawn()
-            except OSError as exc:
-                self._spawn_failures = MAX_SPAWN_FAILURES
-                self._fail_queued(f"{type(exc).__name__}: {exc}")
 
     # -- state changes -----------------------------------------------------------------
 
@@ -116,15 +125,25 @@ class Engine:
         """The only place a run's status changes."""
         check_transition(run.id, run.status, new)
         run.status = new
+        return self._update(run, detail, final=new in FINAL, **changes)
+
+    def _update(self, run: RunState, detail: str | None = None, final: bool = False,
+                **changes: Any) -> int:  # fmt: skip
+        """Record a change of a live run (its status already set), stage it and tell
+        listeners."""
         run.updated_at = utcnow()
         for name, value in changes.items():
             setattr(run, name, value)
-        if new in FINAL:
+        if final:
             run.finished_at = run.finished_at or run.updated_at
+            for timer in (run.timer, run.ttl_timer):
+                if timer is not None:
+                    timer.cancel()
+            run.timer = run.ttl_timer = None
         ticket = self.store.stage_run(run.row(), run.update_row())
         self._event(run, detail)
         self._notify(run)
-        if new in FINAL:
+        if final:
             self._after_commit(ticket, lambda error: self._settle(run, error))
         return ticket
 
@@ -132,6 +151,10 @@ class Engine:
         """The final state is durable: release the run's waiters and forget it."""
         if self.runs.get(run.id) is run:
             del self.runs[run.id]
+        if run.idempotency_key is not None:
+            key = (run.task_id, run.idempotency_key)
+            if self._keys.get(key) == run.id:
+                del self._keys[key]
         snapshot = run.snapshot()
         waiters, run.waiters = run.waiters, []
         for waiter in waiters:
@@ -145,65 +168,185 @@ class Engine:
             for listener in list(listeners):
                 listener(snapshot)
 
-    # -- triggering ----------------------------------------------------------------------
+    # -- creating runs -----------------------------------------------------------------
 
     def submit(self, fut: cf.Future[Any], specs: list[RunSpec],
                final: cf.Future[Any] | None = None) -> None:  # fmt: skip
-        """Create runs; resolve ``fut`` with their ids once they are committed, and
-        ``final`` (if given) with their final snapshots, in order, once those are."""
-        ticket = -1
-        created: list[RunState] = []
-        now = utcnow()
-        for spec in specs:
-            tv = spec.task
-            retry_attempts = tv.retry.max_attempts if tv and tv.retry else 1
-            run = RunState(
-                id=spec.id,
-                task_id=spec.task_id,
-                version=tv.version if tv else None,
-                status=S.QUEUED,
-                queue=spec.queue,
-                payload=spec.payload,
-                payload_preview=spec.payload_preview,
-                created_at=spec.created_at,
-                updated_at=now,
-                task=tv,
-                queued_at=now,
-                tags=spec.tags,
-                trigger_metadata=spec.metadata,
-                metadata=dict(spec.metadata or {}),
-                max_attempts=spec.max_attempts or retry_attempts,
-                max_duration_s=spec.max_duration_s,
-                batch_id=spec.batch_id,
-                owner=self.owner,
-                concurrency_limit=spec.concurrency_limit,
-            )
-            run.root_id = run.id
-            self.runs[run.id] = run
-            ticket = self.store.stage_run(run.row())
-            self._event(run)
-            self._queue.append(run)
-            created.append(run)
+        """Create runs; resolve ``fut`` with ``(run_id, is_cached)`` per spec once they are
+        committed, and ``final`` (if given) with their final snapshots, in order."""
+        created = self._create(specs)
         if final is not None:
-            self._wait_all(final, created)
-        ids = [spec.id for spec in specs]
-        self._after_commit(
-            ticket, lambda error: fut.set_exception(error) if error else fut.set_result(ids)
-        )
-        self._ensure_pool()
-        self._pump()
+            self._wait_all(final, [self._live_or_none(i) for i, _ in created])
+        self._ack_after_commit(fut, created)
 
-    def register_version(self, fut: cf.Future[Any], task_id: str, code_hash: str,
-                         source: str, fn_bytes: bytes, options: str) -> None:  # fmt: skip
-        """Resolve ``fut`` with the version of this definition, creating it if new."""
+    def _ack_after_commit(self, fut: cf.Future[Any], result: Any) -> None:
+        """Resolve ``fut`` with ``result`` once everything staged so far is committed."""
+        self._when_durable(
+            lambda error: fut.set_exception(error) if error else fut.set_result(result)
+        )
+
+    def _when_durable(self, callback: Callable[[BaseException | None], None]) -> None:
+        ticket = self.store.barrier()
+        if ticket is None:
+            callback(None)
+        else:
+            self._after_commit(ticket, callback)
+
+    def _live_or_none(self, run_id: str) -> RunState | str:
+        return self.runs.get(run_id) or run_id
+
+    def _create(self, specs: list[RunSpec], parent: RunState | None = None
+                ) -> list[tuple[str, bool]]:  # fmt: skip
+        """Make runs from specs (idempotency keys first); return (id, is_cached) each."""
+        now = utcnow()
+        out: list[tuple[str, bool]] = []
+        for spec in specs:
+            if spec.idempotency_key is not None:
+                existing = self._find_key(spec.task_id, spec.idempotency_key, now)
+                if existing is not None:
+                    out.append((existing, True))
+                    continue
+            run = self._new_run(spec, now, parent)
+            out.append((run.id, False))
+        self._top_up()
+        self._pump()
+        return out
+
+    def _find_key(self, task_id: str, key: str, now: Any) -> str | None:
+        live = self._keys.get((task_id, key))
+        if live is not None:
+            return live
+        rows = self.store.query(
+            "SELECT id, status, idempotency_expires_at FROM runs "
+            "WHERE task_id = ? AND idempotency_key = ? ORDER BY id DESC LIMIT 1",
+            [task_id, key],
+        )
+        if rows:
+            run_id, status, expires = rows[0]
+            if RunStatus(status) in KEY_HOLDING and (expires is None or expires > now):
+                return str(run_id)
+        return None
+
+    def _new_run(self, spec: RunSpec, now: Any, parent: RunState | None) -> RunState:
+        tv = spec.task
+        delayed = spec.delay_until is not None and spec.delay_until > now
+        status = S.DELAYED if delayed else S.QUEUED if tv is not None else S.WAITING_FOR_DEPLOY
+        run = RunState(
+            id=spec.id,
+            task_id=spec.task_id,
+            version=tv.version if tv else None,
+            status=status,
+            queue=spec.queue,
+            payload=spec.payload,
+            payload_preview=spec.payload_preview,
+            created_at=spec.created_at,
+            updated_at=now,
+            task=tv,
+            delay_until=spec.delay_until if delayed else None,
+            ttl_s=spec.ttl_s,
+            idempotency_key=spec.idempotency_key,
+            tags=spec.tags,
+            trigger_metadata=spec.metadata,
+            metadata=dict(spec.metadata or {}),
+            max_attempts=spec.max_attempts or 1,
+            max_duration_s=spec.max_duration_s,
+            batch_id=spec.batch_id,
+            replayed_from=spec.replayed_from,
+            owner=self.owner,
+            concurrency_limit=spec.concurrency_limit,
+        )
+        if spec.idempotency_key is not None:
+            ttl = spec.idempotency_key_ttl_s
+            run.idempotency_expires_at = None if ttl is None else now + timedelta(seconds=ttl)
+            self._keys[(run.task_id, spec.idempotency_key)] = run.id
+        if parent is not None:
+            run.parent_id, run.root_id, run.depth = parent.id, parent.root_id, parent.depth + 1
+        else:
+            run.root_id = run.id
+        if tv is not None:
+            self._apply_task_defaults(run, tv, spec)
+        self.runs[run.id] = run
+        self.store.stage_run(run.row())
+        self._event(run)
+        self._enter(run)
+        return run
+
+    def _apply_task_defaults(self, run: RunState, tv: TaskVersion, spec: RunSpec | None) -> None:
+        run.task, run.version = tv, tv.version
+        if spec is None or spec.max_attempts is None:
+            run.max_attempts = tv.retry.max_attempts if tv.retry else 1
+        if run.max_duration_s is None:
+            run.max_duration_s = tv.max_duration_s
+        if run.ttl_s is None:
+            run.ttl_s = tv.ttl_s
+        if run.queue is None and tv.queue is not None:
+            run.queue, run.concurrency_limit = tv.queue, tv.concurrency_limit
+        self.scheduler.set_limit(run.queue, run.concurrency_limit)
+
+    def _enter(self, run: RunState) -> None:
+        """Start the timers and queues of a run that just reached its current status."""
+        if run.status is S.DELAYED:
+            left = (run.delay_until - utcnow()).total_seconds() if run.delay_until else 0
+            run.timer = self.loop.call_later(max(0.0, left), self._due, run)
+        elif run.status is S.QUEUED:
+            if run.queued_at is None:
+                run.queued_at = utcnow()
+            if run.ttl_s is not None and run.attempt_count == 0 and run.ttl_timer is None:
+                left = run.ttl_s - (utcnow() - run.queued_at).total_seconds()
+                run.ttl_timer = self.loop.call_later(max(0.0, left), self._expire, run)
+            self.scheduler.push(run)
+        elif run.status is S.WAITING_FOR_DEPLOY:
+            self.waiting_tasks.add(run.task_id)
+
+    def _due(self, run: RunState) -> None:
+        run.timer = None
+        if run.status is S.DELAYED:
+            new = S.QUEUED if run.task is not None else S.WAITING_FOR_DEPLOY
+            self._transition(run, new, queued_at=utcnow() if new is S.QUEUED else None)
+            self._enter(run)
+            self._top_up()
+            self._pump()
+
+    def _expire(self, run: RunState) -> None:
+        run.ttl_timer = None
+        if run.status is S.QUEUED and run.attempt_count == 0:
+            now = utcnow()
+            text = error_json(S.EXPIRED, "Expired", f"the run's ttl of {run.ttl_s:g}s passed "
+                              "while it was still queued")  # fmt: skip
+            self._transition(run, S.EXPIRED, error=text, expired_at=now)
+
+    def reschedule(self, fut: cf.Future[Any], run_id: str, delay_until: Any) -> None:
+        run = self.runs.get(run_id)
+        if run is None or run.status is not S.DELAYED:
+            status = run.status.value if run else self._stored_status(run_id)
+            raise ValueError(f"run {run_id} is {status}: only a DELAYED run can be rescheduled")
+        if run.timer is not None:
+            run.timer.cancel()
+        self._update(run, "rescheduled", delay_until=delay_until)
+        self._enter(run)
+        self._ack_after_commit(fut, run.snapshot())
+
+    def _stored_status(self, run_id: str) -> str:
+        rows = self.store.query("SELECT status FROM runs WHERE id = ?", [run_id])
+        if not rows:
+            raise UnknownRunError(run_id)
+        return str(rows[0][0])
+
+    # -- versions and deploys -----------------------------------------------------------
+
+    def register_version(self, fut: cf.Future[Any], *args: Any) -> None:
+        fut.set_result(self.version_for(*args))
+
+    def version_for(self, task_id: str, code_hash: str, source: str, fn_bytes: bytes,
+                    options: str) -> str:  # fmt: skip
+        """The version of this definition of a task, created (and staged) if new."""
         key = (task_id, code_hash)
         if key in self.versions:
-            fut.set_result(self.versions[key])
-            return
+            return self.versions[key]
         rows = self.store.query(
             "SELECT version, code_hash FROM task_versions WHERE task_id = ?", [task_id]
         )
-        known = {h: v for v, h in rows}
+        known: dict[str, str] = {h: v for v, h in rows}
         if code_hash in known:
             version = known[code_hash]
         else:
@@ -214,218 +357,102 @@ class Engine:
                 (task_id, version, code_hash, source, fn_bytes, options, utcnow())
             )
         self.versions[key] = version
-        fut.set_result(version)
+        return version
 
-    # -- dispatch ------------------------------------------------------------------------
+    def deploy(self, fut: cf.Future[Any], tv: TaskVersion) -> None:
+        """A task was defined: start its runs that were waiting for it."""
+        self.waiting_tasks.discard(tv.task_id)
+        started = 0
+        for run in list(self.runs.values()):
+            if run.task_id != tv.task_id:
+                continue
+            if run.status is S.WAITING_FOR_DEPLOY:
+                self._apply_task_defaults(run, tv, None)
+                self._transition(run, S.QUEUED, "deployed", version=tv.version,
+                                 queued_at=utcnow())  # fmt: skip
+                self._enter(run)
+                started += 1
+            elif run.status is S.DELAYED and run.task is None:
+                self._apply_task_defaults(run, tv, None)
+                self._update(run, "deployed", version=tv.version)
+        self._top_up()
+        self._pump()
+        fut.set_result(started)
+
+    def _adopt(self, rows: list[RunState]) -> None:
+        """Take over DELAYED and WAITING_FOR_DEPLOY runs left by an earlier kernel."""
+        for run in rows:
+            run.owner = self.owner
+            self.runs[run.id] = run
+            self._update(run, "adopted")
+            self._enter(run)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _top_up(self) -> None:
+        """Keep one worker process for every slot not taken by an executing attempt.
+
+        Workers start at the first trigger (opening a store costs no processes); a FROZEN
+        attempt keeps its process but gives up its slot, so a spare process is started."""
+        starting = sum(1 for w in self.pool.workers if not w.ready and not w.dying)
+        missing = self.size - self._active - len(self._idle) - starting
+        if missing <= 0 or self.closed:
+            return
+        if self._spawn_failures >= MAX_SPAWN_FAILURES and not self._has_queued():
+            return
+        if starting == 0:
+            self._spawn_failures = 0
+        try:
+            for _ in range(missing):
+                self.pool.spawn()
+        except OSError as exc:
+            self._spawn_failures = MAX_SPAWN_FAILURES
+            self._fail_queued(f"{type(exc).__name__}: {exc}")
+
+    def _has_queued(self) -> bool:
+        return bool(self.scheduler.queued())
 
     def _pump(self) -> None:
-        """Start queued runs on idle workers, oldest first."""
-        while self._queue and self._idle:
-            run = self._queue.popleft()
-            if run.status is not S.QUEUED:
-                continue  # canceled while queued
-            worker = self._idle.pop()
-            self._start_attempt(run, worker)
+        """Resume thawed runs, then start queued runs, while slots and workers allow."""
+        self._resume_ready()
+        while self._idle and self._active < self.size:
+            run = self.scheduler.pop()
+            if run is None:
+                return
+            self._start_attempt(run, self._idle.pop())
 
-    def _start_attempt(self, run: RunState, worker: WorkerProc) -> None:
-        tv = run.task
-        assert tv is not None
-        now = utcnow()
-        attempt = AttemptState(
-            id=new_id("attempt"),
-            run_id=run.id,
-            number=run.attempt_count + 1,
-            status=A.EXECUTING,
-            started_at=now,
-            pid=worker.pid,
-            worker=worker,
-        )
-        worker.attempt = attempt
-        run.attempts.append(attempt)
-        self.store.stage_attempt(attempt.row(), new=True)
-        self._transition(
-            run, S.EXECUTING, attempt_count=attempt.number, started_at=run.started_at or now
-        )
-        fn_bytes = None if tv.fn_key in worker.loaded else tv.fn_bytes
-        worker.loaded.add(tv.fn_key)
-        context = {
-            "run_id": run.id,
-            "task_id": run.task_id,
-            "attempt_number": attempt.number,
-            "version": run.version,
-            "tags": list(run.tags),
-            "metadata": run.metadata,
-        }
-        message = ("run", attempt.id, tv.fn_key, fn_bytes, run.payload, context, tv.memory_limit)
-        self.pool.send(worker, message)  # a dead worker shows up as end of file next
-        if run.max_duration_s is not None:
-            attempt.timer = self.loop.call_later(run.max_duration_s, self._time_out, run, attempt)
-
-    # -- worker events -------------------------------------------------------------------
-
-    def _on_message(self, worker: WorkerProc, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        attempt: AttemptState | None = worker.attempt
-        if kind == "ready":
-            worker.ready = True
-            self._spawn_failures = 0
-            if not worker.dying and not self.closed:
-                self._idle.append(worker)
-                self._pump()
-        elif attempt is None or message[1] != attempt.id or attempt.kill_reason:
-            return  # about an attempt that was canceled or timed out meanwhile
-        elif kind == "done":
-            self._on_done(worker, attempt, *message[2:])
-        elif kind == "oom":
-            attempt.oom = True
-            attempt.kill_reason = "oom"
-        elif kind == "metadata":
-            self._on_metadata(attempt, *message[2:])
-
-    def _on_done(self, worker: WorkerProc, attempt: AttemptState, outcome: str,
-                 output: bytes | None, output_preview: str, error: dict[str, str] | None,
-                 exc: bytes | None, stdout: str, stderr: str) -> None:  # fmt: skip
-        worker.attempt = None
-        run = self.runs[attempt.run_id]
-        attempt.stdout, attempt.stderr = stdout, stderr
-        if not worker.dying and not self.closed:
-            self._idle.append(worker)
-        if outcome == "completed":
-            self._end_attempt(run, attempt, A.COMPLETED)
-            self._transition(run, S.COMPLETED, output=output, output_preview=output_preview)
-        else:
-            err = error or {"type": "Error", "message": "", "traceback": ""}
-            status = A.SYSTEM_FAILURE if outcome == "system_failure" else A.FAILED
-            text = error_json(status, err["type"], err["message"], err["traceback"], exc)
-            self._end_attempt(run, attempt, status, text)
-            if outcome == "failed":
-                self._retry_or(run, S.FAILED, text)
-            else:
-                self._transition(run, S.SYSTEM_FAILURE if outcome == "system_failure"
-                                 else S.FAILED, error=text)  # fmt: skip
-        self._pump()
-
-    def _on_metadata(self, attempt: AttemptState, op: str, key: str, value: Any) -> None:
-        from ._context import apply_metadata_op
-
-        run = self.runs[attempt.run_id]
-        apply_metadata_op(run.metadata, op, key, value)
-        run.updated_at = utcnow()
-        self.store.stage_run(run.row(), run.update_row())
-        self._notify(run)
-
-    def _on_exit(self, worker: WorkerProc, exit_code: int | None, sig: int | None,
-                 log: str) -> None:  # fmt: skip
-        if worker in self._idle:
-            self._idle.remove(worker)
-        attempt: AttemptState | None = worker.attempt
-        worker.attempt = None
-        if attempt is not None:
-            self._worker_died(attempt, exit_code, sig)
-        if not worker.ready and not worker.dying:
-            self._spawn_failures += 1
-            self._last_boot_log = log
-        if self.closed:
-            return
-        if self._spawn_failures >= MAX_SPAWN_FAILURES:
-            self._fail_queued(log)
-        elif len(self.pool.workers) < self.size:
-            try:
-                self.pool.spawn()
-            except OSError as exc:
-                self._spawn_failures = MAX_SPAWN_FAILURES
-                self._fail_queued(f"{type(exc).__name__}: {exc}")
-
-    def _worker_died(self, attempt: AttemptState, exit_code: int | None, sig: int | None) -> None:
-        if attempt.timer is not None:
-            attempt.timer.cancel()
-        attempt.exit_code, attempt.signal = exit_code, sig
-        run = self.runs.get(attempt.run_id)
-        if attempt.kill_reason in ("cancel", "timeout", "shutdown") or run is None:
-            self.store.stage_attempt(attempt.row())  # exit details of a run already final
-            return
-        how = f"signal {signal.Signals(sig).name} ({sig})" if sig else f"exit code {exit_code}"
-        if attempt.oom:
-            limit = run.task.memory_limit if run.task else None
-            message = f"the worker ran out of memory (memory_limit={limit} bytes) and was killed"
-            text = error_json(A.CRASHED, "OutOfMemory", message)
-            self._end_attempt(run, attempt, A.CRASHED, text)
-            self._transition(run, S.CRASHED, error=text)
-        else:
-            text = error_json(A.CRASHED, "WorkerCrashed", f"the worker process died with {how}")
-            self._end_attempt(run, attempt, A.CRASHED, text)
-            self._retry_or(run, S.CRASHED, text)
-        self._pump()
-
-    def _end_attempt(self, run: RunState, attempt: AttemptState, status: AttemptStatus,
-                     error: str | None = None) -> None:  # fmt: skip
-        if attempt.timer is not None:
-            attempt.timer.cancel()
-            attempt.timer = None
-        attempt.status = status
-        attempt.finished_at = utcnow()
-        attempt.error = error
-        self.store.stage_attempt(attempt.row())
-
-    def _retry_or(self, run: RunState, final: RunStatus, error: str) -> None:
-        """After a failed attempt: back off and try again if allowed, else end as ``final``."""
-        if run.attempt_count < run.max_attempts:
-            retry = run.task.retry if run.task else None
-            delay = retry.delay_before(run.attempt_count) if retry else 0.0
-            self._transition(run, S.REATTEMPTING, error=error)
-            run.timer = self.loop.call_later(delay, self._requeue, run)
-        else:
-            self._transition(run, final, error=error)
-
-    def _requeue(self, run: RunState) -> None:
-        run.timer = None
-        if run.status is S.REATTEMPTING:
-            self._transition(run, S.QUEUED, queued_at=utcnow())
-            self._queue.append(run)
-            self._pump()
-
-    def _fail_queued(self, log: str) -> None:
-        text = error_json(
-            S.SYSTEM_FAILURE,
-            "WorkerStartError",
-            f"nbtasks could not start a worker process:\n{log.strip() or 'no output'}",
-        )
-        for run in list(self._queue):
-            if run.status is S.QUEUED:
-                self._transition(run, S.SYSTEM_FAILURE, error=text)
-        self._queue.clear()
-
-    def _time_out(self, run: RunState, attempt: AttemptState) -> None:
-        attempt.timer = None
-        if attempt.status is not A.EXECUTING or attempt.kill_reason:
-            return
-        message = f"the attempt exceeded max_duration={run.max_duration_s:g}s and was killed"
-        text = error_json(A.TIMED_OUT, "TimeoutError", message)
-        attempt.kill_reason = "timeout"
-        self._end_attempt(run, attempt, A.TIMED_OUT, text)
-        self._transition(run, S.TIMED_OUT, error=text)
-        self.pool.kill(attempt.worker)
+    def _retire_extra(self) -> None:
+        """After a thawed run finished: stop idle workers beyond the pool size."""
+        while self._idle and self._active + len(self._idle) > self.size:
+            worker = self._idle.pop(0)
+            worker.dying = True
+            self.pool.send(worker, ("exit",))
 
     # -- cancel, wait, read ----------------------------------------------------------------
 
     def cancel(self, fut: cf.Future[Any], run_id: str) -> None:
-        """Cancel a live run; resolve ``fut`` with its snapshot once that is committed."""
+        """Cancel a live run and its descendants; resolve ``fut`` with its final snapshot."""
         run = self.runs.get(run_id)
         if run is None:
             fut.set_result(None)  # not live here: the caller reads the store
             return
-        if run.status not in FINAL:
-            if run.timer is not None:
-                run.timer.cancel()
-                run.timer = None
-            text = error_json(S.CANCELED, "Canceled", "the run was canceled")
-            attempt = run.attempt
-            if attempt is not None:
-                attempt.kill_reason = "cancel"
-                self._end_attempt(run, attempt, A.CANCELED, text)
-                self.pool.kill(attempt.worker)
-            self._transition(run, S.CANCELED, error=text)
+        self._cancel(run)
         self._wait_all(fut, [run], single=True)
+
+    def _cancel(self, run: RunState) -> None:
+        for child in [r for r in self.runs.values() if r.parent_id == run.id]:
+            self._cancel(child)
+        if run.status in FINAL:
+            return
+        text = error_json(S.CANCELED, "Canceled", "the run was canceled")
+        attempt = run.attempt
+        if attempt is not None:
+            attempt.kill_reason = "cancel"
+            self._end_attempt(run, attempt, AttemptStatus.CANCELED, text)
+            self._release_slot(run, attempt)
+            self.pool.kill(attempt.worker)
+        self._transition(run, S.CANCELED, error=text)
+        self._pump()
 
     def wait(self, fut: cf.Future[Any], run_id: str) -> None:
         """Resolve ``fut`` with the final snapshot of a live run (None if not live)."""
@@ -435,11 +462,14 @@ class Engine:
         else:
             self._wait_all(fut, [run], single=True)
 
-    def _wait_all(self, fut: cf.Future[Any], runs: list[RunState], single: bool = False) -> None:
+    def _wait_all(self, fut: cf.Future[Any], runs: list[RunState | str],
+                  single: bool = False) -> None:  # fmt: skip
+        """Resolve ``fut`` with the final snapshots of ``runs`` in order. Entries that are
+        run ids (runs no longer live) resolve to None: the caller reads the store."""
         results: list[Run | None] = [None] * len(runs)
-        pending = [len(runs)]
+        pending = [sum(1 for r in runs if isinstance(r, RunState))]
 
-        def waiter(i: int) -> Callable[[Run, BaseException | None], None]:
+        def waiter(i: int) -> Waiter:
             def settled(snapshot: Run, error: BaseException | None) -> None:
                 if fut.done():
                     return
@@ -453,10 +483,11 @@ class Engine:
 
             return settled
 
-        if not runs:
-            fut.set_result([])
+        if pending[0] == 0:
+            fut.set_result(results[0] if single else results)
         for i, run in enumerate(runs):
-            run.waiters.append(waiter(i))
+            if isinstance(run, RunState):
+                run.waiters.append(waiter(i))
 
     def snapshot(self, fut: cf.Future[Any], run_id: str) -> None:
         run = self.runs.get(run_id)
@@ -502,25 +533,25 @@ class Engine:
 
     def _shutdown(self, fut: cf.Future[Any]) -> None:
         self.closed = True
-        ticket = -1
+        text = error_json(S.INTERRUPTED, "Interrupted", "the kernel that owned the run stopped")
         for run in list(self.runs.values()):
             if run.status in (S.EXECUTING, S.REATTEMPTING, S.FROZEN):
-                if run.timer is not None:
-                    run.timer.cancel()
-                text = error_json(
-                    S.INTERRUPTED, "Interrupted", "the kernel that owned the run stopped"
-                )
                 attempt = run.attempt
                 if attempt is not None:
                     attempt.kill_reason = "shutdown"
-                    self._end_attempt(run, attempt, A.INTERRUPTED, text)
-                ticket = self._transition(run, S.INTERRUPTED, error=text)
+                    self._end_attempt(run, attempt, AttemptStatus.INTERRUPTED, text)
+                self._transition(run, S.INTERRUPTED, error=text)
+            for timer in (run.timer, run.ttl_timer):
+                if timer is not None:
+                    timer.cancel()
         self._idle.clear()
         self.pool.stop_all()
-        if ticket < 0:
-            ticket = self.store.stage_event(("", utcnow(), "ENGINE_STOPPED", None, self.owner))
-        self._after_commit(ticket, lambda _e: fut.set_result(None))
+        self._when_durable(lambda _e: fut.set_result(None))
 
 
-def options_json(options: dict[str, Any]) -> str:
-    return json.dumps(options, default=str, sort_keys=True)
+from ._nesting import NestingMixin  # noqa: E402
+from ._outcomes import OutcomesMixin  # noqa: E402
+
+
+class Engine(OutcomesMixin, NestingMixin, EngineBase):
+    """One engine per process and store: see the module docstring."""

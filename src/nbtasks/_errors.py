@@ -88,6 +88,10 @@ class RunError(NbtasksError):
         self.exc_bytes = exc_bytes
         super().__init__(f"{status}: {type}: {message}" if message else f"{status}: {type}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_run_error, (self.status, self.type, self.message, self.traceback,
+                                     self.run_id, self.exc_bytes))  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
@@ -100,6 +104,11 @@ class RunError(NbtasksError):
         """How IPython shows this error: the worker's traceback, then the summary."""
         lines = self.traceback.rstrip().splitlines() if self.traceback else []
         return [*lines, f"nbtasks.RunError: {self}"]
+
+
+def _rebuild_run_error(status: str, type_: str, message: str, tb: str, run_id: str | None,
+                       exc_bytes: bytes | None) -> RunError:  # fmt: skip
+    return RunError(status, type_, message, tb, run_id=run_id, exc_bytes=exc_bytes)
 
 
 class AbortRun(Exception):

@@ -58,6 +58,7 @@ class Attempt:
     error: RunError | None
     stdout: str
     stderr: str
+    displays: tuple[dict[str, Any], ...] = ()  # MIME bundles of display(...) calls
 
     @property
     def duration_ms(self) -> float | None:
@@ -65,12 +66,12 @@ class Attempt:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Attempt:
-        (id_, run_id, number, status, started, finished, pid, code, sig, oom, err, out, errout) = (
-            row
-        )
+        (id_, run_id, number, status, started, finished, pid, code, sig, oom, err, out, errout,
+         displays) = row  # fmt: skip
         return cls(
             id_, run_id, number, AttemptStatus(status), started, finished, pid, code, sig,
             bool(oom), error_from_json(err, run_id), out or "", errout or "",
+            tuple(json.loads(displays)) if displays else (),
         )  # fmt: skip
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _protocol
 
+MAX_SPAWN_FAILURES = 3  # workers in a row dying before ready: the queued runs fail
 KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL when killing a worker's process group
 _BOOT = "import sys; from nbtasks._worker import main; main(sys.argv)"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

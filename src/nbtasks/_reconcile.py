@@ -1,50 +1,71 @@
 """What a newly opened store says about the engine that held it before.
 
 Runs that were executing, waiting for a retry or frozen when their kernel went away end
-INTERRUPTED, and so do their executing attempts. Every change goes through the same
-transition table as live changes, and is recorded as an event.
+INTERRUPTED, and so do their executing attempts. Queued runs wait for their task to be
+defined again (WAITING_FOR_DEPLOY); delayed runs stay delayed. Every change follows the
+transition table and is recorded as an event.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from ._state import error_json
+from ._schema import RUN_COLUMNS
+from ._state import RunState, error_json
 from ._status import AttemptStatus, RunStatus, check_transition
 from ._store import Store
 
 _LEFT_RUNNING = (RunStatus.EXECUTING, RunStatus.REATTEMPTING, RunStatus.FROZEN)
 
 
-def reconcile_at_start(store: Store, now: datetime) -> int:
-    """Mark runs orphaned by a stopped kernel INTERRUPTED; return how many there were."""
+def _move(cur: object, ids: list[str], new: RunStatus, now: datetime, sets: str,
+          params: list[object]) -> None:  # fmt: skip
+    cur.execute(  # type: ignore[attr-defined]
+        "INSERT INTO run_events SELECT id, ?, ?, attempt_count, 'reconciled at start' "
+        "FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))",
+        [now, new.value, ids],
+    )
+    cur.execute(  # type: ignore[attr-defined]
+        f"UPDATE runs SET status = ?, updated_at = ?{sets} "
+        "WHERE id IN (SELECT unnest(?::VARCHAR[]))",
+        [new.value, now, *params, ids],
+    )
+
+
+def reconcile_at_start(store: Store, now: datetime) -> None:
+    """Settle what the previous owner of the store left behind, in one transaction."""
     for status in _LEFT_RUNNING:
         check_transition("(reconcile)", status, RunStatus.INTERRUPTED)
-    statuses = [s.value for s in _LEFT_RUNNING]
-    marks = ", ".join("?" for _ in statuses)
+    check_transition("(reconcile)", RunStatus.QUEUED, RunStatus.WAITING_FOR_DEPLOY)
     text = error_json(RunStatus.INTERRUPTED, "Interrupted", "the kernel that owned the run stopped")
     cur = store.cursor()
     try:
         cur.begin()
+        running = [s.value for s in _LEFT_RUNNING]
         ids = [r[0] for r in cur.execute(
-            f"SELECT id FROM runs WHERE status IN ({marks})", statuses).fetchall()]  # fmt: skip
+            "SELECT id FROM runs WHERE status IN (SELECT unnest(?::VARCHAR[]))", [running]
+        ).fetchall()]  # fmt: skip
         if ids:
             cur.execute(
                 "UPDATE attempts SET status = ?, finished_at = ?, error = ? "
                 "WHERE status = ? AND run_id IN (SELECT unnest(?::VARCHAR[]))",
                 [AttemptStatus.INTERRUPTED.value, now, text, AttemptStatus.EXECUTING.value, ids],
             )
-            cur.execute(
-                "INSERT INTO run_events SELECT id, ?, ?, attempt_count, 'reconciled at start' "
-                "FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))",
-                [now, RunStatus.INTERRUPTED.value, ids],
-            )
-            cur.execute(
-                "UPDATE runs SET status = ?, updated_at = ?, finished_at = ?, error = ? "
-                "WHERE id IN (SELECT unnest(?::VARCHAR[]))",
-                [RunStatus.INTERRUPTED.value, now, now, text, ids],
-            )
+            _move(cur, ids, RunStatus.INTERRUPTED, now, ", finished_at = ?, error = ?",
+                  [now, text])  # fmt: skip
+        queued = [r[0] for r in cur.execute(
+            "SELECT id FROM runs WHERE status = 'QUEUED'").fetchall()]  # fmt: skip
+        if queued:
+            _move(cur, queued, RunStatus.WAITING_FOR_DEPLOY, now, "", [])
         cur.commit()
-        return len(ids)
     finally:
         cur.close()
+
+
+def load_waiting_runs(store: Store) -> list[RunState]:
+    """The runs a new engine takes over: delayed ones and those waiting for their task."""
+    rows = store.query(
+        f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+        "WHERE status IN ('DELAYED', 'WAITING_FOR_DEPLOY') ORDER BY id"
+    )
+    return [RunState.from_row(tuple(row)) for row in rows]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import queue as queue_mod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._calls import block, engine, wait_runs
-from ._durations import parse_duration
+from ._calls import block, engine, handles, make_specs, submit, wait_runs
+from ._context import call_engine, in_task
+from ._durations import parse_delay, parse_duration
 from ._errors import UnknownRunError
+from ._handles import RunHandle
 from ._models import Attempt, Page, Result, Run, run_from_row
 from ._schema import ATTEMPT_COLUMNS, RUN_COLUMNS
 from ._state import utcnow
@@ -20,6 +23,7 @@ _LIST_COLUMNS = ", ".join(
     "NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS
 )  # listing never reads (or unpickles) payloads and outputs
 _ALL_COLUMNS = ", ".join(RUN_COLUMNS)
+_SAME: Any = object()  # replay: keep the original payload
 
 
 def _statuses(value: RunStatus | str | Sequence[RunStatus | str]) -> list[str]:
@@ -108,6 +112,9 @@ class Runs:
 
     def retrieve(self, run_id: str) -> Run:
         """The run as it is now: live from the engine, or from the store."""
+        if in_task():
+            run: Run = call_engine("retrieve", run_id)
+            return run
         eng = engine()
         live = block(eng.call(eng.snapshot, run_id))
         if live is not None:
@@ -118,7 +125,11 @@ class Runs:
         return run_from_row(rows[0], _fetch, _fetch(run_id, "attempts"))
 
     def cancel(self, run_id: str) -> Run:
-        """Cancel a run (its process tree is killed); a final run is left as it is."""
+        """Cancel a run and its descendants (their process trees are killed); a final run
+        is left as it is."""
+        if in_task():
+            call_engine("cancel", run_id)
+            return self.retrieve(run_id)
         eng = engine()
         eng.require_run(run_id)
         snapshot = block(eng.call(eng.cancel, run_id))
@@ -127,6 +138,62 @@ class Runs:
     def wait(self, run_id: str, timeout: float | None = None) -> Result[Any]:
         """Block until the run is final and return its result."""
         return wait_runs([run_id], timeout)[0]
+
+    def trigger(self, task_id: str, payload: Any, **options: Any) -> RunHandle[Any]:
+        """Trigger a task by id. A task not defined in this kernel yet gets a run that is
+        WAITING_FOR_DEPLOY until its definition runs."""
+        from ._task import registry
+
+        task = registry.get(task_id)
+        if task is not None:
+            return task.trigger(payload, **options)
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError(f"task_id={task_id!r} is not valid: use a task id string")
+        (handle,) = handles(task_id, submit(make_specs(None, [payload], options, task_id=task_id)))
+        return handle
+
+    def replay(self, run_id: str, payload: Any = _SAME) -> RunHandle[Any]:
+        """A new run of the same task (its latest version), with the same payload unless
+        one is given, the same tags and trigger metadata, and no idempotency key."""
+        original = self.retrieve(run_id)
+        from ._task import registry
+
+        row = engine().store.query(
+            "SELECT payload, trigger_metadata FROM runs WHERE id = ?", [run_id]
+        )[0]
+        options: dict[str, Any] = {"tags": list(original.tags)}
+        if row[1]:
+            options["metadata"] = json.loads(row[1])
+        task = registry.get(original.task_id)
+        (spec,) = make_specs(task, [None if payload is _SAME else payload], options,
+                             task_id=original.task_id)  # fmt: skip
+        if payload is _SAME:
+            spec.payload = row[0]
+            spec.payload_preview = original.payload_preview or ""
+        spec.replayed_from = run_id
+        (handle,) = handles(original.task_id, submit([spec]))
+        return handle
+
+    def reschedule(self, run_id: str, delay: Any) -> Run:
+        """Move a DELAYED run's start; any other status raises ``ValueError`` naming it."""
+        until = parse_delay("delay", delay, utcnow())
+        eng = engine()
+        eng.require_run(run_id)
+        run: Run = block(eng.call(eng.reschedule, run_id, until or utcnow()))
+        return run
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        """A read-only DuckDB relation over the ``runs`` and ``attempts`` (and
+        ``run_events``, ``task_versions``) tables; a statement that writes is refused."""
+        eng = engine()
+        cur = eng.store.cursor()
+        statements = cur.extract_statements(query)
+        if len(statements) != 1:
+            raise ValueError(f"runs.sql takes one statement, got {len(statements)}")
+        kind = str(statements[0].type).rsplit(".", 1)[-1]
+        if kind != "SELECT":
+            raise ValueError(f"runs.sql is read-only: a {kind} statement is refused ({query!r})")
+        return cur.sql(query, params=list(params) if params else None)
 
     def subscribe(self, run_id: str) -> Iterator[Run]:
         """Yield a snapshot now and at every change of the run, ending when it is final."""

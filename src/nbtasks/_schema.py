@@ -22,7 +22,7 @@ RUN_UPDATE_COLUMNS: tuple[str, ...] = (
 
 ATTEMPT_COLUMNS: tuple[str, ...] = (
     "id", "run_id", "number", "status", "started_at", "finished_at", "pid",
-    "exit_code", "signal", "oom", "error", "stdout", "stderr",
+    "exit_code", "signal", "oom", "error", "stdout", "stderr", "displays",
 )  # fmt: skip
 
 DDL = """
@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     oom BOOLEAN NOT NULL,
     error JSON,
     stdout VARCHAR,
-    stderr VARCHAR
+    stderr VARCHAR,
+    displays JSON
 );
 CREATE TABLE IF NOT EXISTS run_events (
     run_id VARCHAR NOT NULL,

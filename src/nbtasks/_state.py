@@ -29,6 +29,10 @@ class TaskVersion:
     fn_bytes: bytes
     retry: Retry | None
     memory_limit: int | None
+    max_duration_s: float | None = None
+    ttl_s: float | None = None
+    queue: str | None = None
+    concurrency_limit: int | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +52,12 @@ class RunSpec:
     max_attempts: int | None = None
     max_duration_s: float | None = None
     batch_id: str | None = None
+    delay_until: datetime | None = None
+    ttl_s: float | None = None
+    idempotency_key: str | None = None  # already scoped (see _calls.scoped_key)
+    idempotency_key_ttl_s: float | None = None
+    replayed_from: str | None = None
+    parent_id: str | None = None  # set by the engine for runs triggered inside a task
 
 
 @dataclass(slots=True, eq=False)
@@ -65,15 +75,18 @@ class AttemptState:
     error: str | None = None  # JSON
     stdout: str = ""
     stderr: str = ""
+    displays: list[dict[str, Any]] = field(default_factory=list)  # MIME bundles
     worker: Any = None  # the WorkerProc executing it
     kill_reason: str | None = None  # "cancel" | "timeout" | "oom" | "shutdown"
     timer: Any = None
+    holds_slot: bool = False  # counts against the pool size and its queue's limit
+    last_notify: float = 0.0  # monotonic time live logs last reached listeners
 
     def row(self) -> tuple[Any, ...]:
         return (
             self.id, self.run_id, self.number, self.status.value, self.started_at,
             self.finished_at, self.pid, self.exit_code, self.signal, self.oom, self.error,
-            self.stdout, self.stderr,
+            self.stdout, self.stderr, json.dumps(self.displays) if self.displays else None,
         )  # fmt: skip
 
     def snapshot(self) -> Attempt:
@@ -117,7 +130,9 @@ class RunState:
     owner: str | None = None
     concurrency_limit: int | None = None
     attempts: list[AttemptState] = field(default_factory=list)
-    timer: Any = None
+    timer: Any = None  # delay or backoff
+    ttl_timer: Any = None
+    resume: Any = None  # while FROZEN: what to reply to the worker once children are done
     waiters: list[Any] = field(default_factory=list)  # called with (snapshot, error)
 
     @property
@@ -138,6 +153,28 @@ class RunState:
             json.dumps(self.trigger_metadata) if self.trigger_metadata else None,
             self.max_attempts, self.max_duration_s, self.attempt_count, self.parent_id,
             self.root_id, self.depth, self.batch_id, self.replayed_from, self.owner,
+        )  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> RunState:
+        """Rebuild a stored run (``RUN_COLUMNS`` order) to make it live again."""
+        (id_, task_id, version, status, queue, payload, payload_preview, output,
+         output_preview, error, created_at, updated_at, queued_at, started_at, finished_at,
+         delay_until, ttl_s, expired_at, key, key_expires, tags, metadata, trigger_metadata,
+         max_attempts, max_duration_s, attempt_count, parent_id, root_id, depth, batch_id,
+         replayed_from, owner) = row  # fmt: skip
+        return cls(
+            id=id_, task_id=task_id, version=version, status=RunStatus(status), queue=queue,
+            payload=payload, payload_preview=payload_preview, created_at=created_at,
+            updated_at=updated_at, output=output, output_preview=output_preview, error=error,
+            queued_at=queued_at, started_at=started_at, finished_at=finished_at,
+            delay_until=delay_until, ttl_s=ttl_s, expired_at=expired_at, idempotency_key=key,
+            idempotency_expires_at=key_expires, tags=tuple(tags or ()),
+            metadata=json.loads(metadata) if metadata else {},
+            trigger_metadata=json.loads(trigger_metadata) if trigger_metadata else None,
+            max_attempts=max_attempts or 1, max_duration_s=max_duration_s,
+            attempt_count=attempt_count, parent_id=parent_id, root_id=root_id, depth=depth,
+            batch_id=batch_id, replayed_from=replayed_from, owner=owner,
         )  # fmt: skip
 
     def update_row(self) -> tuple[Any, ...]:

@@ -83,7 +83,9 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
         }
     ),
     S.REATTEMPTING: frozenset({S.QUEUED, S.CANCELED, S.INTERRUPTED, S.SYSTEM_FAILURE}),
-    S.FROZEN: frozenset({S.EXECUTING, S.CANCELED, S.INTERRUPTED, S.SYSTEM_FAILURE}),
+    S.FROZEN: frozenset(
+        {S.EXECUTING, S.CANCELED, S.TIMED_OUT, S.CRASHED, S.INTERRUPTED, S.SYSTEM_FAILURE}
+    ),
     **{status: frozenset() for status in FINAL},
 }
 

@@ -90,6 +90,7 @@ class Store:
         self._cv = threading.Condition()
         self._staged = _Staged()
         self._ticket = 0  # the ticket the staged rows will commit under
+        self._inflight: int | None = None  # the ticket being committed now
         self._closing = False
         self._writer = self._conn.cursor()
         self._insert_runs = self._writer.appender("runs", columns=list(RUN_COLUMNS))
@@ -154,6 +155,14 @@ class Store:
             self._cv.notify()
             return self._ticket
 
+    def barrier(self) -> int | None:
+        """The ticket whose commit makes everything staged so far durable, or None if it
+        already is."""
+        with self._cv:
+            if self._staged:
+                return self._ticket
+            return self._inflight
+
     # -- the writer thread -------------------------------------------------------------
 
     def _write_loop(self) -> None:
@@ -164,7 +173,7 @@ class Store:
                 if not self._staged and self._closing:
                     return
                 staged, self._staged = self._staged, _Staged()
-                ticket = self._ticket
+                ticket = self._inflight = self._ticket
                 self._ticket += 1
             error: BaseException | None = None
             try:
@@ -175,6 +184,8 @@ class Store:
                     self._writer.rollback()
                 except duckdb.Error:
                     pass
+            with self._cv:
+                self._inflight = None
             self._on_commit(ticket, error)
 
     def _commit(self, s: _Staged) -> None:

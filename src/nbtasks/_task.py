@@ -67,6 +67,9 @@ class Task(Generic[P, R]):
         self.__wrapped__ = fn
         with _registry_lock:
             registry[self.id] = self
+        from ._config import task_defined
+
+        task_defined(self)
 
     def __call__(self, payload: P) -> R:
         return self.fn(payload)
@@ -81,7 +84,8 @@ class Task(Generic[P, R]):
             and getattr(sys.modules.get(module), self.__qualname__, None) is self
         ):
             return (_task_by_reference, (module, self.__qualname__))
-        return (_task_by_value, (self.fn, self.id, self.retry, self.memory_limit))
+        options = (self.retry, self.max_duration_s, self.memory_limit, self.queue, self.ttl_s)
+        return (_task_by_value, (self.fn, self.id, options))
 
     def options_json(self) -> str:
         return json.dumps(
@@ -105,7 +109,11 @@ class Task(Generic[P, R]):
         if shipped is not None and shipped.fn_key == fn_key:
             return shipped
         version = register(self.id, self.code_hash, self.source, fn_bytes, self.options_json())
-        shipped = TaskVersion(self.id, version, fn_key, fn_bytes, self.retry, self.memory_limit)
+        shipped = TaskVersion(
+            self.id, version, fn_key, fn_bytes, self.retry, self.memory_limit,
+            self.max_duration_s, self.ttl_s, self.queue.name if self.queue else None,
+            self.queue.concurrency_limit if self.queue else None,
+        )  # fmt: skip
         self._shipped = shipped
         return shipped
 
@@ -189,11 +197,12 @@ def _task_by_reference(module: str, qualname: str) -> Task[Any, Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def _task_by_value(fn: Callable[[Any], Any], task_id: str, retry: Retry | None,
-                   memory_limit: int | None) -> Task[Any, Any]:  # fmt: skip
+def _task_by_value(fn: Callable[[Any], Any], task_id: str,
+                   options: tuple[Any, ...]) -> Task[Any, Any]:  # fmt: skip
     """Rebuild a notebook-defined task in a worker, without registering it there."""
     t: Task[Any, Any] = Task.__new__(Task)
-    t.fn, t.id, t.retry, t.memory_limit = fn, task_id, retry, memory_limit
+    t.fn, t.id, t.source, t.code_hash, t._shipped = fn, task_id, "", "", None
+    (t.retry, t.max_duration_s, t.memory_limit, t.queue, t.ttl_s) = options
     return t
 
 

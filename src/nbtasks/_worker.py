@@ -8,14 +8,20 @@ kernel goes away (the command pipe reaches end of file, or the parent-death sign
 
 from __future__ import annotations
 
+import base64
+import builtins
+import codecs
 import ctypes
 import io
+import itertools
+import json
 import os
 import queue
 import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -23,6 +29,8 @@ from . import _context, _protocol
 from ._errors import AbortRun
 
 OUTPUT_CAP = 256 * 1024  # bytes of stdout / stderr kept per attempt (the tail)
+LOG_EVERY_S = 0.1  # how often output written by a running attempt is streamed
+DISPLAY_CAP = 1 << 20  # bytes of one display(...) bundle
 _PR_SET_PDEATHSIG = 1
 
 
@@ -42,9 +50,14 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 class _Capture:
-    """Redirects file descriptors 1 and 2 (so subprocess output is caught too) to files."""
+    """Redirects file descriptors 1 and 2 (so subprocess output is caught too) to files,
+    and streams what an attempt writes to the kernel while it runs."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.attempt_id: str | None = None
+        self.offsets = [0, 0]
+        self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
         self.files = []
         for fd in (1, 2):
             f = tempfile.TemporaryFile()
@@ -57,10 +70,15 @@ class _Capture:
             os.fdopen(2, "wb", closefd=False), line_buffering=True, errors="backslashreplace"
         )
 
-    def reset(self) -> None:
-        for fd in (1, 2):
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
+    def reset(self, attempt_id: str) -> None:
+        with self.lock:
+            for fd in (1, 2):
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+            self.attempt_id = attempt_id
+            self.offsets = [0, 0]
+            for decoder in self.decoders:
+                decoder.reset()
 
     def collect(self) -> tuple[str, str]:
         for stream in (sys.stdout, sys.stderr):
@@ -68,7 +86,26 @@ class _Capture:
                 stream.flush()
             except Exception:
                 pass
-        return _tail(1), _tail(2)
+        with self.lock:
+            self.attempt_id = None
+            return _tail(1), _tail(2)
+
+    def stream(self, send: Any) -> None:
+        """Forever: every LOG_EVERY_S, send what the running attempt wrote since."""
+        while True:
+            time.sleep(LOG_EVERY_S)
+            with self.lock:
+                if self.attempt_id is None:
+                    continue
+                for i, (fd, name) in enumerate(((1, "stdout"), (2, "stderr"))):
+                    size = os.fstat(fd).st_size
+                    start = max(self.offsets[i], size - OUTPUT_CAP)
+                    if size > start:
+                        data = os.pread(fd, size - start, start)
+                        self.offsets[i] = size
+                        text = self.decoders[i].decode(data)
+                        if text:
+                            send(("log", self.attempt_id, name, text))
 
 
 def _tail(fd: int) -> str:
@@ -138,6 +175,43 @@ def _exc_bytes(exc: BaseException) -> bytes | None:
         return None
 
 
+_MIME_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("application/json", "_repr_json_"),
+    ("text/latex", "_repr_latex_"),
+)
+
+
+def mime_bundle(obj: object) -> dict[str, Any]:
+    """The MIME bundle of an object, the way Jupyter's formatters build one."""
+    bundle: dict[str, Any] = {}
+    method = getattr(obj, "_repr_mimebundle_", None)
+    if callable(method):
+        try:
+            data = method()
+            bundle.update(data[0] if isinstance(data, tuple) else data or {})
+        except Exception:
+            pass
+    for mime, name in _MIME_METHODS:
+        method = getattr(obj, name, None)
+        if mime in bundle or not callable(method) or isinstance(obj, type):
+            continue
+        try:
+            value = method()
+        except Exception:
+            continue
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).decode("ascii")
+        if value is not None:
+            bundle[mime] = value
+    bundle["text/plain"] = repr(obj)
+    return bundle
+
+
 class Worker:
     def __init__(self, cmd_fd: int, event_fd: int) -> None:
         self.cmd_fd = cmd_fd
@@ -145,7 +219,37 @@ class Worker:
         self.write_lock = threading.Lock()
         self.functions: dict[str, Any] = {}
         self.inbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.replies: dict[int, tuple[bool, Any]] = {}
+        self.replies_cv = threading.Condition()
+        self.request_ids = itertools.count(1)
         self.capture = _Capture()
+        builtins.display = self.display  # type: ignore[attr-defined]
+
+    def display(self, *objs: object, **_: object) -> None:
+        """``display(obj)`` in task code: the object's MIME bundle goes to the attempt."""
+        current = _context._current
+        for obj in objs:
+            if current is None:
+                print(repr(obj))
+                continue
+            bundle = mime_bundle(obj)
+            if len(json.dumps(bundle, default=str)) > DISPLAY_CAP:
+                bundle = {"text/plain": bundle["text/plain"][:DISPLAY_CAP]}
+            self.send(("display", current.ctx.attempt_id, bundle))
+
+    def call(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Send a call to the kernel's engine and block until its reply."""
+        current = _context._current
+        assert current is not None
+        request_id = next(self.request_ids)
+        self.send(("call", current.ctx.attempt_id, request_id, op, args))
+        with self.replies_cv:
+            while request_id not in self.replies:
+                self.replies_cv.wait()
+            ok, value = self.replies.pop(request_id)
+        if not ok:
+            raise value
+        return value
 
     def send(self, message: tuple[Any, ...]) -> None:
         data = _protocol.encode(message)
@@ -155,13 +259,21 @@ class Worker:
     def _read_commands(self) -> None:
         try:
             while (message := _protocol.read_frame(self.cmd_fd)) is not None:
-                self.inbox.put(message)
+                if message[0] == "reply":
+                    with self.replies_cv:
+                        self.replies[message[1]] = (message[2], message[3])
+                        self.replies_cv.notify_all()
+                else:
+                    self.inbox.put(message)
         except OSError:
             pass
         _kill_group()  # the kernel is gone: take every process of this worker with us
 
     def serve(self) -> None:
         threading.Thread(target=self._read_commands, daemon=True, name="nbtasks-cmd").start()
+        threading.Thread(
+            target=self.capture.stream, args=(self.send,), daemon=True, name="nbtasks-logs"
+        ).start()
         self.send(("ready", os.getpid()))
         while (message := self.inbox.get()) is not None:
             kind = message[0]
@@ -196,7 +308,7 @@ class Worker:
                 ("done", attempt_id, outcome, output, out_preview, error, exc, stdout, stderr)
             )
 
-        self.capture.reset()
+        self.capture.reset(attempt_id)
         try:
             if fn_bytes is not None:
                 self.functions[fn_key] = loads(fn_bytes)
@@ -220,7 +332,9 @@ class Worker:
             tags=tuple(ctx.get("tags") or ()),
             attempt_id=attempt_id,
         )
-        _context._install(_context._Current(task_ctx, dict(ctx.get("metadata") or {}), self.send))
+        _context._install(
+            _context._Current(task_ctx, dict(ctx.get("metadata") or {}), self.send, self.call)
+        )
         watch = _MemoryWatch(memory_limit, attempt_id, self.send) if memory_limit else None
         if watch:
             watch.start()
@@ -251,6 +365,7 @@ def main(argv: list[str]) -> None:
     os.set_inheritable(cmd_fd, False)
     os.set_inheritable(event_fd, False)
     _die_with_parent(parent_pid)
+    _context.IN_WORKER = True
     Worker(cmd_fd, event_fd).serve()
 
 
