@@ -142,9 +142,10 @@ class EngineBase:
             run.timer = run.ttl_timer = None
         ticket = self.store.stage_run(run.row(), run.update_row())
         self._event(run, detail)
-        self._notify(run)
-        if final:
+        if final:  # listeners see the final state once it is durable, in _settle
             self._after_commit(ticket, lambda error: self._settle(run, error))
+        else:
+            self._notify(run)
         return ticket
 
     def _settle(self, run: RunState, error: BaseException | None) -> None:
@@ -159,7 +160,8 @@ class EngineBase:
         waiters, run.waiters = run.waiters, []
         for waiter in waiters:
             waiter(snapshot, error)
-        self._listeners.pop(run.id, None)
+        for listener in self._listeners.pop(run.id, ()):
+            listener(snapshot)
 
     def _notify(self, run: RunState) -> None:
         listeners = self._listeners.get(run.id)
@@ -208,6 +210,7 @@ class EngineBase:
                     continue
             run = self._new_run(spec, now, parent)
             out.append((run.id, False))
+        self._spawn_failures = 0  # a new trigger tries to start workers again
         self._top_up()
         self._pump()
         return out
@@ -285,6 +288,8 @@ class EngineBase:
 
     def _enter(self, run: RunState) -> None:
         """Start the timers and queues of a run that just reached its current status."""
+        if run.task is None:
+            self.waiting_tasks.add(run.task_id)
         if run.status is S.DELAYED:
             left = (run.delay_until - utcnow()).total_seconds() if run.delay_until else 0
             run.timer = self.loop.call_later(max(0.0, left), self._due, run)
@@ -295,8 +300,6 @@ class EngineBase:
                 left = run.ttl_s - (utcnow() - run.queued_at).total_seconds()
                 run.ttl_timer = self.loop.call_later(max(0.0, left), self._expire, run)
             self.scheduler.push(run)
-        elif run.status is S.WAITING_FOR_DEPLOY:
-            self.waiting_tasks.add(run.task_id)
 
     def _due(self, run: RunState) -> None:
         run.timer = None
@@ -396,21 +399,14 @@ class EngineBase:
         attempt keeps its process but gives up its slot, so a spare process is started."""
         starting = sum(1 for w in self.pool.workers if not w.ready and not w.dying)
         missing = self.size - self._active - len(self._idle) - starting
-        if missing <= 0 or self.closed:
-            return
-        if self._spawn_failures >= MAX_SPAWN_FAILURES and not self._has_queued():
-            return
-        if starting == 0:
-            self._spawn_failures = 0
+        if missing <= 0 or self.closed or self._spawn_failures >= MAX_SPAWN_FAILURES:
+            return  # after workers failed to start, try again at the next trigger
         try:
             for _ in range(missing):
                 self.pool.spawn()
         except OSError as exc:
             self._spawn_failures = MAX_SPAWN_FAILURES
             self._fail_queued(f"{type(exc).__name__}: {exc}")
-
-    def _has_queued(self) -> bool:
-        return bool(self.scheduler.queued())
 
     def _pump(self) -> None:
         """Resume thawed runs, then start queued runs, while slots and workers allow."""

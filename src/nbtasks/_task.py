@@ -60,16 +60,20 @@ class Task(Generic[P, R]):
         self.source = source if source is not None else _source_of(fn)
         self.code_hash = hashlib.sha256(self.source.encode()).hexdigest()[:32]
         self._shipped: TaskVersion | None = None
-        self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", task_id)
-        self.__qualname__ = getattr(fn, "__qualname__", task_id)
-        self.__module__ = getattr(fn, "__module__", "__main__")
-        self.__wrapped__ = fn
+        self._look_like(fn)
         with _registry_lock:
             registry[self.id] = self
         from ._config import task_defined
 
         task_defined(self)
+
+    def _look_like(self, fn: Callable[[P], R]) -> None:
+        """Carry the function's name, module and docstring, as functools.wraps does."""
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.id)
+        self.__qualname__ = getattr(fn, "__qualname__", self.id)
+        self.__module__ = getattr(fn, "__module__", "__main__")
+        self.__wrapped__ = fn
 
     def __call__(self, payload: P) -> R:
         return self.fn(payload)
@@ -203,6 +207,7 @@ def _task_by_value(fn: Callable[[Any], Any], task_id: str,
     t: Task[Any, Any] = Task.__new__(Task)
     t.fn, t.id, t.source, t.code_hash, t._shipped = fn, task_id, "", "", None
     (t.retry, t.max_duration_s, t.memory_limit, t.queue, t.ttl_s) = options
+    t._look_like(fn)
     return t
 
 

@@ -1,0 +1,383 @@
+"""Delays, TTL, queues, idempotency, replay, versions, nested runs, live updates, SQL."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import nbtasks
+from nbtasks import BatchItem, Queue, Retry, RunStatus, Task, metadata, runs, task
+
+from crashers import sleep_for
+from tasks import add, always_fail
+
+# -- tasks local to these tests -----------------------------------------------------------
+
+ONE = Queue("sched-one", concurrency_limit=1)
+TWO = Queue("sched-two", concurrency_limit=2)
+
+
+@task(id="sched-child")
+def child(x: int) -> int:
+    metadata.set("seen", x)
+    return x + 1
+
+
+@task(id="sched-parent")
+def parent(n: int) -> int:
+    results = child.batch_trigger_and_wait(list(range(n)))
+    single = child.trigger_and_wait(100)
+    return sum(results.unwrap()) + single.unwrap()
+
+
+@task(id="sched-inner", queue=ONE)
+def inner(x: int) -> int:
+    return x * 10
+
+
+@task(id="sched-outer", queue=ONE)
+def outer(x: int) -> int:
+    return inner.trigger_and_wait(x).unwrap() + 1
+
+
+@task(id="sched-grandchild")
+def grandchild(_: object) -> None:
+    time.sleep(300)
+
+
+@task(id="sched-middle")
+def middle(_: object) -> None:
+    grandchild.trigger_and_wait(None)
+
+
+@task(id="sched-top")
+def top(_: object) -> None:
+    middle.trigger_and_wait(None)
+
+
+@task(id="sched-keyed-children")
+def keyed_children(key: str) -> list[str]:
+    scoped = [child.trigger(1, idempotency_key=key).id for _ in range(2)]
+    global_ = child.trigger(1, idempotency_key=key, idempotency_key_scope="global").id
+    return [*scoped, global_]
+
+
+@task(id="sched-progress")
+def progress(steps: int) -> str:
+    for i in range(steps):
+        metadata.set("progress", (i + 1) / steps)
+        metadata.increment("done")
+        metadata.append("log", f"step {i}")
+        print(f"step {i}", flush=True)
+        time.sleep(0.15)
+    metadata.remove("log", "step 0")
+    metadata.del_("done")
+    ctx = nbtasks.context()
+    return f"{ctx.task_id} attempt {ctx.attempt_number} tags {list(ctx.tags)}"
+
+
+@task(id="sched-displays")
+def displays(_: object) -> None:
+    class Html:
+        def _repr_html_(self) -> str:
+            return "<b>bold</b>"
+
+    show = display  # noqa: F821  (a builtin in workers, as in IPython)
+    show(Html())
+    show({"k": 1})
+
+
+@task(id="sched-retry-twice", retry=Retry(max_attempts=2, min_delay=0.01, randomize=False))
+def retry_twice(_: object) -> int:
+    if nbtasks.context().attempt_number == 1:
+        raise RuntimeError("first attempt fails")
+    return 2
+
+
+def _statuses(run_id: str) -> list[RunStatus]:
+    return [s.status for s in runs.subscribe(run_id)]
+
+
+# -- delays -----------------------------------------------------------------------------
+
+
+def test_delayed_run_waits_then_runs(nb: object) -> None:
+    handle = add.trigger({"a": 1, "b": 2}, delay="300ms")
+    run = handle.retrieve()
+    assert run.status is RunStatus.DELAYED and run.delay_until is not None
+    result = handle.wait(timeout=10)
+    assert result.unwrap() == 3
+    started = result.run.started_at
+    assert started is not None and started >= run.delay_until
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [timedelta(milliseconds=200), datetime.now(timezone.utc) - timedelta(days=1), 0.2],
+)
+def test_delay_accepts_timedelta_datetime_and_seconds(nb: object, delay: object) -> None:
+    assert add.trigger_and_wait({"a": 1, "b": 1}, delay=delay).unwrap() == 2
+
+
+def test_naive_datetime_delay_is_local_time(nb: object) -> None:
+    soon = datetime.now() + timedelta(milliseconds=200)
+    handle = add.trigger({"a": 1, "b": 1}, delay=soon)
+    assert handle.retrieve().status is RunStatus.DELAYED
+    assert handle.wait(timeout=10).ok
+
+
+def test_reschedule_only_while_delayed(nb: object) -> None:
+    handle = add.trigger({"a": 1, "b": 1}, delay="1h")
+    run = runs.reschedule(handle.id, "100ms")
+    assert run.status is RunStatus.DELAYED
+    assert handle.wait(timeout=10).ok
+    with pytest.raises(ValueError, match="is COMPLETED: only a DELAYED run"):
+        runs.reschedule(handle.id, "1s")
+    with pytest.raises(ValueError, match=r"delay='soon'"):
+        runs.reschedule(handle.id, "soon")
+
+
+def test_delayed_run_can_be_canceled(nb: object) -> None:
+    handle = add.trigger({"a": 1, "b": 1}, delay="1h")
+    assert handle.cancel().status is RunStatus.CANCELED
+
+
+# -- ttl and queues ---------------------------------------------------------------------
+
+
+def test_ttl_expires_a_run_stuck_behind_a_busy_queue(nb: object) -> None:
+    busy = sleep_for.trigger(1.0, queue=ONE)
+    assert _wait_until(busy.id, RunStatus.EXECUTING)
+    waiting = add.trigger({"a": 1, "b": 1}, queue=ONE, ttl="150ms")
+    result = waiting.wait(timeout=10)
+    assert result.status is RunStatus.EXPIRED
+    assert result.run.attempt_count == 0 and result.run.expired_at is not None
+    assert busy.wait(timeout=10).ok
+
+
+def test_ttl_does_not_expire_delayed_or_executing_runs(nb: object) -> None:
+    add.trigger_and_wait({"a": 0, "b": 0})  # the pool is warm: the next run starts at once
+    executing = sleep_for.trigger(1.5, ttl="1s")
+    delayed = add.trigger({"a": 1, "b": 1}, delay="1.5s", ttl="1s")
+    assert delayed.wait(timeout=10).ok
+    assert executing.wait(timeout=10).ok
+
+
+def test_queue_limit_is_never_exceeded(nb: object) -> None:
+    batch = sleep_for.batch_trigger_and_wait([0.2] * 4, queue=TWO)
+    intervals = [(r.run.started_at, r.run.finished_at) for r in batch]
+    for start, _ in intervals:
+        overlapping = sum(1 for s, f in intervals if s <= start < f)
+        assert overlapping <= 2
+
+
+def test_a_parent_waiting_on_a_child_in_its_own_limit_1_queue_does_not_deadlock(
+    nb: object,
+) -> None:
+    result = outer.trigger_and_wait(4)
+    assert result.unwrap() == 41
+    kid = runs.list(task="sched-inner", limit=1)[0]
+    assert kid.parent_id == result.id
+
+
+# -- idempotency ------------------------------------------------------------------------
+
+
+def test_duplicate_key_returns_the_existing_run(nb: object) -> None:
+    first = add.trigger({"a": 1, "b": 1}, idempotency_key="k1")
+    second = add.trigger({"a": 9, "b": 9}, idempotency_key="k1")
+    assert second.id == first.id and second.is_cached and not first.is_cached
+    assert add.trigger_and_wait({"a": 5, "b": 5}, idempotency_key="k1").unwrap() == 2
+    assert len(runs.list(task="add")) == 1
+    assert runs.retrieve(first.id).idempotency_key == "k1"
+
+
+def test_same_key_twice_in_one_batch_is_one_run(nb: object) -> None:
+    result = add.batch_trigger_and_wait(
+        [
+            BatchItem({"a": 1, "b": 1}, idempotency_key="dup"),
+            BatchItem({"a": 2, "b": 2}, idempotency_key="dup"),
+            {"a": 3, "b": 3},
+        ]
+    )
+    assert [r.output for r in result] == [2, 2, 6]
+    assert result[0].id == result[1].id
+    assert len(runs.list(task="add")) == 2
+
+
+def test_key_of_a_failed_run_is_released(nb: object) -> None:
+    first = always_fail.trigger_and_wait(None, idempotency_key="retry-me", max_attempts=1)
+    assert first.status is RunStatus.FAILED
+    again = always_fail.trigger(None, idempotency_key="retry-me", max_attempts=1)
+    assert not again.is_cached and again.id != first.id
+
+
+def test_key_ttl_releases_the_key(nb: object) -> None:
+    first = add.trigger_and_wait({"a": 1, "b": 1}, idempotency_key="brief",
+                                 idempotency_key_ttl="100ms")  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        again = add.trigger({"a": 1, "b": 1}, idempotency_key="brief")
+        if not again.is_cached:
+            break
+        assert time.monotonic() < deadline, "the key never expired"
+        time.sleep(0.05)
+    assert again.id != first.id
+
+
+def test_keys_inside_a_task_are_scoped_to_the_parent_run(nb: object) -> None:
+    a = keyed_children.trigger_and_wait("same").unwrap()
+    b = keyed_children.trigger_and_wait("same").unwrap()
+    assert a[0] == a[1] and b[0] == b[1]  # duplicates within one parent
+    assert a[0] != b[0]  # but not across parents
+    assert a[2] == b[2]  # the global key is shared
+    assert a[0] != a[2]
+
+
+# -- replay and versions ----------------------------------------------------------------
+
+
+def test_replay_makes_a_new_run_with_the_same_payload_tags_and_metadata(nb: object) -> None:
+    original = add.trigger_and_wait({"a": 2, "b": 3}, tags=["x"], metadata={"m": 1},
+                                    idempotency_key="orig")  # fmt: skip
+    replay = runs.replay(original.id)
+    result = replay.wait(timeout=10)
+    assert result.unwrap() == 5
+    run = replay.retrieve()
+    assert run.replayed_from == original.id and run.id != original.id
+    assert run.tags == ("x",) and run.metadata == {"m": 1} and run.idempotency_key is None
+    changed = runs.replay(original.id, payload={"a": 10, "b": 1})
+    assert changed.wait(timeout=10).unwrap() == 11
+
+
+def test_replay_of_a_failed_run(nb: object) -> None:
+    failed = always_fail.trigger_and_wait(None, max_attempts=1)
+    replay = runs.replay(failed.id)
+    assert replay.wait(timeout=10).status is RunStatus.FAILED
+
+
+def test_trigger_by_id_waits_for_the_task_to_be_defined(nb: object) -> None:
+    handle = runs.trigger("sched-defined-later", 21)
+    assert handle.retrieve().status is RunStatus.WAITING_FOR_DEPLOY
+
+    def doubled(x: int) -> int:
+        return x * 2
+
+    Task(doubled, id="sched-defined-later")
+    result = handle.wait(timeout=10)
+    assert result.unwrap() == 42
+    assert result.run.version is not None
+
+
+def test_versions_filter_and_change_with_the_body(nb: object) -> None:
+    t1 = Task(lambda p: p, id="sched-versioned", source="def v(p): return p")
+    v1 = t1.trigger_and_wait(1).run.version
+    t2 = Task(lambda p: p, id="sched-versioned", source="def v(p): return p  # changed")
+    v2 = t2.trigger_and_wait(2).run.version
+    assert v1 is not None and v2 is not None and v1 != v2
+    assert v2.split(".")[0] == v1.split(".")[0]
+    assert int(v2.split(".")[1]) == int(v1.split(".")[1]) + 1
+    assert [r.payload for r in runs.list(version=v1)] == [1]
+
+
+# -- nested runs ------------------------------------------------------------------------
+
+
+def test_nested_waits_freeze_the_parent_and_link_children(nb: object) -> None:
+    handle = parent.trigger(3)
+    seen = _statuses(handle.id)
+    assert RunStatus.FROZEN in seen and seen[-1] is RunStatus.COMPLETED
+    assert handle.wait(timeout=10).unwrap() == (1 + 2 + 3) + 101
+    kids = runs.list(task="sched-child", limit=10)
+    assert len(kids) == 4
+    assert all(k.parent_id == handle.id and k.root_id == handle.id and k.depth == 1
+               for k in kids)  # fmt: skip
+    assert {k.metadata["seen"] for k in kids} == {0, 1, 2, 100}
+
+
+def test_cancel_cascades_to_a_grandchild(nb: object) -> None:
+    handle = top.trigger(None)
+    deadline = time.monotonic() + 10
+    while not runs.list(task="sched-grandchild", status="EXECUTING"):
+        assert time.monotonic() < deadline, "the grandchild never started"
+        time.sleep(0.02)
+    handle.cancel()
+    for task_id in ("sched-top", "sched-middle", "sched-grandchild"):
+        (run,) = runs.list(task=task_id)
+        assert run.status is RunStatus.CANCELED, task_id
+    (g,) = runs.list(task="sched-grandchild")
+    assert g.depth == 2 and g.root_id == handle.id
+
+
+# -- live updates -----------------------------------------------------------------------
+
+
+def test_subscription_sees_reattempting(nb: object) -> None:
+    handle = retry_twice.trigger(None)
+    seen = _statuses(handle.id)
+    assert RunStatus.REATTEMPTING in seen
+    assert seen[-1] is RunStatus.COMPLETED
+    assert seen.index(RunStatus.REATTEMPTING) < len(seen) - 1
+
+
+def test_metadata_and_logs_stream_live(nb: object) -> None:
+    handle = progress.trigger(4, tags=["t1"])
+    progress_seen = []
+    logs_seen = []
+    for snapshot in runs.subscribe(handle.id):
+        if "progress" in snapshot.metadata:
+            progress_seen.append(snapshot.metadata["progress"])
+        if snapshot.attempts and not snapshot.is_final:
+            logs_seen.append(snapshot.attempts[-1].stdout)
+    assert progress_seen[0] < 1.0 and progress_seen[-1] == 1.0
+    assert any("step 0" in log and "step 3" not in log for log in logs_seen)
+    final = handle.retrieve()
+    assert final.metadata == {"progress": 1.0, "log": ["step 1", "step 2", "step 3"]}
+    assert final.output == "sched-progress attempt 1 tags ['t1']"
+
+
+def test_metadata_outside_a_task_is_a_clear_error() -> None:
+    with pytest.raises(nbtasks.NbtasksError, match="only available inside a running task"):
+        metadata.set("x", 1)
+    with pytest.raises(nbtasks.NbtasksError, match="only available inside a running task"):
+        nbtasks.context()
+
+
+def test_display_in_a_task_is_captured_as_mime_bundles(nb: object) -> None:
+    result = displays.trigger_and_wait(None)
+    (attempt,) = result.run.attempts
+    assert attempt.displays[0]["text/html"] == "<b>bold</b>"
+    assert attempt.displays[1] == {"text/plain": "{'k': 1}"}
+
+
+async def _collect(run_id: str) -> list[RunStatus]:
+    return [s.status async for s in runs.asubscribe(run_id)]
+
+
+def test_async_subscription(nb: object) -> None:
+    import asyncio
+
+    handle = retry_twice.trigger(None)
+    seen = asyncio.run(_collect(handle.id))
+    assert RunStatus.REATTEMPTING in seen and seen[-1] is RunStatus.COMPLETED
+
+
+# -- sql ----------------------------------------------------------------------------------
+
+
+def test_sql_reads_runs_and_attempts_and_refuses_writes(nb: object) -> None:
+    add.batch_trigger_and_wait([{"a": i, "b": 0} for i in range(3)])
+    rows = runs.sql(
+        "select r.status, count(*) from runs r join attempts a on a.run_id = r.id group by all"
+    ).fetchall()
+    assert rows == [("COMPLETED", 3)]
+    for statement in ("delete from runs", "drop table runs", "update runs set status = 'X'"):
+        with pytest.raises(ValueError, match="read-only"):
+            runs.sql(statement)
+    assert len(runs.list()) == 3
+
+
+def _wait_until(run_id: str, status: RunStatus) -> bool:
+    return any(snapshot.status is status for snapshot in runs.subscribe(run_id))
