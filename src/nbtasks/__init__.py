@@ -58,3 +58,10 @@ __all__ = [
     "shutdown",
     "task",
 ]
+
+
+def load_ipython_extension(shell: object) -> None:
+    """``%load_ext nbtasks``: register ``%%task`` and ``%runs``."""
+    from ._magics import load
+
+    load(shell)

@@ -142,7 +142,7 @@ def _version(task: Task[Any, Any], eng: Engine | None = None) -> TaskVersion:
     if _context.IN_WORKER:  # the kernel assigns the version of a task sent from a worker
         return task.shipping(lambda *args: "")
     eng = eng or engine()
-    return task.shipping(lambda *args: block(eng.call(eng.register_version, *args)))
+    return task.shipping(lambda *args: block(eng.call(eng.register_version, *args)), eng)
 
 
 def make_specs(
@@ -220,8 +220,21 @@ def submit_and_wait(specs: list[RunSpec]) -> list[Result[Any]]:
     new_ids = [s.id for s in specs]
     created = block(eng.call(eng.submit, specs, final), on_interrupt=lambda: _cancel_all(new_ids))
     ids = [run_id for run_id, _ in created]
+    _show_live(specs, ids)
     snapshots = block(final, on_interrupt=lambda: _cancel_all(ids))
     return _results(ids, snapshots)
+
+
+def _show_live(specs: list[RunSpec], ids: list[str]) -> None:
+    """In a notebook, show the live widget of what a blocking wait waits for."""
+    from ._widgets import in_notebook, show_batch, show_run
+
+    if not in_notebook() or not ids:
+        return
+    if specs[0].batch_id is None:
+        show_run(ids[0])
+    else:
+        show_batch(ids, specs[0].task_id)
 
 
 def handles(task_id: str, created: list[tuple[str, bool]]) -> list[RunHandle[Any]]:

@@ -44,6 +44,14 @@ class RunHandle(Generic[R]):
     def __await__(self) -> Generator[Any, None, Result[R]]:
         return self.await_result().__await__()
 
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """In a notebook: the live run widget; elsewhere, the text."""
+        from ._widgets import RunWidget, in_notebook
+
+        if not in_notebook():
+            return {"text/plain": repr(self)}
+        return RunWidget(self.id)._repr_mimebundle_(**kwargs)
+
     def __repr__(self) -> str:
         cached = ", cached" if self.is_cached else ""
         return f"RunHandle(task={self.task_id!r}{cached})"
@@ -72,5 +80,20 @@ class BatchHandle(Generic[R]):
     def __len__(self) -> int:
         return len(self.runs)
 
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """In a notebook: the live batch widget; elsewhere, the text."""
+        from ._widgets import in_notebook
+
+        if not in_notebook():
+            return {"text/plain": repr(self)}
+        return _batch_widget(self)._repr_mimebundle_(**kwargs)
+
     def __repr__(self) -> str:
         return f"BatchHandle({len(self.runs)} runs)"
+
+
+def _batch_widget(handle: BatchHandle[Any]) -> Any:
+    from ._widgets import BatchWidget
+
+    task_id = handle.runs[0].task_id if handle.runs else ""
+    return BatchWidget([h.id for h in handle.runs], task_id, repr(handle))

@@ -153,6 +153,14 @@ class Run:
         attempts: tuple[Attempt, ...] = self._cache["attempts"]
         return attempts
 
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """In a notebook: the live run widget; elsewhere, the text."""
+        from ._widgets import RunWidget, in_notebook
+
+        if not in_notebook():
+            return {"text/plain": repr(self)}
+        return RunWidget(self.id)._repr_mimebundle_(**kwargs)
+
     def __repr__(self) -> str:
         parts = [f"task={self.task_id!r}", f"status={self.status.value}"]
         parts.append(f"attempts={self.attempt_count}")
@@ -252,6 +260,14 @@ class BatchResult(Generic[T]):
         for r in self.runs:
             out[r.status.value] = out.get(r.status.value, 0) + 1
         return out
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """In a notebook: the live batch widget; elsewhere, the text."""
+        from ._widgets import batch_result_widget, in_notebook
+
+        if not in_notebook():
+            return {"text/plain": repr(self)}
+        return batch_result_widget(self)._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts().items()))

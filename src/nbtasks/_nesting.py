@@ -74,7 +74,7 @@ class NestingMixin(_Base):
 
         task = registry.get(spec.task_id)
         if task is not None:
-            spec.task = task.shipping(self.version_for)
+            spec.task = task.shipping(self.version_for, self)
         elif spec.task is not None:
             tv = spec.task
             version = self.version_for(tv.task_id, tv.fn_key, "", tv.fn_bytes, "{}")

@@ -195,6 +195,13 @@ class Runs:
             raise ValueError(f"runs.sql is read-only: a {kind} statement is refused ({query!r})")
         return cur.sql(query, params=list(params) if params else None)
 
+    def table(self, status: str | None = None, task: str | None = None, tag: str | None = None,
+              limit: int = 25) -> Any:  # fmt: skip
+        """The interactive run table widget (filter, sort, page, cancel/replay, open)."""
+        from ._widgets import RunTable
+
+        return RunTable(status=status, task=task, tag=tag, limit=limit)
+
     def subscribe(self, run_id: str) -> Iterator[Run]:
         """Yield a snapshot now and at every change of the run, ending when it is final."""
         eng = engine()

@@ -59,7 +59,7 @@ class Task(Generic[P, R]):
         )
         self.source = source if source is not None else _source_of(fn)
         self.code_hash = hashlib.sha256(self.source.encode()).hexdigest()[:32]
-        self._shipped: TaskVersion | None = None
+        self._shipped: tuple[object, TaskVersion] | None = None
         self._look_like(fn)
         with _registry_lock:
             registry[self.id] = self
@@ -103,22 +103,26 @@ class Task(Generic[P, R]):
             sort_keys=True,
         )
 
-    def shipping(self, register: Callable[[str, str, str, bytes, str], str]) -> TaskVersion:
-        """The version to send to workers, with this definition's current globals."""
+    def shipping(self, register: Callable[[str, str, str, bytes, str], str],
+                 store: object = None) -> TaskVersion:  # fmt: skip
+        """The version to send to workers, with this definition's current globals.
+
+        ``register`` records the version in ``store`` (an engine); the result is reused
+        while the serialised function and the store stay the same."""
         from ._serialize import dumps_checked
 
         fn_bytes = dumps_checked(f"task {self.id!r}", self)
         fn_key = hashlib.blake2b(fn_bytes, digest_size=16).hexdigest()
-        shipped = self._shipped
-        if shipped is not None and shipped.fn_key == fn_key:
-            return shipped
+        cached = self._shipped
+        if cached is not None and cached[0] is store and cached[1].fn_key == fn_key:
+            return cached[1]
         version = register(self.id, self.code_hash, self.source, fn_bytes, self.options_json())
         shipped = TaskVersion(
             self.id, version, fn_key, fn_bytes, self.retry, self.memory_limit,
             self.max_duration_s, self.ttl_s, self.queue.name if self.queue else None,
             self.queue.concurrency_limit if self.queue else None,
         )  # fmt: skip
-        self._shipped = shipped
+        self._shipped = (store, shipped)
         return shipped
 
     # -- triggering (implemented in _calls) ------------------------------------------------

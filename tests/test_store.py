@@ -1,0 +1,531 @@
+"""The DuckDB store: file, schema, durability, locking, location and task versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import dill
+import duckdb
+import pytest
+
+import nbtasks
+from nbtasks import Task, runs
+from nbtasks._config import default_store_path
+from nbtasks._config import store_path as effective_store_path
+from nbtasks._schema import ATTEMPT_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION
+
+from conftest import run_script
+from tasks import add, succeed_on_third
+
+TESTS = Path(__file__).resolve().parent
+TIMEOUT = 30.0  # upper bound for a subprocess; never part of an assertion
+
+
+@contextmanager
+def open_store(path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The store file opened read-only with plain duckdb (after the engine let go of it)."""
+    conn = duckdb.connect(str(path), read_only=True)
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        yield conn
+    finally:
+        conn.close()
+
+
+def columns(conn: duckdb.DuckDBPyConnection, table: str) -> tuple[str, ...]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+        "ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return tuple(r[0] for r in rows)
+
+
+def events(conn: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    rows = conn.execute(
+        'SELECT status FROM run_events WHERE run_id = ? ORDER BY "at", rowid', [run_id]
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def today_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d")
+
+
+def real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+# --------------------------------------------------------------------------- file and schema
+
+
+def test_store_file_and_schema(nb: object, store_path: str) -> None:
+    assert add.trigger_and_wait({"a": 1, "b": 2}).output == 3
+    nbtasks.shutdown()
+
+    assert os.path.isfile(store_path)
+    with open_store(store_path) as conn:
+        found = conn.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        tables = {r[0] for r in found}
+        assert {"runs", "attempts", "run_events", "task_versions", "schema_version"} <= tables
+        assert columns(conn, "runs") == RUN_COLUMNS
+        assert columns(conn, "attempts") == ATTEMPT_COLUMNS
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            SCHEMA_VERSION,
+        )
+        assert conn.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def test_a_triggered_run_is_in_the_file_without_waiting(nb: object, store_path: str) -> None:
+    handle = add.trigger({"a": 4, "b": 5}, tags=["durable"])
+    nbtasks.shutdown()
+
+    with open_store(store_path) as conn:
+        row = conn.execute(
+            "SELECT task_id, status, payload, tags FROM runs WHERE id = ?", [handle.id]
+        ).fetchone()
+        assert row is not None
+        task_id, status, payload, tags = row
+        assert task_id == "add"
+        assert dill.loads(payload) == {"a": 4, "b": 5}
+        assert tags == ["durable"]
+        # shut down before, during or after its attempt; never left EXECUTING
+        assert status in ("QUEUED", "INTERRUPTED", "COMPLETED")
+        assert events(conn, handle.id)[0] == "QUEUED"
+
+
+def test_trigger_and_wait_leaves_the_final_state_in_the_file(nb: object, store_path: str) -> None:
+    simple = add.trigger_and_wait({"a": 1, "b": 1})
+    retried = succeed_on_third.trigger_and_wait(None)
+    assert simple.ok and retried.ok
+    nbtasks.shutdown()
+
+    with open_store(store_path) as conn:
+        status, count, output = conn.execute(
+            "SELECT status, attempt_count, output FROM runs WHERE id = ?", [simple.id]
+        ).fetchone()
+        assert (status, count, dill.loads(output)) == ("COMPLETED", 1, 2)
+        assert events(conn, simple.id) == ["QUEUED", "EXECUTING", "COMPLETED"]
+
+        status, count, output = conn.execute(
+            "SELECT status, attempt_count, output FROM runs WHERE id = ?", [retried.id]
+        ).fetchone()
+        assert (status, count, dill.loads(output)) == ("COMPLETED", 3, 3)
+        assert events(conn, retried.id) == [
+            "QUEUED",
+            "EXECUTING", "REATTEMPTING", "QUEUED",
+            "EXECUTING", "REATTEMPTING", "QUEUED",
+            "EXECUTING", "COMPLETED",
+        ]  # fmt: skip
+
+        attempts = conn.execute(
+            "SELECT number, status, pid, started_at, finished_at, error FROM attempts "
+            "WHERE run_id = ? ORDER BY number",
+            [retried.id],
+        ).fetchall()
+        assert [(a[0], a[1]) for a in attempts] == [(1, "FAILED"), (2, "FAILED"), (3, "COMPLETED")]
+        for _, _, pid, started, finished, _ in attempts:
+            assert isinstance(pid, int) and pid != os.getpid()
+            assert started is not None and finished is not None and started <= finished
+        assert json.loads(attempts[0][5])["message"] == "attempt 1 fails"
+        assert attempts[2][5] is None
+
+        (simple_attempt,) = conn.execute(
+            "SELECT number, status FROM attempts WHERE run_id = ?", [simple.id]
+        ).fetchall()
+        assert simple_attempt == (1, "COMPLETED")
+
+
+def test_what_trigger_returned_survives_a_hard_exit(tmp_path: Path) -> None:
+    """``trigger`` returns once the run is stored: a kernel dying right after loses nothing."""
+    proc = run_script(
+        """
+        import os
+        from nbtasks import task
+
+        @task
+        def slow(p):
+            import time
+            time.sleep(p)
+
+        @task
+        def quick(p):
+            return p * 10
+
+        done = quick.trigger_and_wait(4)
+        pending = slow.trigger(60)
+        print(done.id, pending.id, flush=True)
+        os._exit(0)  # no shutdown, no atexit: the kernel is killed
+        """,
+        tmp_path,
+        env={"JPY_SESSION_NAME": "", "NBTASKS_STORE": str(tmp_path / "hard.duckdb")},
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    done_id, pending_id = proc.stdout.split()
+    with open_store(tmp_path / "hard.duckdb") as conn:
+        status, output = conn.execute(
+            "SELECT status, output FROM runs WHERE id = ?", [done_id]
+        ).fetchone()
+        assert status == "COMPLETED" and dill.loads(output) == 40
+        assert events(conn, done_id) == ["QUEUED", "EXECUTING", "COMPLETED"]
+        row = conn.execute("SELECT task_id, status FROM runs WHERE id = ?", [pending_id]).fetchone()
+        assert row is not None and row[0] == "slow"
+        assert row[1] in ("QUEUED", "EXECUTING")
+        assert events(conn, pending_id)[0] == "QUEUED"
+
+
+# --------------------------------------------------------------------------- locking
+
+
+def test_a_store_in_use_by_another_process_raises_store_locked_error(
+    nb: object, store_path: str
+) -> None:
+    assert add.trigger_and_wait({"a": 1, "b": 1}).ok  # this process holds the store now
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from tasks import add
+        add.trigger({{"a": 1, "b": 2}})
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "NBTASKS_STORE": store_path, "NBTASKS_WORKERS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("nbtasks.StoreLockedError: ")
+    assert store_path in last
+    assert f"process {os.getpid()} " in last
+    assert "NBTASKS_STORE" in last
+    assert "configure(store=" in last
+    # one clean error: no DuckDB exception, chained or not
+    assert "IOException" not in proc.stderr
+    assert "During handling of the above exception" not in proc.stderr
+    assert "The above exception was the direct cause" not in proc.stderr
+
+    # the holder is unaffected
+    assert add.trigger_and_wait({"a": 2, "b": 2}).output == 4
+
+
+# --------------------------------------------------------------------------- location and config
+
+
+@pytest.fixture
+def fresh_config(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """This process's settings as in a new kernel: no store or workers configured yet."""
+    monkeypatch.setitem(nbtasks._config._settings, "store", None)
+    monkeypatch.setitem(nbtasks._config._settings, "workers", None)
+    monkeypatch.delenv("NBTASKS_STORE", raising=False)
+    monkeypatch.delenv("NBTASKS_WORKERS", raising=False)
+    return monkeypatch
+
+
+def test_default_store_is_one_per_notebook_in_the_working_directory(
+    fresh_config: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fresh_config.chdir(tmp_path)
+    fresh_config.setenv("JPY_SESSION_NAME", "/some/dir/analysis.ipynb")
+    expected = str(real(tmp_path) / ".nbtasks" / "analysis.duckdb")
+    assert default_store_path() == expected
+    assert effective_store_path() == expected
+
+    fresh_config.setenv("JPY_SESSION_NAME", "/else/where/My Report (v2).ipynb")
+    other = default_store_path()
+    assert Path(other).parent == real(tmp_path) / ".nbtasks"
+    assert other != expected and other.endswith(".duckdb")
+
+
+def test_default_store_for_a_script(fresh_config: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fresh_config.delenv("JPY_SESSION_NAME", raising=False)
+    proc = run_script(
+        """
+        from nbtasks import task
+        from nbtasks._config import default_store_path
+
+        @task
+        def inc(p):
+            return p + 1
+
+        print(default_store_path())
+        print(inc.trigger_and_wait(1).unwrap())
+        """,
+        tmp_path,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = real(tmp_path) / ".nbtasks" / "script.duckdb"
+    assert proc.stdout.split() == [str(expected), "2"]
+    assert expected.is_file()
+
+
+def test_configure_and_environment_override_the_default(
+    fresh_config: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fresh_config.chdir(tmp_path)
+    fresh_config.setenv("JPY_SESSION_NAME", "/some/dir/analysis.ipynb")
+    from_env = tmp_path / "env" / "from-env.duckdb"
+    fresh_config.setenv("NBTASKS_STORE", str(from_env))
+    assert effective_store_path() == str(from_env)
+
+    chosen = tmp_path / "chosen" / "mine.duckdb"
+    nbtasks.configure(store=chosen, workers=2)
+    assert effective_store_path() == str(chosen)  # configure wins over the environment
+    assert add.trigger_and_wait({"a": 3, "b": 4}).output == 7
+    nbtasks.shutdown()
+    assert chosen.is_file()
+    assert not from_env.exists()
+    assert not (tmp_path / ".nbtasks").exists()
+
+
+def test_store_from_the_environment_is_used(
+    fresh_config: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fresh_config.chdir(tmp_path)
+    from_env = tmp_path / "env" / "from-env.duckdb"
+    fresh_config.setenv("NBTASKS_STORE", str(from_env))
+    nbtasks.configure(workers=2)
+    result = add.trigger_and_wait({"a": 1, "b": 1})
+    nbtasks.shutdown()
+    with open_store(from_env) as conn:
+        assert conn.execute("SELECT id FROM runs").fetchall() == [(result.id,)]
+    assert not (tmp_path / ".nbtasks").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"workers": 0}, "workers=0"),
+        ({"workers": -2}, "workers=-2"),
+        ({"workers": "x"}, "workers='x'"),
+        ({"workers": 1.5}, "workers=1.5"),
+        ({"workers": True}, "workers=True"),
+        ({"executor": "dask"}, "executor='dask'"),
+        ({"store": 42}, "store=42"),
+    ],
+)
+def test_configure_rejects_bad_values(options: dict[str, Any], text: str) -> None:
+    with pytest.raises(ValueError) as info:
+        nbtasks.configure(**options)
+    assert text in str(info.value)
+
+
+def test_bad_workers_in_the_environment_fail_at_first_use(
+    fresh_config: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.duckdb"
+    fresh_config.setenv("NBTASKS_WORKERS", "abc")
+    nbtasks.configure(store=path)  # not read yet
+    with pytest.raises(ValueError) as info:
+        add.trigger({"a": 1, "b": 2})
+    assert "NBTASKS_WORKERS" in str(info.value)
+    assert "'abc'" in str(info.value)
+    assert not path.exists()  # nothing was opened
+
+    fresh_config.setenv("NBTASKS_WORKERS", "2")
+    assert add.trigger_and_wait({"a": 1, "b": 2}).output == 3
+
+
+# --------------------------------------------------------------------------- two notebooks
+
+
+NOTEBOOK = """
+import json, sys
+from nbtasks import runs, task
+
+@task
+def square(p):
+    return p * p
+
+first = square.trigger(1)  # opens this notebook's store
+print("open", flush=True)
+sys.stdin.readline()  # the test says go once both stores are open
+batch = square.batch_trigger_and_wait([2, 3, 4])
+print(json.dumps({
+    "outputs": [first.wait(timeout=30).output, *batch.outputs],
+    "mine": sorted([first.id, *(r.id for r in batch)]),
+    "listed": sorted(r.id for r in runs.list(limit=100)),
+}), flush=True)
+"""
+
+
+def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no output in time"
+    return proc.stdout.readline()
+
+
+def test_two_notebooks_in_one_folder_use_two_stores_at_once(tmp_path: Path) -> None:
+    script = tmp_path / "notebook.py"
+    script.write_text(NOTEBOOK)
+    env = {k: v for k, v in os.environ.items() if k != "NBTASKS_STORE"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env={**env, "NBTASKS_WORKERS": "2", "JPY_SESSION_NAME": f"/home/u/{name}.ipynb"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first_nb", "second_nb")
+    ]
+    try:
+        for proc in procs:
+            line = _readline(proc, TIMEOUT)
+            assert line == "open\n", proc.stderr.read() if proc.stderr else line
+        for proc in procs:  # both stores are open: now run both at once
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outs = [proc.communicate(timeout=TIMEOUT) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    reports = []
+    for proc, (out, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out))
+    for report in reports:
+        assert report["outputs"] == [1, 4, 9, 16]
+        assert report["listed"] == report["mine"]  # each store holds only its own runs
+    assert not set(reports[0]["mine"]) & set(reports[1]["mine"])
+    stores = real(tmp_path) / ".nbtasks"
+    assert sorted(p.name for p in stores.glob("*.duckdb")) == [
+        "first_nb.duckdb",
+        "second_nb.duckdb",
+    ]
+    for name, report in zip(("first_nb", "second_nb"), reports, strict=True):
+        with open_store(stores / f"{name}.duckdb") as conn:
+            stored = sorted(r[0] for r in conn.execute("SELECT id FROM runs").fetchall())
+        assert stored == report["mine"]
+
+
+# --------------------------------------------------------------------------- versions
+
+
+SOURCE_ONE = "def versioned(p):\n    return p + 1\n"
+SOURCE_TWO = "def versioned(p):\n    return p + 100\n"
+
+
+def _versioned_one(p: int) -> int:
+    return p + 1
+
+
+def _versioned_two(p: int) -> int:
+    return p + 100
+
+
+def test_task_versions(nb: object, store_path: str) -> None:
+    before = today_utc()
+    first = Task(_versioned_one, id="store-versioned", source=SOURCE_ONE)
+    r1 = first.trigger_and_wait(1)
+    after = today_utc()
+    assert r1.output == 2
+    v1 = r1.run.version
+    assert v1 in (f"{before}.1", f"{after}.1")
+    day = v1.split(".")[0]
+
+    r2 = first.trigger_and_wait(2)  # the same definition keeps its version
+    assert r2.run.version == v1
+    again = Task(_versioned_one, id="store-versioned", source=SOURCE_ONE)  # cell re-run as is
+    r3 = again.trigger_and_wait(3)
+    assert r3.run.version == v1
+
+    changed = Task(_versioned_two, id="store-versioned", source=SOURCE_TWO)
+    r4 = changed.trigger_and_wait(4)
+    assert r4.output == 104
+    assert r4.run.version == f"{day}.2"
+
+    assert {r.id for r in runs.list(version=v1)} == {r1.id, r2.id, r3.id}
+    assert [r.id for r in runs.list(version=f"{day}.2")] == [r4.id]
+    assert [r.id for r in runs.list(version=v1, task="other")] == []
+    nbtasks.shutdown()
+
+    with open_store(store_path) as conn:
+        rows = conn.execute(
+            "SELECT version, source, fn FROM task_versions WHERE task_id = 'store-versioned' "
+            "ORDER BY version"
+        ).fetchall()
+        assert [(v, s) for v, s, _ in rows] == [(v1, SOURCE_ONE), (f"{day}.2", SOURCE_TWO)]
+        for (_, _, fn), payload, expected in zip(rows, (5, 5), (6, 105), strict=True):
+            assert fn  # the function as shipped to workers
+            assert dill.loads(fn)(payload) == expected
+        run_versions = conn.execute(
+            "SELECT id, version FROM runs WHERE task_id = 'store-versioned'"
+        ).fetchall()
+        assert dict(run_versions) == {r1.id: v1, r2.id: v1, r3.id: v1, r4.id: f"{day}.2"}
+
+
+def test_a_new_store_records_the_versions_of_its_runs(tmp_path: Path) -> None:
+    """Switching stores with configure: every run's version is in its own store."""
+    defined = Task(_versioned_one, id="store-switching", source=SOURCE_ONE)
+    one, two = tmp_path / "one.duckdb", tmp_path / "two.duckdb"
+    nbtasks.configure(store=one, workers=2)
+    first = defined.trigger_and_wait(1)
+    nbtasks.configure(store=two, workers=2)
+    second = defined.trigger_and_wait(1)
+    nbtasks.shutdown()
+
+    for path, result in ((one, first), (two, second)):
+        with open_store(path) as conn:
+            versions = conn.execute(
+                "SELECT version, source FROM task_versions WHERE task_id = 'store-switching'"
+            ).fetchall()
+        assert versions == [(result.run.version, SOURCE_ONE)], path.name
+
+
+def test_a_run_left_queued_by_a_dead_kernel_is_not_waited_on_as_final(tmp_path: Path) -> None:
+    """``runs.wait`` returns only final runs, also for a run its (dead) kernel never started."""
+    path = tmp_path / "orphans.duckdb"
+    proc = run_script(
+        """
+        import os
+        from nbtasks import task
+
+        @task
+        def slow(p):
+            import time
+            time.sleep(p)
+
+        slow.trigger(60)  # takes the only worker
+        waiting = slow.trigger(60)  # can only be QUEUED when the kernel dies
+        print(waiting.id, flush=True)
+        os._exit(0)
+        """,
+        tmp_path,
+        env={"JPY_SESSION_NAME": "", "NBTASKS_STORE": str(path), "NBTASKS_WORKERS": "1"},
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    waiting_id = proc.stdout.strip()
+
+    nbtasks.configure(store=path, workers=2)  # a new kernel opens the store
+    run = runs.retrieve(waiting_id)
+    assert run.attempt_count == 0
+    assert not run.is_final  # it never executed: nothing ended it
+    with pytest.raises(TimeoutError):
+        runs.wait(waiting_id, timeout=0.3)
