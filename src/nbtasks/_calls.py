@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _context
+from . import _context, _pump
 from ._durations import parse_delay, parse_duration
 from ._handles import BatchHandle, RunHandle
 from ._ids import new_id
@@ -35,6 +35,7 @@ OPTIONS = (
 )  # fmt: skip
 DEFAULT_KEY_TTL_S = 30 * 86400.0
 _POLL_S = 0.05  # a blocking wait wakes this often, to stay interruptible
+_PUMP_POLL_S = 0.02  # ... and this often in a notebook, to handle widget messages
 
 
 def engine() -> Engine:
@@ -46,21 +47,31 @@ def engine() -> Engine:
 
 def block(fut: cf.Future[T], timeout: float | None = None,
           on_interrupt: Callable[[], None] | None = None) -> T:  # fmt: skip
-    """Wait for ``fut``; Ctrl-C (or the notebook's stop button) runs ``on_interrupt``."""
+    """Wait for ``fut``; Ctrl-C (or the notebook's stop button) runs ``on_interrupt``.
+
+    In a notebook, widget messages keep being handled while the cell waits (``_pump``)."""
+    if fut.done():
+        return fut.result()
     deadline = None if timeout is None else time.monotonic() + timeout
+    pump = _pump.start()
+    poll = _POLL_S if pump is None else _PUMP_POLL_S
     try:
         while True:
-            left = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+            left = poll if deadline is None else min(poll, deadline - time.monotonic())
             if left <= 0:
                 raise TimeoutError(f"the wait did not finish within {timeout:g}s")
             try:
                 return fut.result(timeout=left)
             except cf.TimeoutError:
-                continue
+                if pump is not None:
+                    pump()
     except KeyboardInterrupt:
         if on_interrupt is not None:
             on_interrupt()
         raise
+    finally:
+        if pump is not None:
+            pump.release()
 
 
 # -- options ---------------------------------------------------------------------------------

@@ -305,7 +305,7 @@ def _events(run_id: str) -> list[tuple[str, str, str]]:
 
     rows = engine().store.query(
         "SELECT status, \"at\", coalesce(detail, '') FROM run_events WHERE run_id = ? "
-        "ORDER BY \"at\"",
+        'ORDER BY "at"',
         [run_id],
     )
     return [(status, at.isoformat(), detail) for status, at, detail in rows]

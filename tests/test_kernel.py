@@ -1,0 +1,157 @@
+"""The notebook surface in a real Jupyter kernel (jupyter_client): widgets stay interactive
+while a cell blocks, the stop button cancels what the wait started, magics work."""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+DEADLINE_S = 30.0
+
+SETUP = """
+%load_ext nbtasks
+import time
+from nbtasks import task, runs
+
+@task
+def slow(s):
+    time.sleep(s)
+    return s
+"""
+
+
+class Kernel:
+    def __init__(self, tmp_path: Path) -> None:
+        env = {**os.environ, "NBTASKS_STORE": str(tmp_path / "k.duckdb"),
+               "NBTASKS_WORKERS": "2"}  # fmt: skip
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(env=env, cwd=str(tmp_path))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=DEADLINE_S)
+
+    def execute(self, code: str) -> str:
+        return str(self.kc.execute(code))
+
+    def outputs(self, msg_id: str, timeout: float = DEADLINE_S) -> list[dict[str, Any]]:
+        """IOPub messages of one request, until the kernel is idle again."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            out.append(msg)
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return out
+
+    def run(self, code: str) -> list[dict[str, Any]]:
+        return self.outputs(self.execute(code))
+
+    def value(self, expression: str) -> str:
+        for msg in self.run(expression):
+            if msg["msg_type"] == "execute_result":
+                return str(msg["content"]["data"]["text/plain"])
+            if msg["msg_type"] == "error":
+                raise AssertionError("\n".join(msg["content"]["traceback"]))
+        raise AssertionError(f"no value for {expression!r}")
+
+    def wait_for_widget(self, msg_id: str) -> str:
+        """The model id of the first widget a request displays."""
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            data = msg["content"].get("data", {})
+            view = data.get("application/vnd.jupyter.widget-view+json")
+            if msg["msg_type"] == "display_data" and view:
+                return str(view["model_id"])
+        raise AssertionError("the cell displayed no widget")
+
+    def click(self, model_id: str, content: dict[str, Any]) -> None:
+        """What a front-end sends when a widget's button calls model.send(content)."""
+        msg = self.kc.session.msg(
+            "comm_msg", {"comm_id": model_id, "data": {"method": "custom", "content": content}}
+        )
+        self.kc.shell_channel.send(msg)
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=False)
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[Kernel]:
+    k = Kernel(tmp_path)
+    try:
+        errors = [m for m in k.run(SETUP) if m["msg_type"] == "error"]
+        assert not errors, errors
+        yield k
+    finally:
+        k.close()
+
+
+def test_cancel_button_works_while_the_cell_waits(kernel: Kernel) -> None:
+    msg_id = kernel.execute("r = slow.trigger_and_wait(60)\nr.status.value")
+    model_id = kernel.wait_for_widget(msg_id)
+    kernel.click(model_id, {"action": "cancel"})
+    results = [m for m in kernel.outputs(msg_id) if m["msg_type"] == "execute_result"]
+    assert results and results[0]["content"]["data"]["text/plain"] == "'CANCELED'"
+
+
+def test_a_cell_sent_during_the_wait_runs_after_it(kernel: Kernel) -> None:
+    waiting = kernel.execute("r = slow.trigger_and_wait(1.0)\nr.output")
+    model_id = kernel.wait_for_widget(waiting)
+    queued = kernel.execute("'after: ' + str(r.output)")
+    kernel.click(model_id, {"action": "noop"})  # handled during the wait, ignored
+    first = [m for m in kernel.outputs(waiting) if m["msg_type"] == "execute_result"]
+    second = [m for m in kernel.outputs(queued) if m["msg_type"] == "execute_result"]
+    assert first[0]["content"]["data"]["text/plain"] == "1.0"
+    assert second[0]["content"]["data"]["text/plain"] == "'after: 1.0'"
+    assert second[0]["content"]["execution_count"] == first[0]["content"]["execution_count"] + 1
+
+
+def test_stop_button_cancels_the_runs_the_wait_started(kernel: Kernel) -> None:
+    msg_id = kernel.execute("b = slow.batch_trigger_and_wait([60, 60])")
+    kernel.wait_for_widget(msg_id)
+    kernel.km.interrupt_kernel()
+    errors = [m for m in kernel.outputs(msg_id) if m["msg_type"] == "error"]
+    assert errors and errors[0]["content"]["ename"] == "KeyboardInterrupt"
+    statuses = kernel.value("sorted(r.status.value for r in runs.list(task='slow'))")
+    assert statuses == "['CANCELED', 'CANCELED']"
+
+
+def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel) -> None:
+    kernel.run("n = 6")
+    msgs = kernel.run("%%task squares\nsq = [i * i for i in range(n)]\ntotal = sum(sq)")
+    text = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
+    assert "inputs: n (" in text and "assigned: sq, total" in text
+    assert kernel.value("total") == "55"
+    msgs = kernel.run("%%task bg_job --bg\nanswer = n * 7")
+    assert kernel.value("_.wait().output['answer']") == "42"
+
+
+def test_magic_mistakes_are_one_line_usage_errors(kernel: Kernel) -> None:
+    cells = {
+        "%%task bad --retries x\nx = 1": "--retries",
+        "%%task bad --max-duration 5x\nx = 1": "max_duration='5x'",
+        "%%task bad --in nothere\nx = 1": "nothere",
+        "%runs --status NOPE": "status='NOPE'",
+    }
+    for cell, named in cells.items():
+        msgs = kernel.run(cell)
+        text = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
+        assert text.startswith("UsageError: "), (cell, text)
+        assert len(text.strip().splitlines()) == 1 and named in text, (cell, text)
+    assert kernel.value("len(runs.list(task='bad'))") == "0"
