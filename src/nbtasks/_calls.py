@@ -228,20 +228,24 @@ def submit_and_wait(specs: list[RunSpec]) -> list[Result[Any]]:
         return [Result(s) for s in _context.call_engine("submit", specs, True)]
     eng = engine()
     final: cf.Future[list[Run | None]] = cf.Future()
-    new_ids = [s.id for s in specs]
-    created = block(eng.call(eng.submit, specs, final), on_interrupt=lambda: _cancel_all(new_ids))
-    ids = [run_id for run_id, _ in created]
-    _show_live(specs, ids)
-    snapshots = block(final, on_interrupt=lambda: _cancel_all(ids))
+    ids = [s.id for s in specs]
+    try:
+        created = block(eng.call(eng.submit, specs, final))
+        ids = [run_id for run_id, _ in created]
+        _show_live(specs, ids)
+        snapshots = block(final)
+    except KeyboardInterrupt:  # the stop button: cancel what this wait started
+        _cancel_all(ids)
+        raise
     return _results(ids, snapshots)
 
 
 def _show_live(specs: list[RunSpec], ids: list[str]) -> None:
     """In a notebook, show the live widget of what a blocking wait waits for."""
-    from ._widgets import in_notebook, show_batch, show_run
-
-    if not in_notebook() or not ids:
+    if _pump.kernel() is None or not ids:
         return
+    from ._widgets import show_batch, show_run
+
     if specs[0].batch_id is None:
         show_run(ids[0])
     else:

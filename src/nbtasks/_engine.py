@@ -74,7 +74,7 @@ class EngineBase:
         self._portal = self._portal_cm.__enter__()
         try:
             self.loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
-            self.store = Store(store_path, self._committed_threadsafe)
+            self.store = Store(store_path, self._committed_threadsafe, self._on_loop)
             reconcile_at_start(self.store, utcnow())
             self.pool = Pool(self.loop, self._on_message, self._on_exit)
             self._portal.call(self._adopt, load_waiting_runs(self.store))
@@ -99,6 +99,9 @@ class EngineBase:
 
         self.loop.call_soon_threadsafe(run)
         return fut
+
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        self.loop.call_soon_threadsafe(fn)
 
     def _committed_threadsafe(self, ticket: int, error: BaseException | None) -> None:
         try:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from typing import Any
 
 _COMM = frozenset({"comm_open", "comm_msg", "comm_close"})
 _pending: set[asyncio.Future[Any]] = set()  # re-dispatched messages, until they are handled
 
 
-def _kernel() -> Any:
+def kernel() -> Any:
+    """The Jupyter kernel, when called on its main thread (a notebook cell), else None."""
     if "ipykernel" not in sys.modules:
         return None
     try:
@@ -30,12 +32,10 @@ def _kernel() -> Any:
     except ImportError:
         return None
     shell = get_ipython()
-    kernel = getattr(shell, "kernel", None) if shell is not None else None
-    import threading
-
-    if kernel is None or threading.current_thread() is not threading.main_thread():
+    found = getattr(shell, "kernel", None) if shell is not None else None
+    if found is None or threading.current_thread() is not threading.main_thread():
         return None
-    return kernel
+    return found
 
 
 class Pump:
@@ -101,10 +101,10 @@ class Pump:
 
 def start() -> Pump | None:
     """A pump for the current cell, or None outside a kernel's main thread."""
-    kernel = _kernel()
-    if kernel is None:
+    found = kernel()
+    if found is None:
         return None
     try:
-        return Pump(kernel)
+        return Pump(found)
     except Exception:
         return None

@@ -45,12 +45,11 @@ def reconcile_at_start(store: Store, now: datetime) -> None:
         ids = [r[0] for r in cur.execute(
             "SELECT id FROM runs WHERE status IN (SELECT unnest(?::VARCHAR[]))", [running]
         ).fetchall()]  # fmt: skip
+        cur.execute(  # no engine executes anything in this store now
+            "UPDATE attempts SET status = ?, finished_at = ?, error = ? WHERE status = ?",
+            [AttemptStatus.INTERRUPTED.value, now, text, AttemptStatus.EXECUTING.value],
+        )
         if ids:
-            cur.execute(
-                "UPDATE attempts SET status = ?, finished_at = ?, error = ? "
-                "WHERE status = ? AND run_id IN (SELECT unnest(?::VARCHAR[]))",
-                [AttemptStatus.INTERRUPTED.value, now, text, AttemptStatus.EXECUTING.value, ids],
-            )
             _move(cur, ids, RunStatus.INTERRUPTED, now, ", finished_at = ?, error = ?",
                   [now, text])  # fmt: skip
         queued = [r[0] for r in cur.execute(

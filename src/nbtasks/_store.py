@@ -82,8 +82,18 @@ class _Staged:
 class Store:
     """Owns the DuckDB connection of one store file for the life of an engine."""
 
-    def __init__(self, path: str, on_commit: Callable[[int, BaseException | None], None]) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_commit: Callable[[int, BaseException | None], None],
+        handoff: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        """``on_commit(ticket, error)`` is called by the writer after each commit.
+        ``handoff(fn)`` runs ``fn`` on the thread that stages rows, between two of its
+        steps: the writer takes staged rows only there, so rows staged by one step (an
+        attempt and its run, say) always commit together."""
         self.path = path
+        self._handoff = handoff
         self._conn = connect(path)
         self._on_commit = on_commit
         self._migrate()
@@ -165,6 +175,30 @@ class Store:
 
     # -- the writer thread -------------------------------------------------------------
 
+    def _take(self) -> tuple[_Staged, int]:
+        with self._cv:
+            staged, self._staged = self._staged, _Staged()
+            ticket = self._inflight = self._ticket
+            self._ticket += 1
+            return staged, ticket
+
+    def _take_between_steps(self) -> tuple[_Staged, int]:
+        if self._handoff is not None and not self._closing:
+            taken: list[tuple[_Staged, int]] = []
+            done = threading.Event()
+
+            def take() -> None:
+                taken.append(self._take())
+                done.set()
+
+            try:
+                self._handoff(take)
+                done.wait()
+                return taken[0]
+            except RuntimeError:  # the staging thread's loop is gone
+                pass
+        return self._take()
+
     def _write_loop(self) -> None:
         while True:
             with self._cv:
@@ -172,9 +206,7 @@ class Store:
                     self._cv.wait()
                 if not self._staged and self._closing:
                     return
-                staged, self._staged = self._staged, _Staged()
-                ticket = self._inflight = self._ticket
-                self._ticket += 1
+            staged, ticket = self._take_between_steps()
             error: BaseException | None = None
             try:
                 self._commit(staged)
