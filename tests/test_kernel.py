@@ -122,6 +122,16 @@ def test_a_cell_sent_during_the_wait_runs_after_it(kernel: Kernel) -> None:
     assert second[0]["content"]["execution_count"] == first[0]["content"]["execution_count"] + 1
 
 
+def test_cells_queued_during_a_wait_run_in_order(kernel: Kernel) -> None:
+    cells = ["r = slow.trigger_and_wait(0.5)", "'B'", "'C'", "h = slow.trigger(0)", "'E'"]
+    ids = [kernel.execute(cell) for cell in cells]  # sent back to back, as "Run all" does
+    counts = []
+    for msg_id in ids:
+        inputs = [m for m in kernel.outputs(msg_id) if m["msg_type"] == "execute_input"]
+        counts.append(inputs[0]["content"]["execution_count"])
+    assert counts == sorted(counts) and len(set(counts)) == len(cells)
+
+
 def test_stop_button_cancels_the_runs_the_wait_started(kernel: Kernel) -> None:
     msg_id = kernel.execute("b = slow.batch_trigger_and_wait([60, 60])")
     kernel.wait_for_widget(msg_id)

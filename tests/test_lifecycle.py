@@ -150,6 +150,7 @@ def test_retries_pass_through_reattempting_then_complete(nb: object) -> None:
         AttemptStatus.COMPLETED,
     ]
     assert run.output == 3 and run.attempt_count == 3
+    assert run.error is None  # the failed attempts keep their errors; the run has none
     # the backoff (min_delay 10 ms, no randomness) separates the attempts
     first, second = run.attempts[0], run.attempts[1]
     assert first.finished_at is not None

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 import nbtasks
 
 
 def test_all_lists_exactly_the_public_names() -> None:
-    """Everything public is in __all__: besides submodules (``nbtasks.autoload``) and the
-    hook IPython looks up for ``%load_ext nbtasks``."""
-    public = {
-        name
-        for name, value in vars(nbtasks).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
-    }
+    """Everything public is in __all__, and every name there resolves: besides the hook
+    IPython looks up for ``%load_ext nbtasks``."""
+    public = {name for name in dir(nbtasks) if not name.startswith("_")}
     assert set(nbtasks.__all__) == public - {"load_ipython_extension"}
+    for name in nbtasks.__all__:
+        assert not isinstance(getattr(nbtasks, name), types.ModuleType), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nbtasks.nope  # noqa: B018
     assert nbtasks.__all__ == sorted(nbtasks.__all__)
 
 

@@ -86,16 +86,18 @@ def test_run_that_came_due_while_no_kernel_ran_starts_at_the_next_open(tmp_path:
     first = start_script(
         DEFINE
         + """
-h = add.trigger({"a": 1, "b": 2}, delay="300ms")
-print(h.id, h.retrieve().delay_until.timestamp(), flush=True)
+h = add.trigger({"a": 1, "b": 2}, delay="1s")
+run = h.retrieve()
+print(h.id, run.delay_until.timestamp(), run.status.value, flush=True)
 time.sleep(300)
 """,
         tmp_path,
         env=env,
         name="first.py",
     )
-    run_id, due = _first_line(first, "the run id").split()
+    run_id, due, status = _first_line(first, "the run id").split()
     _kill(first)
+    assert status == "DELAYED"
     while time.time() < float(due) + 0.2:  # no kernel runs while the run comes due
         time.sleep(0.05)
     out = _second_kernel(

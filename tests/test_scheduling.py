@@ -104,7 +104,7 @@ def _statuses(run_id: str) -> list[RunStatus]:
 
 
 def test_delayed_run_waits_then_runs(nb: object) -> None:
-    handle = add.trigger({"a": 1, "b": 2}, delay="300ms")
+    handle = add.trigger({"a": 1, "b": 2}, delay="1s")
     run = handle.retrieve()
     assert run.status is RunStatus.DELAYED and run.delay_until is not None
     result = handle.wait(timeout=10)
@@ -122,7 +122,7 @@ def test_delay_accepts_timedelta_datetime_and_seconds(nb: object, delay: object)
 
 
 def test_naive_datetime_delay_is_local_time(nb: object) -> None:
-    soon = datetime.now() + timedelta(milliseconds=200)
+    soon = datetime.now() + timedelta(seconds=1)
     handle = add.trigger({"a": 1, "b": 1}, delay=soon)
     assert handle.retrieve().status is RunStatus.DELAYED
     assert handle.wait(timeout=10).ok

@@ -38,10 +38,11 @@ _POLL_S = 0.05  # a blocking wait wakes this often, to stay interruptible
 _PUMP_POLL_S = 0.02  # ... and this often in a notebook, to handle widget messages
 
 
-def engine() -> Engine:
+def engine(spawn: bool = False) -> Engine:
+    """This process's engine, started if needed (``spawn``: for a trigger)."""
     from ._config import get_engine
 
-    eng: Engine = get_engine()
+    eng: Engine = get_engine(spawn)
     return eng
 
 
@@ -152,7 +153,7 @@ def spec_options(task: Task[Any, Any] | None, options: dict[str, Any]) -> dict[s
 def _version(task: Task[Any, Any], eng: Engine | None = None) -> TaskVersion:
     if _context.IN_WORKER:  # the kernel assigns the version of a task sent from a worker
         return task.shipping(lambda *args: "")
-    eng = eng or engine()
+    eng = eng or engine(spawn=True)
     return task.shipping(lambda *args: block(eng.call(eng.register_version, *args)), eng)
 
 

@@ -89,7 +89,7 @@ def configure(store: str | os.PathLike[str] | None = None, workers: int | None =
     shutdown()
 
 
-def get_engine() -> Any:
+def get_engine(spawn: bool = False) -> Any:
     global _engine
     engine = _engine
     if engine is not None and not engine.closed:
@@ -105,7 +105,7 @@ def get_engine() -> Any:
                 "in a worker process, runs can be triggered and read only by task code "
                 "while it executes"
             )
-        engine = _engine = Engine(store_path(), worker_count())
+        engine = _engine = Engine(store_path(), worker_count(), spawn)
         from ._task import registry
 
         for task_id in list(engine.waiting_tasks):  # runs an earlier kernel left waiting

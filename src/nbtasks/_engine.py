@@ -54,7 +54,9 @@ class EngineBase:
         def _on_call(self, worker: WorkerProc, attempt: AttemptState, request_id: int,
                      op: str, args: tuple[Any, ...]) -> None: ...  # fmt: skip
 
-    def __init__(self, store_path: str, workers: int) -> None:
+    def __init__(self, store_path: str, workers: int, spawn: bool = False) -> None:
+        """Open the store and take over what it holds. With ``spawn`` (the engine starts for
+        a trigger), the workers start first, so their boot overlaps opening the store."""
         self.store_path = store_path
         self.size = workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -74,11 +76,15 @@ class EngineBase:
         self._portal = self._portal_cm.__enter__()
         try:
             self.loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
+            self.pool = Pool(self.loop, self._on_message, self._on_exit)
+            if spawn:
+                self._portal.call(self._top_up)
             self.store = Store(store_path, self._committed_threadsafe, self._on_loop)
             reconcile_at_start(self.store, utcnow())
-            self.pool = Pool(self.loop, self._on_message, self._on_exit)
             self._portal.call(self._adopt, load_waiting_runs(self.store))
         except BaseException:
+            self.closed = True
+            self._portal.call(self.pool.stop_all)
             self._portal_cm.__exit__(None, None, None)
             raise
 
@@ -248,7 +254,7 @@ class EngineBase:
             created_at=spec.created_at,
             updated_at=now,
             task=tv,
-            delay_until=spec.delay_until if delayed else None,
+            delay_until=spec.delay_until,
             ttl_s=spec.ttl_s,
             idempotency_key=spec.idempotency_key,
             tags=spec.tags,

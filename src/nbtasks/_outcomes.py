@@ -117,7 +117,9 @@ class OutcomesMixin(_Base):
             self._idle.append(worker)
         if outcome == "completed":
             self._end_attempt(run, attempt, AttemptStatus.COMPLETED)
-            self._transition(run, S.COMPLETED, output=output, output_preview=output_preview)
+            self._transition(
+                run, S.COMPLETED, output=output, output_preview=output_preview, error=None
+            )
         else:
             err = error or {"type": "Error", "message": "", "traceback": ""}
             failed = outcome != "system_failure"

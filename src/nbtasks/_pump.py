@@ -88,15 +88,25 @@ class Pump:
                 self.kernel.set_parent(parent_ident, parent, channel="shell")
 
     def release(self) -> None:
-        """Hand the held messages back to the kernel, in order, to run after the cell."""
+        """Hand the held messages back to the kernel, in order, to run after the cell.
+
+        They go back only once the kernel's loop has run again: a request the kernel had
+        already read before the cell blocked must keep its place ahead of them."""
         held, self.held = self.held, []
-        for frames in held:
-            if self.version == 7:
-                task = asyncio.ensure_future(self.kernel.shell_main(None, frames))
-                _pending.add(task)
-                task.add_done_callback(_pending.discard)
-            else:
+        if not held:
+            return
+        if self.version == 7:
+            loop = asyncio.get_event_loop()
+            loop.call_soon(loop.call_soon, self._redispatch, held)
+        else:
+            for frames in held:
                 self.kernel.schedule_dispatch(self.kernel.dispatch_shell, frames)
+
+    def _redispatch(self, held: list[Any]) -> None:
+        for frames in held:
+            task = asyncio.ensure_future(self.kernel.shell_main(None, frames))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
 
 
 def start() -> Pump | None:
