@@ -366,6 +366,8 @@ def main(argv: list[str]) -> None:
     os.set_inheritable(event_fd, False)
     _die_with_parent(parent_pid)
     _context.IN_WORKER = True
+    from . import _serialize, _task  # noqa: F401  (what loading a task needs, before ready)
+
     Worker(cmd_fd, event_fd).serve()
 
 
