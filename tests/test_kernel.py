@@ -152,6 +152,15 @@ def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel) -> None:
     assert kernel.value("_.wait().output['answer']") == "42"
 
 
+def test_task_magic_names_an_input_it_cannot_capture(kernel: Kernel) -> None:
+    kernel.run("import sqlite3\ndb = sqlite3.connect(':memory:')")
+    msgs = kernel.run("%%task uses_db\nrows = db.execute('select 1').fetchall()")
+    text = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
+    assert text.startswith("UsageError: %%task uses_db: cannot capture db "), text
+    assert "sqlite3.Connection" in text
+    assert kernel.value("len(runs.list(task='uses_db'))") == "0"
+
+
 def test_magic_mistakes_are_one_line_usage_errors(kernel: Kernel) -> None:
     cells = {
         "%%task bad --retries x\nx = 1": "--retries",
@@ -165,3 +174,34 @@ def test_magic_mistakes_are_one_line_usage_errors(kernel: Kernel) -> None:
         assert text.startswith("UsageError: "), (cell, text)
         assert len(text.strip().splitlines()) == 1 and named in text, (cell, text)
     assert kernel.value("len(runs.list(task='bad'))") == "0"
+
+
+def test_autoload_gives_every_new_kernel_the_magics(tmp_path: Path) -> None:
+    """``python -m nbtasks.autoload enable`` / ``disable``, with real kernels."""
+    import subprocess
+    import sys
+
+    def cli(action: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "nbtasks.autoload", action],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return done.stdout
+
+    assert cli("status").startswith("disabled")
+    try:
+        assert cli("enable").startswith("enabled: ")
+        k = Kernel(tmp_path)
+        try:
+            msgs = k.run("%%task auto_t\ny = 40 + 2")
+            assert not [m for m in msgs if m["msg_type"] == "error"], msgs
+            assert k.value("y") == "42"
+        finally:
+            k.close()
+    finally:
+        assert cli("disable").startswith("disabled: removed")
+    k = Kernel(tmp_path)
+    try:
+        msgs = k.run("%%task auto_t\ny = 1")
+        streams = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
+        assert streams.startswith("UsageError: Cell magic `%%task` not found"), streams
+    finally:
+        k.close()

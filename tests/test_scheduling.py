@@ -338,6 +338,22 @@ def test_metadata_and_logs_stream_live(nb: object) -> None:
     assert final.output == "sched-progress attempt 1 tags ['t1']"
 
 
+@task(id="sched-big-metadata")
+def big_metadata(_: object) -> str:
+    metadata.set("small", 1)
+    try:
+        metadata.set("huge", "x" * 300_000)
+    except ValueError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_metadata_past_the_size_cap_is_refused_and_keeps_what_was_set(nb: object) -> None:
+    result = big_metadata.trigger_and_wait(None)
+    assert "over the 262144-byte cap" in result.unwrap()
+    assert result.run.metadata == {"small": 1}
+
+
 def test_metadata_outside_a_task_is_a_clear_error() -> None:
     with pytest.raises(nbtasks.NbtasksError, match="only available inside a running task"):
         metadata.set("x", 1)
