@@ -71,6 +71,7 @@ class EngineBase:
         self._keys: dict[tuple[str, str], str] = {}  # (task id, key) -> live run id
         self._commit_waiters: dict[int, list[Callable[[BaseException | None], None]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
+        self._watchers: dict[str, list[Callable[[str, str], None]]] = {}
         self._spawn_failures = 0
         self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
         self._portal = self._portal_cm.__enter__()
@@ -134,6 +135,12 @@ class EngineBase:
         """The only place a run's status changes."""
         check_transition(run.id, run.status, new)
         run.status = new
+        watchers = self._watchers.get(run.id)
+        if watchers:
+            for watcher in watchers:
+                watcher(run.id, new.value)
+            if new in FINAL:
+                del self._watchers[run.id]
         return self._update(run, detail, final=new in FINAL, **changes)
 
     def _update(self, run: RunState, detail: str | None = None, final: bool = False,
@@ -506,6 +513,19 @@ class EngineBase:
             return
         self._listeners.setdefault(run_id, []).append(listener)
         fut.set_result(run.snapshot())
+
+    def watch(self, fut: cf.Future[Any], run_ids: list[str],
+              callback: Callable[[str, str], None]) -> None:  # fmt: skip
+        """Call ``callback(run_id, status)`` at every status change of these runs (cheap:
+        no snapshots, for views of big batches); resolve ``fut`` with the statuses of the
+        ones that are live now. The others are final and committed."""
+        live = {}
+        for run_id in run_ids:
+            run = self.runs.get(run_id)
+            if run is not None:
+                live[run_id] = run.status.value
+                self._watchers.setdefault(run_id, []).append(callback)
+        fut.set_result(live)
 
     def unsubscribe(self, fut: cf.Future[Any], run_id: str, listener: Listener) -> None:
         listeners = self._listeners.get(run_id, [])

@@ -172,12 +172,14 @@ class RunWidget(_LiveWidget):
 
         self.run_id = run_id
         self._pending: Run | None = None
-        snapshot = runs.retrieve(run_id)
+        self._ready = False  # snapshots that arrive before the first one wait for it
+        live = _follow(run_id, self._on_snapshot) if follow else None
+        snapshot = live or runs.retrieve(run_id)  # not live: final, and in the store
         self._text = _text_of(snapshot)
         self._timeline = [list(e) for e in _events(run_id)]
         self._apply(snapshot)
-        if follow and not snapshot.is_final:
-            _follow(run_id, self._on_snapshot)
+        self._ready = True
+        self._flush()
 
     def _on_snapshot(self, snapshot: Run) -> None:
         with self._lock:
@@ -188,6 +190,8 @@ class RunWidget(_LiveWidget):
             _throttle.mark(self)
 
     def _flush(self) -> None:
+        if not self._ready:
+            return
         with self._lock:
             snapshot, self._pending = self._pending, None
         if snapshot is not None:
@@ -242,26 +246,28 @@ class BatchWidget(_LiveWidget):
         self._changed = False
         self._text = text or f"Batch(task={task_id!r}, runs={len(run_ids)})"
         self.total = len(run_ids)
-        for run_id in run_ids:
-            self._statuses[run_id] = RunStatus.QUEUED.value
-        self._load()
-        for run_id in run_ids:
-            if self._statuses[run_id] not in _FINAL_VALUES:
-                _follow(run_id, self._on_snapshot)
+        from ._calls import block, engine
+
+        eng = engine()
+        # Watch first, then read the store for the runs that were not live any more: those
+        # are final and committed, so no change falls between the two.
+        live: dict[str, str] = block(eng.call(eng.watch, run_ids, self._on_status))
+        with self._lock:  # a change reported meanwhile is newer than ``live``
+            for run_id, status in live.items():
+                self._statuses.setdefault(run_id, status)
+        rest = [run_id for run_id in run_ids if run_id not in live]
+        if rest:
+            rows = eng.store.query(
+                "SELECT id, status FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))", [rest]
+            )
+            with self._lock:
+                self._statuses.update({run_id: status for run_id, status in rows})
         self._flush_now()
 
-    def _load(self) -> None:
-        from ._calls import engine
-
-        rows = engine().store.query(
-            "SELECT id, status FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))",
-            [self.run_ids],
-        )
-        self._statuses.update({run_id: status for run_id, status in rows})
-
-    def _on_snapshot(self, snapshot: Run) -> None:
+    def _on_status(self, run_id: str, status: str) -> None:
+        """From the engine's thread, at every status change: only mark, never draw here."""
         with self._lock:
-            self._statuses[snapshot.id] = snapshot.status.value
+            self._statuses[run_id] = status
             self._changed = True
         _throttle.mark(self)
 
@@ -277,7 +283,7 @@ class BatchWidget(_LiveWidget):
         with self.hold_sync():
             self.counts = dict(Counter(statuses.values()))
             self.sample = [
-                {"id": run_id, "index": i, "status": statuses[run_id]}
+                {"id": run_id, "index": i, "status": statuses.get(run_id, "QUEUED")}
                 for i, run_id in enumerate(self.run_ids[:BATCH_SAMPLE])
             ]
 
@@ -311,12 +317,14 @@ def _events(run_id: str) -> list[tuple[str, str, str]]:
     return [(status, at.isoformat(), detail) for status, at, detail in rows]
 
 
-def _follow(run_id: str, listener: Callable[[Run], None]) -> None:
-    """Call ``listener`` with every snapshot of a live run, from the engine's thread."""
-    from ._calls import engine
+def _follow(run_id: str, listener: Callable[[Run], None]) -> Run | None:
+    """Call ``listener`` with every later snapshot of a live run, from the engine's thread;
+    return its snapshot now, or None if it is not live (then it is final and stored)."""
+    from ._calls import block, engine
 
     eng = engine()
-    eng.call(eng.subscribe, run_id, listener)
+    snapshot: Run | None = block(eng.call(eng.subscribe, run_id, listener))
+    return snapshot
 
 
 def _text_of(run: Run) -> str:
