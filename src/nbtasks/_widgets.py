@@ -173,17 +173,29 @@ class RunWidget(_LiveWidget):
         self.run_id = run_id
         self._pending: Run | None = None
         self._ready = False  # snapshots that arrive before the first one wait for it
+        self._timeline: list[list[str]] = []
         live = _follow(run_id, self._on_snapshot) if follow else None
         snapshot = live or runs.retrieve(run_id)  # not live: final, and in the store
         self._text = _text_of(snapshot)
-        self._timeline = [list(e) for e in _events(run_id)]
+        with self._lock:  # the stored transitions, then those seen since (newer ones)
+            seen, self._timeline = self._timeline, [list(e) for e in _events(run_id)]
+            for entry in [*seen, _entry(snapshot)]:
+                self._record(entry)
         self._apply(snapshot)
         self._ready = True
         self._flush()
 
+    def _record(self, entry: list[str]) -> None:
+        """Add a transition to the timeline unless it is already there."""
+        if not self._timeline or (
+            entry[0] != self._timeline[-1][0] and entry[1] > self._timeline[-1][1]
+        ):
+            self._timeline.append(entry)
+
     def _on_snapshot(self, snapshot: Run) -> None:
         with self._lock:
             self._pending = snapshot
+            self._record(_entry(snapshot))  # every transition, even those not drawn
         if snapshot.is_final:
             self._flush()  # the final state is never held back
         else:
@@ -198,12 +210,11 @@ class RunWidget(_LiveWidget):
             self._apply(snapshot)
 
     def _apply(self, snapshot: Run) -> None:
-        last = self._timeline[-1][0] if self._timeline else None
-        if snapshot.status.value != last:
-            self._timeline.append([snapshot.status.value, snapshot.updated_at.isoformat(), ""])
+        with self._lock:
+            timeline = list(self._timeline)
         with self.hold_sync():
             self.run = run_state(snapshot)
-            self.timeline = list(self._timeline)
+            self.timeline = timeline
             self.logs = _logs(snapshot)
 
     def _act(self, content: dict[str, Any]) -> str | None:
@@ -304,6 +315,10 @@ class BatchWidget(_LiveWidget):
 
 
 _FINAL_VALUES = {s.value for s in RunStatus if s.is_final}
+
+
+def _entry(run: Run) -> list[str]:
+    return [run.status.value, run.updated_at.isoformat(), ""]
 
 
 def _events(run_id: str) -> list[tuple[str, str, str]]:
