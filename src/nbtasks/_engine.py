@@ -49,6 +49,8 @@ class EngineBase:
         def _take_slot(self, run: RunState, attempt: AttemptState) -> None: ...
         def _release_slot(self, run: RunState, attempt: AttemptState) -> None: ...
         def _start_attempt(self, run: RunState, worker: WorkerProc) -> None: ...
+        def _send_ahead(self, run: RunState, worker: WorkerProc) -> None: ...
+        def _take_back(self, run: RunState, requeue: bool = False) -> None: ...
         def _fail_queued(self, log: str) -> None: ...
         def _resume_ready(self) -> None: ...
         def _on_call(self, worker: WorkerProc, attempt: AttemptState, request_id: int,
@@ -134,6 +136,8 @@ class EngineBase:
                     **changes: Any) -> int:  # fmt: skip
         """The only place a run's status changes."""
         check_transition(run.id, run.status, new)
+        if run.prefetched is not None and new is not S.EXECUTING:
+            self._take_back(run)  # canceled, expired...: the worker must not start it
         run.status = new
         watchers = self._watchers.get(run.id)
         if watchers:
@@ -425,13 +429,34 @@ class EngineBase:
             self._fail_queued(f"{type(exc).__name__}: {exc}")
 
     def _pump(self) -> None:
-        """Resume thawed runs, then start queued runs, while slots and workers allow."""
+        """Resume thawed runs, start queued runs while slots and workers allow, then send
+        each busy worker its next run ahead (runs of queues with a limit are never sent
+        ahead: they take their slot only when they start)."""
         self._resume_ready()
         while self._idle and self._active < self.size:
-            run = self.scheduler.pop()
+            run = self.scheduler.pop() or self._reclaim()
             if run is None:
                 return
             self._start_attempt(run, self._idle.pop())
+        if self._idle or self.closed:
+            return
+        for worker in self.pool.workers:
+            current = worker.attempt
+            if (worker.next is None and current is not None and not worker.dying
+                    and current.holds_slot and current.kill_reason is None):  # fmt: skip
+                run = self.scheduler.pop(unlimited_only=True)
+                if run is None:
+                    return
+                self._send_ahead(run, worker)
+
+    def _reclaim(self) -> RunState | None:
+        """A run sent ahead to a busy worker, taken back for a worker that is idle now."""
+        for worker in self.pool.workers:
+            if worker.next is not None:
+                run: RunState = worker.next[0]
+                self._take_back(run)
+                return run
+        return None
 
     def _retire_extra(self) -> None:
         """After a thawed run finished: stop idle workers beyond the pool size."""

@@ -101,6 +101,9 @@ class NestingMixin(_Base):
                 reply: Any) -> None:  # fmt: skip
         self._transition(run, S.FROZEN, f"waiting on {len(ids)} run(s)")
         self._release_slot(run, attempt)
+        ahead = attempt.worker.next if attempt.worker is not None else None
+        if ahead is not None:  # its worker is blocked in this task: give the next one back
+            self._take_back(ahead[0], requeue=True)
         done: cf.Future[list[Run | None]] = cf.Future()
 
         def thawed(fut: cf.Future[list[Run | None]]) -> None:

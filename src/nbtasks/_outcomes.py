@@ -30,19 +30,35 @@ NOTIFY_EVERY_S = 0.1  # live log updates reach listeners at most this often
 
 class OutcomesMixin(_Base):
     def _start_attempt(self, run: RunState, worker: WorkerProc) -> None:
-        tv = run.task
-        assert tv is not None
-        now = utcnow()
-        attempt = AttemptState(
+        """Start the next attempt of ``run`` on an idle worker."""
+        attempt = self._new_attempt(run, worker)
+        worker.attempt = attempt
+        self._begin(run, attempt)
+        self._send(run, worker, attempt, sent_ahead=False)
+
+    def _send_ahead(self, run: RunState, worker: WorkerProc) -> None:
+        """Give a busy worker its next attempt now, so it starts the moment the current one
+        ends, without a round trip through the kernel. The run stays QUEUED until the worker
+        says it started."""
+        attempt = self._new_attempt(run, worker)
+        worker.next = (run, attempt)
+        run.prefetched = worker
+        self._send(run, worker, attempt, sent_ahead=True)
+
+    def _new_attempt(self, run: RunState, worker: WorkerProc) -> AttemptState:
+        return AttemptState(
             id=new_id("attempt"),
             run_id=run.id,
             number=run.attempt_count + 1,
             status=AttemptStatus.EXECUTING,
-            started_at=now,
+            started_at=utcnow(),
             pid=worker.pid,
             worker=worker,
         )
-        worker.attempt = attempt
+
+    def _begin(self, run: RunState, attempt: AttemptState) -> None:
+        """The attempt runs: the run is EXECUTING, holds its slots, its timers start."""
+        now = attempt.started_at = utcnow()
         run.attempts.append(attempt)
         self._take_slot(run, attempt)
         if run.ttl_timer is not None:
@@ -52,6 +68,13 @@ class OutcomesMixin(_Base):
         self._transition(
             run, S.EXECUTING, attempt_count=attempt.number, started_at=run.started_at or now
         )
+        if run.max_duration_s is not None:
+            attempt.timer = self.loop.call_later(run.max_duration_s, self._time_out, run, attempt)
+
+    def _send(self, run: RunState, worker: WorkerProc, attempt: AttemptState,
+              sent_ahead: bool) -> None:  # fmt: skip
+        tv = run.task
+        assert tv is not None
         fn_bytes = None if tv.fn_key in worker.loaded else tv.fn_bytes
         worker.loaded.add(tv.fn_key)
         context = {
@@ -62,10 +85,39 @@ class OutcomesMixin(_Base):
             "tags": list(run.tags),
             "metadata": run.metadata,
         }
-        message = ("run", attempt.id, tv.fn_key, fn_bytes, run.payload, context, tv.memory_limit)
+        message = ("run", attempt.id, tv.fn_key, fn_bytes, run.payload, context,
+                   tv.memory_limit, sent_ahead)  # fmt: skip
         self.pool.send(worker, message)  # a dead worker shows up as end of file next
-        if run.max_duration_s is not None:
-            attempt.timer = self.loop.call_later(run.max_duration_s, self._time_out, run, attempt)
+
+    def _on_started(self, worker: WorkerProc, attempt_id: str) -> None:
+        """A worker started the attempt it was sent ahead."""
+        ahead = worker.next
+        if ahead is None or ahead[1].id != attempt_id:
+            # taken back (canceled, expired) but started before the worker heard of it
+            self.pool.kill(worker)
+            return
+        run, attempt = ahead
+        worker.next = None
+        run.prefetched = None
+        worker.attempt = attempt
+        self._begin(run, attempt)
+        self._pump()
+
+    def _take_back(self, run: RunState, requeue: bool = False) -> None:
+        """Withdraw the attempt sent ahead for ``run`` (the worker skips it if not started)."""
+        worker = run.prefetched
+        run.prefetched = None
+        if worker is None or worker.next is None or worker.next[0] is not run:
+            return
+        self.pool.send(worker, ("drop", worker.next[1].id))
+        worker.next = None
+        worker.awaiting_drop = True  # no new work for it until it says it skipped that one
+        if requeue and run.status is S.QUEUED:
+            self.scheduler.push_front(run)
+
+    def _make_idle(self, worker: WorkerProc) -> None:
+        if not worker.dying and not self.closed:
+            self._idle.append(worker)
 
     def _take_slot(self, run: RunState, attempt: AttemptState) -> None:
         attempt.holds_slot = True
@@ -83,7 +135,14 @@ class OutcomesMixin(_Base):
     def _on_message(self, worker: WorkerProc, message: tuple[Any, ...]) -> None:
         kind = message[0]
         attempt: AttemptState | None = worker.attempt
-        if kind == "ready":
+        if kind == "started":
+            self._on_started(worker, message[1])
+        elif kind == "dropped":
+            if worker.awaiting_drop and worker.attempt is None and worker.next is None:
+                worker.awaiting_drop = False
+                self._make_idle(worker)
+                self._pump()
+        elif kind == "ready":
             worker.ready = True
             self._spawn_failures = 0
             if not worker.dying and not self.closed:
@@ -113,8 +172,8 @@ class OutcomesMixin(_Base):
         run = self.runs[attempt.run_id]
         attempt.stdout, attempt.stderr = stdout, stderr
         self._release_slot(run, attempt)
-        if not worker.dying and not self.closed:
-            self._idle.append(worker)
+        if worker.next is None and not worker.awaiting_drop:
+            self._make_idle(worker)  # else it starts what it was sent ahead
         if outcome == "completed":
             self._end_attempt(run, attempt, AttemptStatus.COMPLETED)
             self._transition(
@@ -168,6 +227,12 @@ class OutcomesMixin(_Base):
             self._idle.remove(worker)
         attempt: AttemptState | None = worker.attempt
         worker.attempt = None
+        if worker.next is not None:  # never started: back to the queue, first in line
+            run = worker.next[0]
+            worker.next = None
+            run.prefetched = None
+            if run.status is S.QUEUED:
+                self.scheduler.push_front(run)
         if attempt is not None:
             self._worker_died(attempt, exit_code, sig)
         if not worker.ready and not worker.dying:

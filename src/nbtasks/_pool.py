@@ -39,6 +39,8 @@ class WorkerProc:
         self.ready = False
         self.dying = False
         self.attempt: Any = None  # the engine's AttemptState while one runs here
+        self.next: Any = None  # (run, attempt) sent ahead, to start when this one ends
+        self.awaiting_drop = False  # idle once it confirms it skipped what was taken back
         self.loaded: set[str] = set()  # function keys this worker already holds
 
     def __repr__(self) -> str:

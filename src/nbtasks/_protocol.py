@@ -6,13 +6,19 @@ kernel never unpickles a task's output unless asked to.
 
 kernel -> worker
     ("init", sys_path, cwd)
-    ("run", attempt_id, fn_key, fn_bytes | None, payload_bytes, context, memory_limit)
+    ("run", attempt_id, fn_key, fn_bytes | None, payload_bytes, context, memory_limit,
+     sent_ahead)                          sent ahead: the worker says when it starts it
+    ("drop", attempt_id)                  forget an attempt sent ahead, if not started
+    ("reply", request_id, ok, value)      the answer to a call from task code
 worker -> kernel
     ("ready", pid)
     ("done", attempt_id, outcome, output_bytes | None, output_preview, error | None,
      exc_bytes | None, stdout, stderr)
         outcome: "completed" | "failed" | "aborted" | "system_failure"
     ("oom", attempt_id, rss_bytes)        sent just before the worker kills its group
+    ("started", attempt_id) / ("dropped", attempt_id)     for attempts sent ahead
+    ("log", attempt_id, stream, text), ("display", attempt_id, bundle),
+    ("metadata", attempt_id, op, key, value), ("call", attempt_id, request_id, op, args)
 """
 
 from __future__ import annotations

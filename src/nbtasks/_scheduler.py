@@ -30,12 +30,19 @@ class Scheduler:
         limit = self._limits.get(queue) if queue is not None else None
         return limit is None or self.executing[queue] < limit
 
-    def pop(self) -> RunState | None:
-        """The oldest queued run whose queue has room, or None."""
+    def push_front(self, run: RunState) -> None:
+        """Put back a run that was taken but did not start: it keeps its turn."""
+        self._ready.setdefault(run.queue, deque()).appendleft(run)
+
+    def pop(self, unlimited_only: bool = False) -> RunState | None:
+        """The oldest queued run whose queue has room (``unlimited_only``: whose queue has
+        no limit at all), or None."""
         best: deque[RunState] | None = None
         for queue, ready in self._ready.items():
-            while ready and ready[0].status is not RunStatus.QUEUED:
+            while ready and (ready[0].status is not RunStatus.QUEUED or ready[0].prefetched):
                 ready.popleft()
+            if unlimited_only and queue is not None and self._limits.get(queue) is not None:
+                continue
             if ready and self.has_room(queue) and (best is None or ready[0].id < best[0].id):
                 best = ready
         return best.popleft() if best is not None else None

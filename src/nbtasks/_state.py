@@ -133,6 +133,7 @@ class RunState:
     timer: Any = None  # delay or backoff
     ttl_timer: Any = None
     resume: Any = None  # while FROZEN: what to reply to the worker once children are done
+    prefetched: Any = None  # while QUEUED: the worker it was sent ahead to
     waiters: list[Any] = field(default_factory=list)  # called with (snapshot, error)
 
     @property

@@ -222,6 +222,7 @@ class Worker:
         self.replies: dict[int, tuple[bool, Any]] = {}
         self.replies_cv = threading.Condition()
         self.request_ids = itertools.count(1)
+        self.dropped: set[str] = set()  # attempts sent ahead that the kernel took back
         self.capture = _Capture()
         builtins.display = self.display  # type: ignore[attr-defined]
 
@@ -263,6 +264,8 @@ class Worker:
                     with self.replies_cv:
                         self.replies[message[1]] = (message[2], message[3])
                         self.replies_cv.notify_all()
+                elif message[0] == "drop":
+                    self.dropped.add(message[1])
                 else:
                     self.inbox.put(message)
         except OSError:
@@ -278,7 +281,14 @@ class Worker:
         while (message := self.inbox.get()) is not None:
             kind = message[0]
             if kind == "run":
-                self.run_attempt(*message[1:])
+                attempt_id, sent_ahead = message[1], message[7]
+                if attempt_id in self.dropped:
+                    self.dropped.discard(attempt_id)
+                    self.send(("dropped", attempt_id))
+                    continue
+                if sent_ahead:
+                    self.send(("started", attempt_id))
+                self.run_attempt(*message[1:7])
             elif kind == "init":
                 sys.path[:] = message[1]
                 os.chdir(message[2])
