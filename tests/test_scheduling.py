@@ -165,6 +165,29 @@ def test_ttl_does_not_expire_delayed_or_executing_runs(nb: object) -> None:
     assert executing.wait(timeout=10).ok
 
 
+def test_a_run_sent_ahead_to_a_busy_worker_still_expires_unstarted(nb: object) -> None:
+    add.trigger_and_wait({"a": 0, "b": 0})  # warm: both workers are up
+    busy = [sleep_for.trigger(1.0) for _ in range(2)]
+    for handle in busy:
+        assert _wait_until(handle.id, RunStatus.EXECUTING)
+    late = add.trigger({"a": 1, "b": 1}, ttl="200ms")  # sent ahead to a busy worker
+    result = late.wait(timeout=10)
+    assert result.status is RunStatus.EXPIRED and result.run.attempt_count == 0
+    assert all(h.wait(timeout=10).ok for h in busy)
+    assert add.trigger_and_wait({"a": 2, "b": 2}).unwrap() == 4  # the workers carry on
+
+
+def test_a_run_sent_ahead_moves_to_a_worker_that_frees_up(nb: object) -> None:
+    add.trigger_and_wait({"a": 0, "b": 0})
+    long = sleep_for.trigger(30)
+    short = sleep_for.trigger(0.3)
+    for handle in (long, short):
+        assert _wait_until(handle.id, RunStatus.EXECUTING)
+    queued = [add.trigger({"a": i, "b": 0}) for i in range(3)]  # one goes ahead to each
+    assert [h.wait(timeout=10).output for h in queued] == [0, 1, 2]  # not behind `long`
+    long.cancel()
+
+
 def test_queue_limit_is_never_exceeded(nb: object) -> None:
     batch = sleep_for.batch_trigger_and_wait([0.2] * 4, queue=TWO)
     intervals = [(r.run.started_at, r.run.finished_at) for r in batch]

@@ -248,7 +248,7 @@ def _show_live(specs: list[RunSpec], ids: list[str]) -> None:
     from ._widgets import show_batch, show_run
 
     if specs[0].batch_id is None:
-        show_run(ids[0])
+        show_run(ids[0], specs[0].task_id)
     else:
         show_batch(ids, specs[0].task_id)
 

@@ -50,7 +50,7 @@ class RunHandle(Generic[R]):
 
         if not in_notebook():
             return {"text/plain": repr(self)}
-        return RunWidget(self.id)._repr_mimebundle_(**kwargs)
+        return RunWidget(self.id, text=repr(self))._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         cached = ", cached" if self.is_cached else ""

@@ -159,7 +159,7 @@ class Run:
 
         if not in_notebook():
             return {"text/plain": repr(self)}
-        return RunWidget(self.id)._repr_mimebundle_(**kwargs)
+        return RunWidget(self.id, text=repr(self))._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         parts = [f"task={self.task_id!r}", f"status={self.status.value}"]

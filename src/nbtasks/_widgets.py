@@ -166,7 +166,9 @@ class RunWidget(_LiveWidget):
         sync=True
     )  # ids of runs started by the Replay button
 
-    def __init__(self, run_id: str, *, follow: bool = True) -> None:
+    def __init__(self, run_id: str, *, follow: bool = True, text: str | None = None) -> None:
+        """``text`` is the widget's plain text (the displayed object's repr); without it,
+        the run's outcome if it is final now, else ``Run(task=..., live)``."""
         super().__init__()
         from ._runs import runs
 
@@ -176,7 +178,7 @@ class RunWidget(_LiveWidget):
         self._timeline: list[list[str]] = []
         live = _follow(run_id, self._on_snapshot) if follow else None
         snapshot = live or runs.retrieve(run_id)  # not live: final, and in the store
-        self._text = _text_of(snapshot)
+        self._text = text or _text_of(snapshot)
         with self._lock:  # the stored transitions, then those seen since (newer ones)
             seen, self._timeline = self._timeline, [list(e) for e in _events(run_id)]
             for entry in [*seen, _entry(snapshot)]:
@@ -347,13 +349,14 @@ def _text_of(run: Run) -> str:
     return repr(run) if run.is_final else f"Run(task={run.task_id!r}, live)"
 
 
-def show_run(run_id: str) -> RunWidget | None:
+def show_run(run_id: str, task_id: str) -> RunWidget | None:
     """Display the live widget of a run in the current cell, when in a notebook."""
     if not in_notebook():
         return None
     from IPython.display import display  # type: ignore[import-not-found,unused-ignore]
 
-    widget = RunWidget(run_id)
+    # the text of what a wait shows must not depend on how fast the run is
+    widget = RunWidget(run_id, text=f"Run(task={task_id!r}, live)")
     display(widget)
     return widget
 

@@ -284,6 +284,10 @@ class Worker:
                 attempt_id, sent_ahead = message[1], message[7]
                 if attempt_id in self.dropped:
                     self.dropped.discard(attempt_id)
+                    try:  # the kernel counts on this worker knowing the function now
+                        self.learn_function(message[2], message[3])
+                    except Exception:
+                        pass  # the next attempt of it reports the failure
                     self.send(("dropped", attempt_id))
                     continue
                 if sent_ahead:
@@ -294,6 +298,13 @@ class Worker:
                 os.chdir(message[2])
             elif kind == "exit":
                 return
+
+    def learn_function(self, fn_key: str, fn_bytes: bytes | None) -> None:
+        """Keep a task function sent with an attempt; later attempts come without it."""
+        if fn_bytes is not None:
+            from ._serialize import loads
+
+            self.functions[fn_key] = loads(fn_bytes)
 
     def run_attempt(
         self,
@@ -320,8 +331,7 @@ class Worker:
 
         self.capture.reset(attempt_id)
         try:
-            if fn_bytes is not None:
-                self.functions[fn_key] = loads(fn_bytes)
+            self.learn_function(fn_key, fn_bytes)
             fn = self.functions[fn_key]
         except BaseException as exc:
             info = _error_info(exc)
