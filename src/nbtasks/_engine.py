@@ -196,10 +196,19 @@ class EngineBase:
                final: cf.Future[Any] | None = None) -> None:  # fmt: skip
         """Create runs; resolve ``fut`` with ``(run_id, is_cached)`` per spec once they are
         committed, and ``final`` (if given) with their final snapshots, in order."""
-        created = self._create(specs)
-        if final is not None:
-            self._wait_all(final, [self._live_or_none(i) for i, _ in created])
-        self._ack_after_commit(fut, created)
+        if final is None:
+            created = self._create(specs)
+            self._ack_after_commit(fut, created)
+            return
+        # A blocking wait needs only the final states to be durable: the new runs may
+        # wait (a little) for them, so a quick run costs one commit, not two.
+        self.store.deferring = True
+        try:
+            created = self._create(specs)
+        finally:
+            self.store.deferring = False
+        self._wait_all(final, [self._live_or_none(i) for i, _ in created])
+        fut.set_result(created)
 
     def _ack_after_commit(self, fut: cf.Future[Any], result: Any) -> None:
         """Resolve ``fut`` with ``result`` once everything staged so far is committed."""

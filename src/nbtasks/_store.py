@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ from ._errors import NbtasksError, StoreLockedError
 from ._schema import ATTEMPT_COLUMNS, DDL, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
 
 Row = tuple[Any, ...]
+DEFER_MAX_S = 0.02  # deferred rows are committed within this, if nothing commits sooner
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
 
@@ -54,6 +56,9 @@ def connect(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
             raise NbtasksError(f"cannot open the nbtasks store {path!r}: {exc}") from None
         raise StoreLockedError(path, holder) from None
     conn.execute("SET TimeZone = 'UTC'")
+    # Statements here are small (a group commit, a page of runs): a second thread costs
+    # more in scheduling than it saves, and the workers need the cores.
+    conn.execute("SET threads = 1")
     return conn
 
 
@@ -101,6 +106,8 @@ class Store:
         self._staged = _Staged()
         self._ticket = 0  # the ticket the staged rows will commit under
         self._inflight: int | None = None  # the ticket being committed now
+        self.deferring = False  # set by the staging thread around rows that may wait
+        self._deferred_since: float | None = None
         self._closing = False
         self._writer = self._conn.cursor()
         self._insert_runs = self._writer.appender("runs", columns=list(RUN_COLUMNS))
@@ -139,7 +146,7 @@ class Store:
                 s.new_runs[run_id] = row
             else:
                 s.run_updates[run_id] = update
-            self._cv.notify()
+            self._wake()
             return self._ticket
 
     def stage_attempt(self, row: Row, *, new: bool = False) -> int:
@@ -150,20 +157,29 @@ class Store:
                 s.new_attempts[attempt_id] = row
             else:
                 s.attempt_updates[attempt_id] = row
-            self._cv.notify()
+            self._wake()
             return self._ticket
 
     def stage_event(self, row: Row) -> int:
         with self._cv:
             self._staged.events.append(row)
-            self._cv.notify()
+            self._wake()
             return self._ticket
 
     def stage_version(self, row: Row) -> int:
         with self._cv:
             self._staged.versions.append(row)
-            self._cv.notify()
+            self._wake()
             return self._ticket
+
+    def _wake(self) -> None:
+        """(Lock held.) Let the writer commit now, unless staging is deferred."""
+        if self.deferring:
+            if self._deferred_since is None:
+                self._deferred_since = time.monotonic()
+        else:
+            self._deferred_since = None  # rows that must not wait: commit all now
+            self._cv.notify()
 
     def barrier(self) -> int | None:
         """The ticket whose commit makes everything staged so far durable, or None if it
@@ -202,10 +218,18 @@ class Store:
     def _write_loop(self) -> None:
         while True:
             with self._cv:
-                while not self._staged and not self._closing:
-                    self._cv.wait()
+                while not self._closing:
+                    if self._staged and self._deferred_since is None:
+                        break
+                    timeout = None
+                    if self._deferred_since is not None:  # deferred rows wait a little only
+                        timeout = self._deferred_since + DEFER_MAX_S - time.monotonic()
+                        if timeout <= 0:
+                            break
+                    self._cv.wait(timeout)
                 if not self._staged and self._closing:
                     return
+                self._deferred_since = None
             staged, ticket = self._take_between_steps()
             error: BaseException | None = None
             try:
