@@ -23,8 +23,9 @@ _COMM = frozenset({"comm_open", "comm_msg", "comm_close"})
 _pending: set[asyncio.Future[Any]] = set()  # re-dispatched messages, until they are handled
 
 
-def kernel() -> Any:
-    """The Jupyter kernel, when called on its main thread (a notebook cell), else None."""
+def kernel(main_thread_only: bool = True) -> Any:
+    """The Jupyter kernel this process runs, or None; with ``main_thread_only``, None
+    also when called off the kernel's main thread (the one that runs cells)."""
     if "ipykernel" not in sys.modules:
         return None
     try:
@@ -33,7 +34,7 @@ def kernel() -> Any:
         return None
     shell = get_ipython()
     found = getattr(shell, "kernel", None) if shell is not None else None
-    if found is None or threading.current_thread() is not threading.main_thread():
+    if main_thread_only and threading.current_thread() is not threading.main_thread():
         return None
     return found
 

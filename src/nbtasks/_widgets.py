@@ -373,16 +373,9 @@ def show_batch(run_ids: list[str], task_id: str) -> BatchWidget | None:
 
 def in_notebook() -> bool:
     """True in a Jupyter kernel (a front-end can draw widgets)."""
-    import sys
+    from ._pump import kernel
 
-    if "ipykernel" not in sys.modules:
-        return False
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    return kernel(main_thread_only=False) is not None
 
 
 def result_widget(result: Result[Any]) -> RunWidget:
