@@ -198,7 +198,7 @@ class Runs:
     def table(self, status: str | None = None, task: str | None = None, tag: str | None = None,
               limit: int = 25) -> Any:  # fmt: skip
         """The interactive run table widget (filter, sort, page, cancel/replay, open)."""
-        from ._widgets import RunTable
+        from ._table import RunTable
 
         return RunTable(status=status, task=task, tag=tag, limit=limit)
 
