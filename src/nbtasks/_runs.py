@@ -73,10 +73,10 @@ class Runs:
         where: list[str] = []
         params: list[Any] = []
         if status is not None:
-            where.append("status IN (SELECT unnest(?::VARCHAR[]))")
+            where.append("list_contains(?::VARCHAR[], status)")  # faster than IN (subquery)
             params.append(_statuses(status))
         if task is not None:
-            where.append("task_id IN (SELECT unnest(?::VARCHAR[]))")
+            where.append("list_contains(?::VARCHAR[], task_id)")
             params.append([task] if isinstance(task, str) else list(task))
         for name, value, clause in (
             ("version", version, "version = ?"),

@@ -1,0 +1,118 @@
+"""Running one measurement in a fresh process, and reading back its ``RESULT`` line."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.systems.common import RESULT_PREFIX
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env(home: Path) -> dict[str, str]:
+    """The environment of every child: this repo importable, systems kept local and quiet."""
+    env = dict(os.environ)
+    for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "NBTASKS_STORE", "NBTASKS_WORKERS"):
+        env.pop(name, None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(
+        {
+            "PREFECT_HOME": str(home / "prefect"),  # a throwaway ephemeral server database
+            "PREFECT_LOGGING_LEVEL": "WARNING",  # no log line per task run
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry: no outside host
+            "DO_NOT_TRACK": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """End what the child left behind in its process group (clusters, consumers)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _error_text(stderr: str, code: int | None) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    tail = lines[-1] if lines else "no output"
+    return f"exit code {code}: {tail}"[:300]
+
+
+def run_module(
+    module: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float
+) -> dict[str, Any]:
+    """``python -m module args`` in a new session; its RESULT dict, or ``{"error": ...}``."""
+    cmd = [sys.executable, "-m", module, *args]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        err += f"\ntimed out after {timeout:.0f} s"
+    finally:
+        _kill_group(proc)
+    results = [line for line in out.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not results:
+        return {"error": _error_text(err, proc.returncode)}
+    result: dict[str, Any] = json.loads(results[-1][len(RESULT_PREFIX) :])
+    return result
+
+
+def cold_start(code: str, env: dict[str, str], cwd: Path, timeout: float) -> dict[str, Any]:
+    """W4 once: ``python -c code``; seconds from the process's start to its ``RESULT`` line
+    (``first_result_s``) and to its exit (``exit_s``)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first: float | None = None
+    deadline = t0 + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while first is None and time.perf_counter() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.perf_counter())):
+                break
+            line = proc.stdout.readline()
+            if not line:  # end of file: the process ended without a result
+                break
+            if line.startswith("RESULT") or code.strip() == "pass":
+                first = time.perf_counter() - t0
+    try:
+        _, err = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        _, err = proc.communicate()
+    exit_s = time.perf_counter() - t0
+    _kill_group(proc)
+    if code.strip() == "pass":
+        first = exit_s
+    if first is None:
+        return {"error": _error_text(err, proc.returncode)}
+    return {"first_result_s": first, "exit_s": exit_s}

@@ -1,0 +1,392 @@
+"""The benchmark run: every system and workload in its own process, then the report.
+
+See ``bench/README.md``; started by ``scripts/bench`` (or ``python bench/run.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.children import REPO, child_env, cold_start, run_module
+from bench.systems import BY_KEY, SYSTEMS, System
+
+RESULTS = REPO / "bench" / "results"
+ALL_WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6")
+QUICK_MIN_RATE = 1000.0  # --quick fails below this many nbtasks runs/s (gross regression)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description="nbtasks beside other task runners (bench/README.md)."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="nbtasks and ProcessPoolExecutor, W1 (1,000 runs) and W2 (100 "
+        "calls) only; exit 1 if nbtasks is below --min-rate runs/s",
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--systems",
+        default=",".join(s.key for s in SYSTEMS),
+        help="comma-separated keys: " + ", ".join(BY_KEY),
+    )
+    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS))
+    parser.add_argument("--w1-tasks", type=int, default=2000)
+    parser.add_argument("--w1-repeat", type=int, default=1, help="W1 rounds, best reported")
+    parser.add_argument("--w2-calls", type=int, default=200)
+    parser.add_argument("--w3-tasks", type=int, default=200)
+    parser.add_argument("--w4-repeat", type=int, default=3, help="cold starts, median reported")
+    parser.add_argument("--w5-runs", type=int, default=100_000)
+    parser.add_argument("--w5-chunk", type=int, default=10_000)
+    parser.add_argument(
+        "--w5-budget",
+        type=float,
+        default=150.0,
+        help="seconds of filling before W5 stops early (and says so)",
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="per measuring process")
+    parser.add_argument("--min-rate", type=float, default=QUICK_MIN_RATE)
+    parser.add_argument(
+        "--latest",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="copy to bench/results/latest/ (default: only for a full run)",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="DIR",
+        help="only re-render DIR/results.md and chart.png from DIR/results.json",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.systems, args.workloads = "nbtasks,pool", "w1,w2"
+        args.w1_tasks, args.w2_calls = 1000, 100
+        args.w1_repeat = max(args.w1_repeat, 3)  # best of 3: a guard, not a measurement
+    keys = [k for k in args.systems.split(",") if k]
+    if set(keys) - set(BY_KEY):
+        parser.error(f"unknown systems: {', '.join(sorted(set(keys) - set(BY_KEY)))}")
+    args.system_list = [BY_KEY[k] for k in keys]
+    args.workload_list = [w for w in args.workloads.split(",") if w]
+    unknown = set(args.workload_list) - set(ALL_WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    return args
+
+
+def log(start: float, text: str) -> None:
+    print(f"[{time.perf_counter() - start:6.0f} s] {text}", file=sys.stderr, flush=True)
+
+
+def version_of(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def missing_packages(system: System) -> list[str]:
+    return [p for p in system.packages if version_of(p) is None]
+
+
+def nbtasks_commit() -> str:
+    """The checkout measured: its commit, "+dirty" when src/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def machine_info() -> dict[str, Any]:
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    return {
+        "machine": f"{platform.machine()}, {model or 'unknown CPU'}, {platform.system()}",
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def summarize(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return "FAILED: " + str(result["error"])
+    for key, fmt in (
+        ("tasks_per_s", "{:,.0f} tasks/s"),
+        ("p50_ms", "p50 {:.2f} ms"),
+        ("seconds", "{:.2f} s"),
+        ("first_result_s", "{:.2f} s to first result"),
+        ("rss_mib_mean", "{:.0f} MiB RSS per worker"),
+    ):
+        if key in result:
+            return fmt.format(result[key])
+    return "done"
+
+
+def run_session_workloads(
+    args: argparse.Namespace, env: dict[str, str], home: Path, start: float, results: dict[str, Any]
+) -> None:
+    """W1, W2, W3, W6 (idle workers): one fresh process per system and workload."""
+    sizes = {"w1": args.w1_tasks, "w2": args.w2_calls, "w3": args.w3_tasks, "w6": 0}
+    for workload in ("w1", "w2", "w3", "w6"):
+        if workload not in args.workload_list:
+            continue
+        rows = results["workloads"].setdefault(workload, {})
+        for system in args.system_list:
+            if workload == "w6" and not system.memory:
+                continue
+            missing = missing_packages(system)
+            if missing:
+                rows[system.key] = {"error": f"not installed: {', '.join(missing)}"}
+                continue
+            cli = ["--workload", workload, "--workers", str(args.workers)]
+            cli += ["--n", str(sizes[workload]), "--options", json.dumps(system.options)]
+            if workload == "w1":
+                cli += ["--repeat", str(args.w1_repeat)]
+            cwd = Path(tempfile.mkdtemp(dir=home))
+            result = run_module(f"bench.systems.{system.module}", cli, env, cwd, args.timeout)
+            result.pop("traceback", None)
+            rows[system.key] = result
+            if result.get("notes"):
+                results["systems"][system.key]["notes"] = result["notes"]
+            log(start, f"{workload.upper()} {system.label}: {summarize(result)}")
+
+
+def run_cold_starts(
+    args: argparse.Namespace, env: dict[str, str], home: Path, start: float, results: dict[str, Any]
+) -> None:
+    """W4: ``python -c`` programs, import to first result, median of --w4-repeat."""
+    rows = results["workloads"].setdefault("w4", {})
+    programs: list[tuple[str, str, str]] = [("python", "`python -c pass`", "pass")]
+    for system in args.system_list:
+        missing = missing_packages(system)
+        if missing:
+            rows[system.key] = {"error": f"not installed: {', '.join(missing)}"}
+            continue
+        try:
+            module = importlib.import_module(f"bench.systems.{system.module}")
+        except Exception as exc:  # a broken module costs its own row only
+            rows[system.key] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        programs.append((system.key, system.label, module.COLD_START.strip() + "\n"))
+    for key, label, code in programs:
+        runs = []
+        for _ in range(args.w4_repeat):
+            cwd = Path(tempfile.mkdtemp(dir=home))
+            text = string.Template(code).safe_substitute(values_for(key, args, cwd))
+            runs.append(cold_start(text, env, cwd, args.timeout))
+            if "error" in runs[-1]:
+                break
+        ok = [r for r in runs if "error" not in r]
+        if len(ok) < len(runs):
+            rows[key] = runs[-1]
+        else:
+            rows[key] = {
+                "first_result_s": statistics.median(r["first_result_s"] for r in ok),
+                "exit_s": statistics.median(r["exit_s"] for r in ok),
+                "runs": ok,
+            }
+        log(start, f"W4 {label}: {summarize(rows[key])}")
+
+
+def values_for(key: str, args: argparse.Namespace, cwd: Path) -> dict[str, str]:
+    values = {"workers": str(args.workers), "tmp": str(cwd)}
+    system = BY_KEY.get(key)
+    if system is not None:
+        module = importlib.import_module(f"bench.systems.{system.module}")
+        values.update(getattr(module, "cold_start_values", lambda o: {})(system.options))
+    return values
+
+
+def run_store_scale(
+    args: argparse.Namespace, env: dict[str, str], home: Path, start: float, results: dict[str, Any]
+) -> None:
+    """W5: fill a store in one process, reopen it in another."""
+    store = home / "w5" / "scale.duckdb"
+    store.parent.mkdir()
+    log(start, f"W5 filling a store with up to {args.w5_runs:,} runs...")
+    cli = [
+        "fill",
+        "--store",
+        str(store),
+        "--workers",
+        str(args.workers),
+        "--runs",
+        str(args.w5_runs),
+        "--chunk",
+        str(args.w5_chunk),
+        "--budget",
+        str(args.w5_budget),
+    ]
+    w5 = run_module("bench.store_scale", cli, env, store.parent, args.w5_budget + args.timeout)
+    if "error" not in w5:
+        w5["reopen"] = run_module(
+            "bench.store_scale", ["reopen", "--store", str(store)], env, store.parent, args.timeout
+        )
+        log(
+            start,
+            f"W5: {w5['runs']:,} runs, {w5['fill_runs_per_s']:,.0f} runs/s, "
+            f"{w5['bytes_per_run']:,.0f} bytes/run, list p50 "
+            f"{w5['list']['none']['p50_ms']:.1f} ms",
+        )
+    else:
+        log(start, f"W5: FAILED: {w5['error']}")
+    results["w5"] = w5
+
+
+def run_kernel_memory(
+    args: argparse.Namespace, env: dict[str, str], home: Path, start: float, results: dict[str, Any]
+) -> None:
+    cwd = Path(tempfile.mkdtemp(dir=home))
+    kernel = run_module(
+        "bench.kernel_memory", ["--workers", str(args.workers)], env, cwd, args.timeout
+    )
+    results["w6_kernel"] = kernel
+    if "error" in kernel:
+        log(start, f"W6 nbtasks kernel: FAILED: {kernel['error']}")
+    else:
+        log(
+            start,
+            f"W6 nbtasks kernel: +{kernel['import_rss_mib']:.1f} MiB at import, "
+            f"+{kernel['engine_rss_mib']:.1f} MiB with the engine",
+        )
+
+
+def write_results(results: dict[str, Any], out: Path, with_chart: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(report.render(results, markdown=True))
+    if with_chart:
+        try:
+            report.chart(results, out / "chart.png")
+        except ImportError as exc:  # matplotlib is installed by scripts/bench, not --quick
+            print(f"no chart: {exc}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        return render_only(args.render)
+    start = time.perf_counter()
+    now = datetime.now(timezone.utc)
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        log(
+            start,
+            f"warning: load average {load:.1f} on {os.cpu_count()} CPUs: figures will be noisy",
+        )
+    dists = ["nbtasks", "duckdb", "dill", "psutil"] + ([] if args.quick else ["matplotlib"])
+    dists += [p for s in args.system_list for p in s.packages if p not in dists]
+    results: dict[str, Any] = {
+        "meta": {
+            "timestamp": now.strftime("%Y-%m-%d %H:%M UTC"),
+            "python": platform.python_version(),
+            "workers": args.workers,
+            "nbtasks_commit": nbtasks_commit(),
+            "load_avg_start": os.getloadavg(),
+            "versions": {"python": platform.python_version()}
+            | {d: version_of(d) or "not installed" for d in dists},
+            "args": {k: v for k, v in vars(args).items() if k not in ("system_list", "render")},
+            **machine_info(),
+        },
+        "systems": {
+            s.key: {"label": s.label, "anchor": s.anchor, "options": s.options}
+            for s in args.system_list
+        },
+        "workloads": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="nbtasks-bench-") as tmp:
+        home = Path(tmp)
+        env = child_env(home)
+        run_session_workloads(args, env, home, start, results)
+        if "w4" in args.workload_list:
+            run_cold_starts(args, env, home, start, results)
+        if "w5" in args.workload_list and "nbtasks" in args.systems.split(","):
+            run_store_scale(args, env, home, start, results)
+        if "w6" in args.workload_list and "nbtasks" in args.systems.split(","):
+            run_kernel_memory(args, env, home, start, results)
+    results["meta"]["load_avg_end"] = os.getloadavg()
+    results["meta"]["duration_s"] = time.perf_counter() - start
+    print()
+    print(report.render(results, markdown=False))
+    if args.quick:
+        return quick_verdict(results, args.min_rate)
+    full = is_full_run(args)
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    out = RESULTS / (stamp if full else f"tmp/{stamp}")
+    write_results(results, out, with_chart=True)
+    print(f"results: {out.relative_to(REPO)}/")
+    if args.latest or (args.latest is None and full):
+        latest = RESULTS / "latest"
+        shutil.rmtree(latest, ignore_errors=True)
+        shutil.copytree(out, latest)
+        print(f"copied to {latest.relative_to(REPO)}/")
+    return 0
+
+
+def is_full_run(args: argparse.Namespace) -> bool:
+    """Every system and workload at the default sizes: a result worth keeping as latest."""
+    defaults = vars(parse_args([]))
+    sizes = [k for k in defaults if k.startswith(("w1_", "w2_", "w3_", "w4_", "w5_", "workers"))]
+    return (
+        set(args.workload_list) == set(ALL_WORKLOADS)
+        and len(args.system_list) == len(SYSTEMS)
+        and all(getattr(args, k) == defaults[k] for k in sizes)
+    )
+
+
+def render_only(directory: Path) -> int:
+    """Re-render results.md and chart.png of a results directory from its results.json."""
+    results = json.loads((directory / "results.json").read_text())
+    print(report.render(results, markdown=False))
+    write_results(results, directory, with_chart=True)
+    print(f"rendered {directory}/")
+    return 0
+
+
+def quick_verdict(results: dict[str, Any], min_rate: float) -> int:
+    ours = results["workloads"]["w1"].get("nbtasks", {})
+    rate = ours.get("tasks_per_s")
+    if rate is None:
+        print(f"REGRESSION: nbtasks W1 did not finish: {ours.get('error')}")
+        return 1
+    if rate < min_rate:
+        print(f"REGRESSION: nbtasks W1 {rate:,.0f} runs/s is below {min_rate:,.0f}")
+        return 1
+    print(f"ok: nbtasks W1 {rate:,.0f} runs/s (floor {min_rate:,.0f})")
+    return 0

@@ -1,0 +1,69 @@
+"""nbtasks: a fresh store in a temp dir, ``workers`` warm workers, tasks defined in __main__."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import nbtasks
+from bench.systems.common import Session, child_pids, main
+from nbtasks import task
+
+WORKER_MARKER = "nbtasks._worker"  # in the command line of every nbtasks worker process
+
+# W4: ``python -c`` this (``$workers``, ``$tmp`` filled in): import to first result.
+COLD_START = """
+import os
+import nbtasks
+from nbtasks import task
+nbtasks.configure(store=os.path.join("$tmp", "cold.duckdb"), workers=$workers)
+@task
+def noop(x):
+    return x
+print("RESULT", noop.trigger_and_wait(1).unwrap(), flush=True)
+"""
+
+
+@task(id="bench-noop")
+def noop(x: Any) -> Any:
+    return x
+
+
+@task(id="bench-nap")
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+TASKS = {"noop": noop, "nap": nap}
+
+
+class NbtasksSession(Session):
+    def map(self, fn: str, items: list[Any]) -> list[Any]:
+        return TASKS[fn].batch_trigger_and_wait(items).unwrap()
+
+    def call(self, fn: str, item: Any) -> Any:
+        return TASKS[fn].trigger_and_wait(item).unwrap()
+
+    def worker_pids(self) -> list[int] | None:
+        return child_pids(os.getpid(), WORKER_MARKER) or None
+
+
+@contextmanager
+def open_session(workers: int, options: dict[str, Any]) -> Iterator[Session]:
+    with tempfile.TemporaryDirectory(prefix="nbtasks-bench-") as tmp:
+        nbtasks.configure(store=os.path.join(tmp, "bench.duckdb"), workers=workers)
+        session = NbtasksSession(workers)
+        session.notes["store"] = "fresh DuckDB file in a temp dir"
+        try:
+            yield session
+        finally:
+            nbtasks.shutdown()
+
+
+if __name__ == "__main__":
+    main(open_session)
