@@ -32,14 +32,10 @@ def _notebook_name() -> str | None:
     if not path:
         main = sys.modules.get("__main__")
         path = getattr(main, "__vsc_ipynb_file__", None)
-        if path is None:
-            try:
-                from IPython import get_ipython  # type: ignore[import-not-found,unused-ignore]
-
-                shell = get_ipython()
-                path = shell.user_ns.get("__vsc_ipynb_file__") if shell else None
-            except ImportError:
-                path = None
+        ipython = sys.modules.get("IPython")  # not imported: not in IPython, no need to
+        if path is None and ipython is not None:
+            shell = ipython.get_ipython()
+            path = shell.user_ns.get("__vsc_ipynb_file__") if shell else None
     if not path:
         return None
     return os.path.basename(str(path))
@@ -98,14 +94,21 @@ def get_engine(spawn: bool = False) -> Any:
         if _engine is not None and not _engine.closed:
             return _engine
         from ._context import IN_WORKER
-        from ._engine import Engine
 
         if IN_WORKER:
             raise NbtasksError(
                 "in a worker process, runs can be triggered and read only by task code "
                 "while it executes"
             )
-        engine = _engine = Engine(store_path(), worker_count(), spawn)
+        path, size = store_path(), worker_count()
+        launched = []
+        if spawn:  # a first worker boots while the engine's modules (DuckDB...) load; the
+            from ._pool import launch  # others start with the engine, not to slow both down
+
+            launched = [launch()]
+        from ._engine import Engine
+
+        engine = _engine = Engine(path, size, spawn, launched)
         from ._task import registry
 
         for task_id in list(engine.waiting_tasks):  # runs an earlier kernel left waiting

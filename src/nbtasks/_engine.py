@@ -61,7 +61,8 @@ class EngineBase:
         def version_for(self, task_id: str, code_hash: str, source: str, fn_bytes: bytes,
                         options: str) -> str: ...  # fmt: skip
 
-    def __init__(self, store_path: str, workers: int, spawn: bool = False) -> None:
+    def __init__(self, store_path: str, workers: int, spawn: bool = False,
+                 launched: list[WorkerProc] | None = None) -> None:  # fmt: skip
         """Open the store and take over what it holds. With ``spawn`` (the engine starts for
         a trigger), the workers start first, so their boot overlaps opening the store."""
         self.store_path = store_path
@@ -85,6 +86,8 @@ class EngineBase:
         try:
             self.loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
             self.pool = Pool(self.loop, self._on_message, self._on_exit)
+            for worker in launched or ():
+                self._portal.call(self.pool.adopt, worker)
             if spawn:
                 self._portal.call(self._top_up)
             self.store = Store(store_path, self._committed_threadsafe, self._on_loop)

@@ -47,6 +47,38 @@ class WorkerProc:
         return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"
 
 
+def launch() -> WorkerProc:
+    """Start a worker process. Callable from any long-lived thread, before an engine exists
+    (the first trigger starts workers first, so they boot while the engine loads); the
+    worker dies with the thread that started it, so not from a short-lived one."""
+    cmd_r, cmd_w = os.pipe()
+    event_r, event_w = os.pipe()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env.pop("NBTASKS_STORE", None)
+    boot_log = tempfile.TemporaryFile()
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(cmd_r), str(event_w), str(os.getpid())],
+            pass_fds=(cmd_r, event_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=boot_log,
+            start_new_session=True,
+            env=env,
+        )
+    except BaseException:
+        for fd in (cmd_r, cmd_w, event_r, event_w):
+            os.close(fd)
+        boot_log.close()
+        raise
+    os.close(cmd_r)
+    os.close(event_w)
+    worker = WorkerProc(popen, cmd_w, event_r, boot_log)
+    _protocol.write_all(cmd_w, _protocol.encode(("init", list(sys.path), os.getcwd())))
+    return worker
+
+
 class Pool:
     """Spawns, feeds and reaps workers; reports their messages and deaths to the engine."""
 
@@ -62,33 +94,12 @@ class Pool:
         self.workers: list[WorkerProc] = []
 
     def spawn(self) -> WorkerProc:
-        cmd_r, cmd_w = os.pipe()
-        event_r, event_w = os.pipe()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        env.pop("NBTASKS_STORE", None)
-        boot_log = tempfile.TemporaryFile()
-        try:
-            popen = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(cmd_r), str(event_w), str(os.getpid())],
-                pass_fds=(cmd_r, event_w),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=boot_log,
-                start_new_session=True,
-                env=env,
-            )
-        except BaseException:
-            for fd in (cmd_r, cmd_w, event_r, event_w):
-                os.close(fd)
-            boot_log.close()
-            raise
-        os.close(cmd_r)
-        os.close(event_w)
-        worker = WorkerProc(popen, cmd_w, event_r, boot_log)
+        return self.adopt(launch())
+
+    def adopt(self, worker: WorkerProc) -> WorkerProc:
+        """Take charge of a launched worker: watch its events from the loop."""
         self.workers.append(worker)
-        self.loop.add_reader(event_r, self._readable, worker)
-        self.send(worker, ("init", list(sys.path), os.getcwd()))
+        self.loop.add_reader(worker.event_fd, self._readable, worker)
         return worker
 
     def send(self, worker: WorkerProc, message: tuple[Any, ...]) -> bool:
