@@ -482,7 +482,6 @@ def test_run_widgets_and_table_in_jupyterlab(lab: Lab, browser: Browser, tmp_pat
         page.close()
 
 
-@pytest.mark.skipif(not QUICKSTART.exists(), reason="notebooks/quickstart.ipynb not written yet")
 def test_quickstart_notebook_in_jupyterlab(lab: Lab, browser: Browser, tmp_path: Path) -> None:
     lab.fresh_kernels()
     shutil.copyfile(QUICKSTART, lab.root / QUICKSTART.name)

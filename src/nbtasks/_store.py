@@ -14,7 +14,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -281,7 +280,3 @@ class Store:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self._conn.cursor()
-
-
-def iso(dt: datetime | None) -> str | None:
-    return dt.isoformat() if dt else None
