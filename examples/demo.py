@@ -92,7 +92,8 @@ def main() -> None:
             f"{duration:>10}  {detail}"
         )
     for attempt in runs.list(task="flaky", limit=1)[0].attempts:
-        print(f"  flaky attempt {attempt.number}: {attempt.status.value} {attempt.error or ''}")
+        error = f" ({attempt.error.type}: {attempt.error.message})" if attempt.error else ""
+        print(f"  flaky attempt {attempt.number}: {attempt.status.value}{error}")
 
 
 if __name__ == "__main__":
