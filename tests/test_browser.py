@@ -6,6 +6,8 @@ reach COMPLETED; click Cancel on a running run; click Cancel while a cell is sti
 ``trigger_and_wait`` (the cell then ends with CANCELED); filter the run table by status. What
 the page shows is checked again from a second channel, a kernel client on the kernel's
 connection file. ``notebooks/quickstart.ipynb``, when present, must run all in order too.
+Jupyter Notebook 7 gets the same server set-up: the quickstart (its stored outputs removed)
+runs all in order and shows a COMPLETED run, and a running run's Cancel button works.
 
 Screenshots go to the test's ``tmp_path``; when the widget test passes, its overview is
 copied to ``docs/widgets.png`` for the README. Needs ``/usr/bin/chromium`` (``apt-get
@@ -45,6 +47,7 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 QUICKSTART = ROOT / "notebooks" / "quickstart.ipynb"
 DOCS_SCREENSHOT = ROOT / "docs" / "widgets.png"
+QUICKSTART_WIDGETS = 6  # outputs of the quickstart that hold an nbtasks widget
 
 SERVER_START_S = 60
 KERNEL_READY_MS = 60_000
@@ -117,8 +120,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Lab:
-    """An isolated ``jupyter lab``: its own HOME, config, data, runtime and root dirs."""
+class JupyterServer:
+    """An isolated Jupyter server: its own HOME, config, data, runtime and root dirs. A
+    subclass names the application (``jupyter lab`` or ``jupyter notebook``) and its pages."""
+
+    name = ""  # the ``jupyter`` sub-command
+    module = ""  # its ``python -m`` module
+    app_args: tuple[str, ...] = ()
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -149,12 +157,13 @@ class Lab:
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("JUPYTER_PATH", None)
-        self.log = (base / "lab.log").open("w")
+        log = base / f"{self.name}.log"
+        self.log = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+            [sys.executable, "-m", self.module, "--no-browser", "--ip=127.0.0.1",
              f"--port={self.port}", "--ServerApp.port_retries=0",
              f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
-             "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None", "--allow-root"],
+             *self.app_args, "--allow-root"],
             env=env, cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -166,9 +175,7 @@ class Lab:
             except (OSError, urllib.error.URLError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(
-                        f"jupyter lab did not start: see {base / 'lab.log'}"
-                    ) from None
+                    raise RuntimeError(f"jupyter {self.name} did not start: see {log}") from None
                 time.sleep(0.1)  # polling the server's readiness, not a wait for a state
 
     @staticmethod
@@ -187,9 +194,7 @@ class Lab:
         return json.loads(data) if data else None
 
     def page_url(self, notebook: str) -> str:
-        # A fresh workspace per page: no tab (and no kernel) of an earlier page comes back.
-        workspace = notebook.replace(".", "-")
-        return f"{self.url}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={self.token}"
+        raise NotImplementedError
 
     def fresh_kernels(self) -> None:
         """No kernel left from an earlier notebook (the store file has one writer), and an
@@ -242,14 +247,33 @@ class Lab:
         return alive
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+class Lab(JupyterServer):
+    name, module = "lab", "jupyterlab"
+    app_args = ("--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None")
+
+    def page_url(self, notebook: str) -> str:
+        # A fresh workspace per page: no tab (and no kernel) of an earlier page comes back.
+        workspace = notebook.replace(".", "-")
+        return f"{self.url}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={self.token}"
+
+
+class Notebook7(JupyterServer):
+    """Jupyter Notebook 7: one notebook per page, on JupyterLab's components."""
+
+    name, module = "notebook", "notebook"
+    app_args = ("--JupyterNotebookApp.expose_app_in_browser=True",)
+
+    def page_url(self, notebook: str) -> str:
+        return f"{self.url}/notebooks/{notebook}?token={self.token}"
+
+
+def serve(kind: type[JupyterServer], factory: pytest.TempPathFactory) -> Iterator[Any]:
     def terminated(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)  # so the clean-up below still runs
 
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        server = Lab(tmp_path_factory.mktemp("lab"))
+        server = kind(factory.mktemp(kind.name))
         try:
             yield server
         finally:
@@ -259,10 +283,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     assert not left, f"processes of the Jupyter server left alive after shutdown: {left}"
 
 
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from serve(Lab, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Notebook7]:
+    yield from serve(Notebook7, tmp_path_factory)
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_workers() -> Iterator[None]:
     """Overrides conftest's check: here the workers belong to the notebook's kernel, a child
-    of the module's Jupyter server, and the ``lab`` fixture checks that none outlives it."""
+    of the module's Jupyter servers, and their fixtures check that none outlives them."""
     yield
 
 
@@ -281,9 +315,9 @@ def browser() -> Iterator[Browser]:
 # -- driving the page ------------------------------------------------------------------------
 
 
-def open_notebook(lab: Lab, browser: Browser, notebook: str) -> Page:
+def open_notebook(server: JupyterServer, browser: Browser, notebook: str) -> Page:
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.goto(lab.page_url(notebook))
+    page.goto(server.page_url(notebook))
     panel = page.locator(".jp-NotebookPanel")
     expect(panel).to_be_visible(timeout=KERNEL_READY_MS)
     # A really ready kernel: the name is there *and* the indicator says idle (the indicator
@@ -378,15 +412,30 @@ def overview(page: Page, first: Locator, last: Locator, path: Path) -> Path:
     return path
 
 
+def write_notebook(path: Path, sources: list[str]) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}  # fmt: skip
+    nbformat.write(nb, path)
+
+
+def copy_unrun(source: Path, path: Path) -> None:
+    """``source`` without its stored outputs, prompts and widget state: a stored ``[3]:``
+    or a restored widget must not pass for one that this run made."""
+    nb = nbformat.read(source, as_version=4)
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, path)
+
+
 # -- the tests -------------------------------------------------------------------------------
 
 
 def test_run_widgets_and_table_in_jupyterlab(lab: Lab, browser: Browser, tmp_path: Path) -> None:
     lab.fresh_kernels()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}  # fmt: skip
-    nbformat.write(nb, lab.root / NOTEBOOK)
+    write_notebook(lab.root / NOTEBOOK, CELLS)
     page = open_notebook(lab, browser, NOTEBOOK)
     try:
         expect(cells(page)).to_have_count(len(CELLS))
@@ -484,7 +533,7 @@ def test_run_widgets_and_table_in_jupyterlab(lab: Lab, browser: Browser, tmp_pat
 
 def test_quickstart_notebook_in_jupyterlab(lab: Lab, browser: Browser, tmp_path: Path) -> None:
     lab.fresh_kernels()
-    shutil.copyfile(QUICKSTART, lab.root / QUICKSTART.name)
+    copy_unrun(QUICKSTART, lab.root / QUICKSTART.name)
     page = open_notebook(lab, browser, QUICKSTART.name)
     try:
         code = page.locator(".jp-NotebookPanel .jp-Notebook .jp-CodeCell")
@@ -501,6 +550,78 @@ def test_quickstart_notebook_in_jupyterlab(lab: Lab, browser: Browser, tmp_path:
         shot(page, tmp_path / "quickstart.png")
     except BaseException:
         shot(page, tmp_path / "failure.png")
+        raise
+    finally:
+        page.close()
+
+
+def test_quickstart_and_cancel_in_notebook7(
+    notebook7: Notebook7, browser: Browser, tmp_path: Path
+) -> None:
+    """The same widgets in Jupyter Notebook 7 (one notebook per page, its own shell)."""
+    notebook7.fresh_kernels()
+    name = f"unrun-{QUICKSTART.name}"
+    copy_unrun(QUICKSTART, notebook7.root / name)
+    page = open_notebook(notebook7, browser, name)
+    try:
+        code = page.locator(".jp-NotebookPanel .jp-Notebook .jp-CodeCell")
+        expect(code.first).to_be_visible()
+        expect(prompt(code)).to_have_text([re.compile(r"^\[ \]:$")] * code.count())
+        run_all(page)
+        for i in range(code.count()):  # an exception would stop "run all": cells stay unrun
+            try:
+                expect_done(code.nth(i), timeout=60_000)
+            except AssertionError as exc:
+                shown = [t.strip() for t in prompt(code).all_inner_texts()]
+                raise AssertionError(f"code cell {i} did not finish; prompts: {shown}") from exc
+        shown = [t.strip() for t in prompt(code).all_inner_texts()]
+        assert shown == [f"[{n}]:" for n in range(1, code.count() + 1)], (
+            f"cells did not run in order: prompts {shown}"
+        )
+        expect(page.locator('.nbt-run[data-status="COMPLETED"]').first).to_be_visible(
+            timeout=RUN_MS
+        )
+        # The notebook scrolls inside its panel, so each widget's output gets its own picture.
+        widgets = page.locator(".jp-OutputArea-output:has(.nbt)")
+        expect(widgets).to_have_count(QUICKSTART_WIDGETS)
+        for i in range(QUICKSTART_WIDGETS):
+            widgets.nth(i).screenshot(path=tmp_path / f"notebook7-quickstart-widget-{i}.png")
+    except BaseException:
+        page.screenshot(path=tmp_path / "notebook7-quickstart-failure.png")
+        raise
+    finally:
+        page.close()
+
+    # Cancel a running run from its widget, with the kernel idle.
+    notebook7.fresh_kernels()
+    name = "cancel.ipynb"
+    write_notebook(notebook7.root / name, [CELLS[0], CELLS[LONG]])
+    page = open_notebook(notebook7, browser, name)
+    try:
+        expect(cells(page)).to_have_count(2)
+        run_all(page)
+        expect_ran_in_order(page, 1, timeout=RUN_MS)
+        long = run_widget(cells(page).nth(1))
+        expect(long).to_have_attribute("data-status", "EXECUTING", timeout=RUN_MS)
+        expect(page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator")).to_have_attribute(
+            "data-status", "idle", timeout=UI_MS
+        )
+        page.screenshot(path=tmp_path / "notebook7-long-executing.png")
+        long.locator("button.nbt-cancel").click()
+        expect(long).to_have_attribute("data-status", "CANCELED", timeout=UI_MS)
+        expect(long.locator('.nbt-head .nbt-badge[data-status="CANCELED"]')).to_be_visible()
+        expect(long.locator(".nbt-feedback")).to_have_text("canceled: CANCELED", timeout=UI_MS)
+        expect(long.locator(".nbt-cancel")).to_be_disabled()
+        page.screenshot(path=tmp_path / "notebook7-long-canceled.png")
+        client = notebook7.kernel_client(name)
+        try:
+            stored = f"nbtasks.runs.sql({STATUS_SQL}, [long.id]).fetchall()[0][0]"
+            kernel_status_becomes(client, stored, "CANCELED")
+        finally:
+            client.stop_channels()
+        print(f"screenshots in {tmp_path}")
+    except BaseException:
+        page.screenshot(path=tmp_path / "notebook7-cancel-failure.png")
         raise
     finally:
         page.close()

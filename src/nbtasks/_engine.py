@@ -136,6 +136,8 @@ class EngineBase:
     # -- state changes -----------------------------------------------------------------
 
     def _event(self, run: RunState, detail: str | None = None) -> int:
+        if not run.history or run.history[-1][0] != run.status.value:
+            run.history.append((run.status.value, run.updated_at))
         return self.store.stage_event(
             (run.id, run.updated_at, run.status.value, run.attempt_count or None, detail)
         )

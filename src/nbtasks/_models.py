@@ -117,6 +117,7 @@ class Run:
     _output_bytes: bytes | None = field(default=None, compare=False)
     _attempts: tuple[Attempt, ...] | None = field(default=None, compare=False)
     _fetch: Callable[[str, str], Any] | None = field(default=None, compare=False)
+    _history: tuple[tuple[str, datetime], ...] | None = field(default=None, compare=False)
     _cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

@@ -134,6 +134,7 @@ class RunState:
     ttl_timer: Any = None
     resume: Any = None  # while FROZEN: what to reply to the worker once children are done
     prefetched: Any = None  # while QUEUED: the worker it was sent ahead to
+    history: list[tuple[str, datetime]] = field(default_factory=list)  # status changes
     waiters: list[Any] = field(default_factory=list)  # called with (snapshot, error)
 
     @property
@@ -218,6 +219,7 @@ class RunState:
             _payload_bytes=self.payload,
             _output_bytes=self.output,
             _attempts=tuple(a.snapshot() for a in self.attempts),
+            _history=tuple(self.history),
         )
 
 

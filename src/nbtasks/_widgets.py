@@ -179,8 +179,12 @@ class RunWidget(_LiveWidget):
         live = _follow(run_id, self._on_snapshot) if follow else None
         snapshot = live or runs.retrieve(run_id)  # not live: final, and in the store
         self._text = text or _text_of(snapshot)
-        with self._lock:  # the stored transitions, then those seen since (newer ones)
-            seen, self._timeline = self._timeline, [list(e) for e in _events(run_id)]
+        if snapshot._history:  # live: the engine's record, also of what is not stored yet
+            stored = [[status, at.isoformat(), ""] for status, at in snapshot._history]
+        else:
+            stored = [list(e) for e in _events(run_id)]
+        with self._lock:  # the known transitions, then those seen since (newer ones)
+            seen, self._timeline = self._timeline, stored
             for entry in [*seen, _entry(snapshot)]:
                 self._record(entry)
         self._apply(snapshot)
