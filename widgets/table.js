@@ -66,7 +66,10 @@ function render({ model, el }) {
       if (r.id === opened) tr.className = "nbt-open";
       const box = Object.assign(document.createElement("input"), { type: "checkbox" });
       box.checked = selected.has(r.id);
-      box.addEventListener("change", () => { box.checked ? selected.add(r.id) : selected.delete(r.id); });
+      box.addEventListener("change", () => {
+        box.checked ? selected.add(r.id) : selected.delete(r.id);
+        cancel.disabled = replay.disabled = selected.size === 0;
+      });
       const cb = document.createElement("td");
       cb.append(box);
       const st = document.createElement("td");
@@ -80,6 +83,7 @@ function render({ model, el }) {
       }
       return tr;
     }));
+    cancel.disabled = replay.disabled = selected.size === 0;
     const f = model.get("filters") || {};
     if (document.activeElement !== status) status.value = f.status || "";
     pageLabel.textContent = `page ${model.get("page") + 1}`;
