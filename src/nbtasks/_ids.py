@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import threading
 import time
 
@@ -10,6 +10,7 @@ _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_random = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy
 
 
 def _base36(n: int, width: int) -> str:
@@ -37,5 +38,5 @@ def new_id(prefix: str) -> str:
         else:
             _last_ms, _counter = ms, 0
         counter = _counter
-    rand = int.from_bytes(os.urandom(4), "big")
+    rand = _random.getrandbits(31)
     return f"{prefix}_{_base36(ms, 9)}{_base36(counter, 4)}{_base36(rand, 6)}"
