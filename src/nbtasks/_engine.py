@@ -5,9 +5,10 @@ the loop with ``Engine.call``; the loop changes run state only through ``_transi
 which checks the transition table, records an event and stages the row for the store's
 next group commit. Callers that need durability wait for that commit.
 
-The class is split by topic: this module creates, schedules, cancels and settles runs;
-``_outcomes`` handles what workers report (results, crashes, timeouts, retries);
-``_nesting`` serves runs triggered and awaited from inside tasks (FROZEN parents).
+The class is split by topic: this module schedules, cancels and settles runs; ``_intake``
+creates them (keys, delays, TTL, deploys, versions); ``_outcomes`` handles what workers
+report (results, crashes, timeouts, retries, runs sent ahead); ``_nesting`` serves runs
+triggered and awaited from inside tasks (FROZEN parents).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ Waiter = Callable[[Run, BaseException | None], None]
 
 
 class EngineBase:
-    """Creating, scheduling, canceling and settling runs (see the module docstring)."""
+    """Scheduling, canceling and settling runs (see the module docstring)."""
 
     if TYPE_CHECKING:  # provided by the mixins below
 
