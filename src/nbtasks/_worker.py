@@ -253,7 +253,11 @@ class Worker:
         return value
 
     def send(self, message: tuple[Any, ...]) -> None:
-        data = _protocol.encode(message)
+        self.send_all([message])
+
+    def send_all(self, messages: list[tuple[Any, ...]]) -> None:
+        """Send messages in one write (the kernel reads them in one wake-up)."""
+        data = b"".join(_protocol.encode(m) for m in messages)
         with self.write_lock:
             _protocol.write_all(self.event_fd, data)
 
@@ -278,7 +282,10 @@ class Worker:
             target=self.capture.stream, args=(self.send,), daemon=True, name="nbtasks-logs"
         ).start()
         self.send(("ready", os.getpid()))
-        while (message := self.inbox.get()) is not None:
+        taken: tuple[Any, ...] | None = None  # a message taken early, to handle next
+        announced = ""  # the attempt sent ahead whose start was already reported
+        while (message := taken or self.inbox.get()) is not None:
+            taken = None
             kind = message[0]
             if kind == "run":
                 attempt_id, sent_ahead = message[1], message[7]
@@ -290,9 +297,21 @@ class Worker:
                         pass  # the next attempt of it reports the failure
                     self.send(("dropped", attempt_id))
                     continue
-                if sent_ahead:
+                if sent_ahead and attempt_id != announced:
                     self.send(("started", attempt_id))
-                self.run_attempt(*message[1:7])
+                result = self.run_attempt(*message[1:7])
+                # The next attempt is often here already (sent ahead): report this one's
+                # end and that one's start in one write, so the kernel wakes once.
+                try:
+                    taken = self.inbox.get_nowait()
+                except queue.Empty:
+                    taken = None
+                if (taken is not None and taken[0] == "run" and taken[7]
+                        and taken[1] not in self.dropped):  # fmt: skip
+                    announced = taken[1]
+                    self.send_all([result, ("started", announced)])
+                else:
+                    self.send(result)
             elif kind == "init":
                 sys.path[:] = message[1]
                 os.chdir(message[2])
@@ -314,7 +333,8 @@ class Worker:
         payload_bytes: bytes,
         ctx: dict[str, Any],
         memory_limit: int | None,
-    ) -> None:
+    ) -> tuple[Any, ...]:
+        """Execute one attempt; return its ``done`` message (the caller sends it)."""
         from ._serialize import dumps, loads, preview
 
         def done(
@@ -323,11 +343,9 @@ class Worker:
             out_preview: str = "",
             error: dict[str, str] | None = None,
             exc: bytes | None = None,
-        ) -> None:
+        ) -> tuple[Any, ...]:
             stdout, stderr = self.capture.collect()
-            self.send(
-                ("done", attempt_id, outcome, output, out_preview, error, exc, stdout, stderr)
-            )
+            return ("done", attempt_id, outcome, output, out_preview, error, exc, stdout, stderr)
 
         self.capture.reset(attempt_id)
         try:
@@ -377,7 +395,7 @@ class Worker:
                 f"serialise: {info['message']}"
             )
             return done("failed", error=info)
-        done("completed", output, preview(result))
+        return done("completed", output, preview(result))
 
 
 def main(argv: list[str]) -> None:
