@@ -25,6 +25,19 @@ import psutil
 RESULT_PREFIX = "RESULT "
 
 
+def noop(x: Any) -> Any:
+    return x
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+# The workloads' functions by name, for systems whose workers import them by reference.
+FUNCTIONS = {"noop": noop, "nap": nap}
+
+
 class Session(ABC):
     """A running system with ``workers`` worker processes. Subclasses implement ``map`` and
     ``call`` with the system's own ``noop`` and ``nap``, defined in its ``__main__``."""

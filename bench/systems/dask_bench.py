@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.systems.common import Session, main
+from bench.systems.common import FUNCTIONS, Session, main
 
 # W4: ``python -c`` this (``$workers`` filled in): import to first result.
 COLD_START = """
@@ -23,18 +22,6 @@ if __name__ == "__main__":
         with Client(cluster) as client:
             print("RESULT", client.submit(noop, 1).result(), flush=True)
 """
-
-
-def noop(x: Any) -> Any:
-    return x
-
-
-def nap(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
-
-
-FUNCTIONS = {"noop": noop, "nap": nap}
 
 
 class DaskSession(Session):

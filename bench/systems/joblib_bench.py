@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.systems.common import Session, main
+from bench.systems.common import FUNCTIONS, Session, main
 
 # W4: ``python -c`` this (``$workers`` filled in): import to first result.
 COLD_START = """
@@ -16,18 +15,6 @@ def noop(x):
     return x
 print("RESULT", Parallel(n_jobs=$workers)([delayed(noop)(1)])[0], flush=True)
 """
-
-
-def noop(x: Any) -> Any:
-    return x
-
-
-def nap(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
-
-
-FUNCTIONS = {"noop": noop, "nap": nap}
 
 
 class JoblibSession(Session):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.systems.common import Session, main
+from bench.systems.common import FUNCTIONS, Session, main
 
 # W4: ``python -c`` this (``$workers`` filled in): import to first result.
 COLD_START = """
@@ -19,18 +18,6 @@ if __name__ == "__main__":
     with cf.ProcessPoolExecutor($workers) as pool:
         print("RESULT", pool.submit(noop, 1).result(), flush=True)
 """
-
-
-def noop(x: Any) -> Any:
-    return x
-
-
-def nap(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
-
-
-FUNCTIONS = {"noop": noop, "nap": nap}
 
 
 class PoolSession(Session):
