@@ -8,6 +8,7 @@ import select
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -22,7 +23,8 @@ import nbtasks
 from nbtasks import Task, runs
 from nbtasks._config import default_store_path
 from nbtasks._config import store_path as effective_store_path
-from nbtasks._schema import ATTEMPT_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION
+from nbtasks._schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
+from nbtasks._store import Store
 
 from conftest import run_script
 from tasks import add, succeed_on_third
@@ -154,7 +156,10 @@ def test_what_trigger_returned_survives_a_hard_exit(tmp_path: Path) -> None:
     proc = run_script(
         """
         import os
+        import nbtasks._store
         from nbtasks import task
+
+        nbtasks._store.FOLD_IDLE_S = nbtasks._store.FOLD_MAX_AGE_S = 600  # no fold before the exit
 
         @task
         def slow(p):
@@ -176,7 +181,11 @@ def test_what_trigger_returned_survives_a_hard_exit(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     done_id, pending_id = proc.stdout.split()
+    with open_store(tmp_path / "hard.duckdb") as conn:  # what the dead process left
+        assert conn.execute("SELECT count(*) FROM journal").fetchone()[0] > 0
+    Store(str(tmp_path / "hard.duckdb"), lambda ticket, error: None).close()  # folds it
     with open_store(tmp_path / "hard.duckdb") as conn:
+        assert conn.execute("SELECT count(*) FROM journal").fetchone() == (0,)
         status, output = conn.execute(
             "SELECT status, output FROM runs WHERE id = ?", [done_id]
         ).fetchone()
@@ -504,7 +513,10 @@ def test_a_run_left_queued_by_a_dead_kernel_is_not_waited_on_as_final(tmp_path: 
     proc = run_script(
         """
         import os
+        import nbtasks._store
         from nbtasks import task
+
+        nbtasks._store.FOLD_IDLE_S = nbtasks._store.FOLD_MAX_AGE_S = 600  # no fold before the exit
 
         @task
         def slow(p):
@@ -529,3 +541,92 @@ def test_a_run_left_queued_by_a_dead_kernel_is_not_waited_on_as_final(tmp_path: 
     assert not run.is_final  # it never executed: nothing ended it
     with pytest.raises(TimeoutError):
         runs.wait(waiting_id, timeout=0.3)
+
+
+# --------------------------------------------------------------------------- the journal
+
+
+def _run_row(run_id: str, status: str, at: datetime, **changes: Any) -> tuple[Any, ...]:
+    values: dict[str, Any] = dict.fromkeys(RUN_COLUMNS)
+    values.update(id=run_id, task_id="t", status=status, created_at=at, updated_at=at,
+                  attempt_count=0, depth=0, tags=[])  # fmt: skip
+    values.update(changes)
+    return tuple(values[c] for c in RUN_COLUMNS)
+
+
+def _update(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(row[RUN_COLUMNS.index(c)] for c in RUN_UPDATE_COLUMNS)
+
+
+def _attempt_row(attempt_id: str, run_id: str, status: str, at: datetime) -> tuple[Any, ...]:
+    values: dict[str, Any] = dict.fromkeys(ATTEMPT_COLUMNS)
+    values.update(id=attempt_id, run_id=run_id, number=1, status=status, started_at=at,
+                  oom=False)  # fmt: skip
+    return tuple(values[c] for c in ATTEMPT_COLUMNS)
+
+
+def test_the_journal_folds_into_the_tables_as_the_commits_wrote_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches committed to the journal, folded at once by a read, leave the tables as
+    writing each batch in turn would: a run created and finished in between is one row with
+    its final state, a run folded earlier gets its update, events keep their order."""
+    monkeypatch.setattr("nbtasks._store.FOLD_IDLE_S", 600.0)  # only the reads below fold
+    monkeypatch.setattr("nbtasks._store.FOLD_MAX_AGE_S", 600.0)
+    committed: dict[int, BaseException | None] = {}
+    done = threading.Condition()
+
+    def on_commit(ticket: int, error: BaseException | None) -> None:
+        with done:
+            committed[ticket] = error
+            done.notify_all()
+
+    def commit(ticket: int) -> None:
+        with done:
+            assert done.wait_for(lambda: ticket in committed, TIMEOUT)
+        assert committed[ticket] is None
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t1, t2 = t0.replace(second=1), t0.replace(second=2)
+    store = Store(str(tmp_path / "journal.duckdb"), on_commit)
+    try:
+        early = _run_row("run_early", "QUEUED", t0)
+        store.stage_run(early)
+        store.stage_event(("run_early", t0, "QUEUED", None, None))
+        commit(store.stage_run(_run_row("run_both", "QUEUED", t0, payload=b"p")))
+        assert store.query("SELECT id, status FROM runs ORDER BY id") == [
+            ("run_both", "QUEUED"), ("run_early", "QUEUED"),
+        ]  # fmt: skip
+
+        running = _run_row("run_both", "EXECUTING", t1, payload=b"p", attempt_count=1)
+        store.stage_run(running, _update(running))
+        store.stage_attempt(_attempt_row("att_1", "run_both", "EXECUTING", t1), new=True)
+        store.stage_event(("run_both", t1, "EXECUTING", 1, None))
+        commit(store.stage_event(("run_early", t1, "EXPIRED", None, "ttl")))
+
+        finished = _run_row("run_both", "COMPLETED", t2, payload=b"p", output=b"o",
+                            attempt_count=1, finished_at=t2)  # fmt: skip
+        store.stage_run(finished, _update(finished))
+        ended = _run_row("run_early", "EXPIRED", t2, expired_at=t2)
+        store.stage_run(ended, _update(ended))
+        store.stage_attempt(_attempt_row("att_1", "run_both", "COMPLETED", t1))
+        commit(store.stage_event(("run_both", t2, "COMPLETED", 1, None)))
+
+        unfolded = store._conn.execute("SELECT count(*) FROM journal").fetchone()
+        assert unfolded == (2,)  # one row per commit since the read above folded
+        rows = store.query(
+            "SELECT id, status, payload, output, created_at, updated_at, finished_at, "
+            "expired_at, attempt_count FROM runs ORDER BY id"
+        )
+        assert rows == [
+            ("run_both", "COMPLETED", b"p", b"o", t0, t2, t2, None, 1),
+            ("run_early", "EXPIRED", None, None, t0, t2, None, t2, 0),
+        ]
+        assert store.query("SELECT id, status FROM attempts") == [("att_1", "COMPLETED")]
+        assert store.query('SELECT run_id, status FROM run_events ORDER BY "at", rowid') == [
+            ("run_early", "QUEUED"), ("run_both", "EXECUTING"), ("run_early", "EXPIRED"),
+            ("run_both", "COMPLETED"),
+        ]  # fmt: skip
+        assert store.query("SELECT count(*) FROM journal") == [(0,)]
+    finally:
+        store.close()

@@ -1,10 +1,11 @@
 """The DuckDB store: one file holding runs, attempts, run events and task versions.
 
 Writes are staged by the engine and committed by one writer thread in groups: everything
-staged while the previous commit ran goes into the next transaction, through Appenders
-(one row costs microseconds, one commit about a millisecond). A staged row replaces an
-earlier staged row of the same run, so a run that changes five times between two commits
-is written once. Reads use their own cursor and see committed data only.
+staged while the previous commit ran goes into the next transaction. A staged row replaces
+an earlier staged row of the same run, so a run that changes five times between two
+commits is written once. A group commits as one row of the journal (``_journal``), which
+the writer folds into the tables when it is idle, when the journal grows, and before any
+read: reads see every committed state, in the tables.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from typing import Any
 import duckdb
 
 from ._errors import NbtasksError, StoreLockedError
+from ._journal import Batch
 from ._schema import ATTEMPT_COLUMNS, DDL, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
 
 Row = tuple[Any, ...]
 DEFER_MAX_S = 0.02  # deferred rows are committed within this, if nothing commits sooner
+FOLD_IDLE_S = 0.1  # the journal is folded once no commit came for this long
+FOLD_MAX_ROWS = 20_000  # or once it holds this many rows
+FOLD_MAX_AGE_S = 2.0  # or once its oldest batch is this old
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
 
@@ -61,28 +66,6 @@ def connect(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     return conn
 
 
-class _Staged:
-    """Rows waiting for the next commit, latest version per key."""
-
-    def __init__(self) -> None:
-        self.new_runs: dict[str, Row] = {}
-        self.run_updates: dict[str, Row] = {}
-        self.new_attempts: dict[str, Row] = {}
-        self.attempt_updates: dict[str, Row] = {}
-        self.events: list[Row] = []
-        self.versions: list[Row] = []
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.new_runs
-            or self.run_updates
-            or self.new_attempts
-            or self.attempt_updates
-            or self.events
-            or self.versions
-        )
-
-
 class Store:
     """Owns the DuckDB connection of one store file for the life of an engine."""
 
@@ -102,30 +85,50 @@ class Store:
         self._on_commit = on_commit
         self._migrate()
         self._cv = threading.Condition()
-        self._staged = _Staged()
+        self._staged = Batch()
         self._ticket = 0  # the ticket the staged rows will commit under
         self._inflight: int | None = None  # the ticket being committed now
         self.deferring = False  # set by the staging thread around rows that may wait
         self._deferred_since: float | None = None
         self._closing = False
+        self._lock = threading.Lock()  # the writer cursor: journal commits and folds
+        self._journal: list[Batch] = []  # committed to the journal, not folded yet
+        self._journal_rows = 0
+        self._journal_since: float | None = None  # when its oldest batch committed
+        self._last_commit = time.monotonic()
+        self._seq = 0  # the next journal row's number
         self._writer = self._conn.cursor()
-        self._insert_runs = self._writer.appender("runs", columns=list(RUN_COLUMNS))
-        self._update_runs = self._writer.appender(
-            "runs", columns=list(RUN_UPDATE_COLUMNS), action="update", key=["id"]
-        )
-        self._insert_attempts = self._writer.appender("attempts", columns=list(ATTEMPT_COLUMNS))
-        self._update_attempts = self._writer.appender(
-            "attempts", columns=list(ATTEMPT_COLUMNS), action="update", key=["id"]
-        )
-        self._insert_events = self._writer.appender("run_events")
+        self._open_appenders()
+        self._recover()
         self._thread = threading.Thread(target=self._write_loop, name="nbtasks-store", daemon=True)
         self._thread.start()
+
+    def _open_appenders(self) -> None:
+        w = self._writer
+        self._append_journal = w.appender("journal")
+        self._insert_runs = w.appender("runs", columns=list(RUN_COLUMNS))
+        self._update_runs = w.appender(
+            "runs", columns=list(RUN_UPDATE_COLUMNS), action="update", key=["id"]
+        )
+        self._insert_attempts = w.appender("attempts", columns=list(ATTEMPT_COLUMNS))
+        self._update_attempts = w.appender(
+            "attempts", columns=list(ATTEMPT_COLUMNS), action="update", key=["id"]
+        )
+        self._insert_events = w.appender("run_events")
+
+    def _recover(self) -> None:
+        """Fold what a process that ended without closing the store left in the journal."""
+        rows = self._writer.execute("SELECT seq, batch FROM journal ORDER BY seq").fetchall()
+        if rows:
+            self._journal = [Batch.loads(data) for _, data in rows]
+            self._seq = rows[-1][0] + 1
+            self.fold()
 
     def _migrate(self) -> None:
         self._conn.execute(DDL)
         row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
         found = row[0] if row else None
-        if found is None:
+        if found is None or found < SCHEMA_VERSION:
             self._conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
         elif found > SCHEMA_VERSION:
             raise NbtasksError(
@@ -190,16 +193,16 @@ class Store:
 
     # -- the writer thread -------------------------------------------------------------
 
-    def _take(self) -> tuple[_Staged, int]:
+    def _take(self) -> tuple[Batch, int]:
         with self._cv:
-            staged, self._staged = self._staged, _Staged()
+            staged, self._staged = self._staged, Batch()
             ticket = self._inflight = self._ticket
             self._ticket += 1
             return staged, ticket
 
-    def _take_between_steps(self) -> tuple[_Staged, int]:
+    def _take_between_steps(self) -> tuple[Batch, int]:
         if self._handoff is not None and not self._closing:
-            taken: list[tuple[_Staged, int]] = []
+            taken: list[tuple[Batch, int]] = []
             done = threading.Event()
 
             def take() -> None:
@@ -214,53 +217,113 @@ class Store:
                 pass
         return self._take()
 
+    def _next_job(self) -> str:
+        """(Lock held.) Wait until there is something to do: "commit", "fold" or "close"."""
+        while True:
+            if self._closing:
+                return "commit" if self._staged else "close"
+            now = time.monotonic()
+            deadlines = []
+            if self._staged:
+                if self._deferred_since is None:
+                    return "commit"
+                deadlines.append(self._deferred_since + DEFER_MAX_S)
+            if self._journal:
+                deadlines.append(self._last_commit + FOLD_IDLE_S)
+            if deadlines and min(deadlines) <= now:
+                return "commit" if self._staged and deadlines[0] <= now else "fold"
+            self._cv.wait(min(deadlines) - now if deadlines else None)
+
     def _write_loop(self) -> None:
         while True:
             with self._cv:
-                while not self._closing:
-                    if self._staged and self._deferred_since is None:
-                        break
-                    timeout = None
-                    if self._deferred_since is not None:  # deferred rows wait a little only
-                        timeout = self._deferred_since + DEFER_MAX_S - time.monotonic()
-                        if timeout <= 0:
-                            break
-                    self._cv.wait(timeout)
-                if not self._staged and self._closing:
+                job = self._next_job()
+                if job == "commit":
+                    self._deferred_since = None
+            if job != "commit":
+                self._fold_quietly()
+                if job == "close":
                     return
-                self._deferred_since = None
+                continue
             staged, ticket = self._take_between_steps()
             error: BaseException | None = None
             try:
                 self._commit(staged)
             except BaseException as exc:  # reported to every waiter of this ticket
                 error = exc
-                try:
-                    self._writer.rollback()
-                except duckdb.Error:
-                    pass
             with self._cv:
                 self._inflight = None
             self._on_commit(ticket, error)
+            if self._journal_rows >= FOLD_MAX_ROWS or (
+                self._journal_since is not None
+                and time.monotonic() - self._journal_since >= FOLD_MAX_AGE_S
+            ):
+                self._fold_quietly()
 
-    def _commit(self, s: _Staged) -> None:
-        w = self._writer
-        w.begin()
-        if s.versions:
-            w.executemany(
-                "INSERT OR IGNORE INTO task_versions VALUES (?, ?, ?, ?, ?, ?, ?)", s.versions
-            )
-        for appender, rows in (
-            (self._insert_runs, s.new_runs.values()),
-            (self._update_runs, s.run_updates.values()),
-            (self._insert_attempts, s.new_attempts.values()),
-            (self._update_attempts, s.attempt_updates.values()),
-            (self._insert_events, s.events),
-        ):
-            if rows:
-                appender.append_rows(list(rows))
-                appender.flush()
-        w.commit()
+    def _commit(self, batch: Batch) -> None:
+        """Make ``batch`` durable: one journal row, committed on its own."""
+        data = batch.dumps()
+        with self._lock:
+            try:
+                self._append_journal.append_rows([(self._seq, data)])
+                self._append_journal.flush()  # outside a transaction: flush commits
+            except BaseException:
+                self._open_appenders()  # drop what the failed flush left buffered
+                raise
+            self._seq += 1
+            self._journal.append(batch)
+            self._journal_rows += batch.size()
+            self._last_commit = time.monotonic()
+            if self._journal_since is None:
+                self._journal_since = self._last_commit
+
+    def fold(self) -> None:
+        """Write the journal's batches to the tables and empty it, in one transaction.
+        Any thread; reads call it first."""
+        with self._lock:
+            if not self._journal:
+                return
+            merged = Batch()
+            for batch in self._journal:
+                merged.absorb(batch)
+            w = self._writer
+            w.begin()
+            try:
+                if merged.versions:
+                    w.executemany(
+                        "INSERT OR IGNORE INTO task_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        merged.versions,
+                    )
+                for appender, rows in (
+                    (self._insert_runs, merged.new_runs.values()),
+                    (self._update_runs, merged.run_updates.values()),
+                    (self._insert_attempts, merged.new_attempts.values()),
+                    (self._update_attempts, merged.attempt_updates.values()),
+                    (self._insert_events, merged.events),
+                ):
+                    if rows:
+                        appender.append_rows(list(rows))
+                        appender.flush()
+                w.execute("DELETE FROM journal WHERE seq < ?", [self._seq])
+                w.commit()
+            except BaseException:
+                try:
+                    w.rollback()
+                except duckdb.Error:
+                    pass
+                self._open_appenders()
+                raise
+            self._journal = []
+            self._journal_rows = 0
+            self._journal_since = None
+
+    def _fold_quietly(self) -> None:
+        """Fold from the writer thread. A failure leaves the batches in the journal (they
+        are durable there) and is raised to the next read, which tries again."""
+        try:
+            self.fold()
+        except Exception:
+            self._last_commit = time.monotonic()  # try again after the next idle spell
 
     def close(self) -> None:
         with self._cv:
@@ -272,6 +335,7 @@ class Store:
     # -- reads (any thread) --------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.fold()
         cur = self._conn.cursor()
         try:
             return cur.execute(sql, list(params)).fetchall()
@@ -279,4 +343,6 @@ class Store:
             cur.close()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for reads, after the journal is folded."""
+        self.fold()
         return self._conn.cursor()
