@@ -181,11 +181,14 @@ def test_what_trigger_returned_survives_a_hard_exit(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     done_id, pending_id = proc.stdout.split()
-    with open_store(tmp_path / "hard.duckdb") as conn:  # what the dead process left
-        assert conn.execute("SELECT count(*) FROM journal").fetchone()[0] > 0
-    Store(str(tmp_path / "hard.duckdb"), lambda ticket, error: None).close()  # folds it
+    journal = tmp_path / "hard.duckdb.journal"  # what the dead process left there
+    assert journal.stat().st_size > 0
     with open_store(tmp_path / "hard.duckdb") as conn:
-        assert conn.execute("SELECT count(*) FROM journal").fetchone() == (0,)
+        found = conn.execute("SELECT count(*) FROM runs WHERE id = ?", [pending_id]).fetchone()
+        assert found == (0,)  # not folded into the tables yet
+    Store(str(tmp_path / "hard.duckdb"), lambda ticket, error: None).close()  # folds it
+    assert not journal.exists()
+    with open_store(tmp_path / "hard.duckdb") as conn:
         status, output = conn.execute(
             "SELECT status, output FROM runs WHERE id = ?", [done_id]
         ).fetchone()
@@ -612,8 +615,8 @@ def test_the_journal_folds_into_the_tables_as_the_commits_wrote_them(
         store.stage_attempt(_attempt_row("att_1", "run_both", "COMPLETED", t1))
         commit(store.stage_event(("run_both", t2, "COMPLETED", 1, None)))
 
-        unfolded = store._conn.execute("SELECT count(*) FROM journal").fetchone()
-        assert unfolded == (2,)  # one row per commit since the read above folded
+        unfolded = store._journal.read()
+        assert len(unfolded) == 2  # a frame per commit since the read above folded
         rows = store.query(
             "SELECT id, status, payload, output, created_at, updated_at, finished_at, "
             "expired_at, attempt_count FROM runs ORDER BY id"
@@ -627,6 +630,6 @@ def test_the_journal_folds_into_the_tables_as_the_commits_wrote_them(
             ("run_early", "QUEUED"), ("run_both", "EXECUTING"), ("run_early", "EXPIRED"),
             ("run_both", "COMPLETED"),
         ]  # fmt: skip
-        assert store.query("SELECT count(*) FROM journal") == [(0,)]
+        assert store._journal.read() == []
     finally:
         store.close()

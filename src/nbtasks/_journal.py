@@ -1,17 +1,22 @@
-"""Batches of staged rows, and how the store's journal holds them.
+"""The store's journal: batches of staged rows made durable by one append to a file.
 
-The hot path commits each batch as one row of the ``journal`` table: a pickled ``Batch``, a
-single Appender row, so a durable commit costs one small write and its ``fdatasync``
-instead of an Appender flush per table (each 0.5-2.5 ms, with their indexes). The store
-later *folds* the journal: it merges the batches, so a run created and finished in between
-is written once with its final state, and writes them to ``runs``, ``attempts`` and
-``run_events`` in bulk, deleting the folded journal rows in the same transaction. After a
-hard exit the next store to open the file folds what was left.
+Committing a batch to DuckDB costs about a millisecond of CPU and two of wall time here,
+however small it is (an Appender flush per table, each with its indexes, then the commit).
+The hot path instead appends the pickled batch to ``<store>.journal``, a frame with its
+sequence number and CRC, and calls ``fdatasync``: about 0.2 ms. The store later *folds* the
+journal into DuckDB: it merges the batches, so a run created and finished in between is
+written once with its final state, writes them to ``runs``, ``attempts`` and ``run_events``
+in bulk, records the last folded sequence number in ``journal_state`` in the same
+transaction, then empties the file. After a hard exit the next store to open the file folds
+the frames past that number; a torn last frame (never acknowledged) is dropped.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import struct
+import zlib
 from typing import Any
 
 from ._schema import RUN_COLUMNS, RUN_UPDATE_COLUMNS
@@ -96,3 +101,51 @@ class Batch:
         (batch.new_runs, batch.run_updates, batch.new_attempts, batch.attempt_updates,
          batch.events, batch.versions) = pickle.loads(data)  # fmt: skip
         return batch
+
+
+# A frame: body length, CRC32 of the body, sequence number; then the body (a pickled Batch).
+_FRAME = struct.Struct(">IIQ")
+
+
+class JournalFile:
+    """The append-only file next to a store. Used under the store's lock only."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def append(self, seq: int, body: bytes) -> None:
+        """Write one frame and wait until it is on disk."""
+        data = _FRAME.pack(len(body), zlib.crc32(body), seq) + body
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        os.fdatasync(self._fd)
+
+    def read(self) -> list[tuple[int, Batch]]:
+        """Every whole frame in the file, in order; stops at a torn or corrupt one."""
+        with open(self.path, "rb") as f:
+            data = f.read()
+        frames = []
+        pos = 0
+        while len(data) - pos >= _FRAME.size:
+            size, crc, seq = _FRAME.unpack_from(data, pos)
+            body = data[pos + _FRAME.size : pos + _FRAME.size + size]
+            if len(body) < size or zlib.crc32(body) != crc:
+                break
+            frames.append((seq, Batch.loads(body)))
+            pos += _FRAME.size + size
+        return frames
+
+    def clear(self) -> None:
+        """Empty the file, once what it held is folded."""
+        os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: the journal table
+SCHEMA_VERSION = 2  # 2: journal_state
 
 RUN_COLUMNS: tuple[str, ...] = (
     "id", "task_id", "version", "status", "queue",
@@ -94,8 +94,8 @@ CREATE TABLE IF NOT EXISTS run_events (
     attempt_number INTEGER,
     detail VARCHAR
 );
--- Committed batches of rows not yet folded into the tables above (_journal.py).
-CREATE TABLE IF NOT EXISTS journal (seq BIGINT NOT NULL, batch BLOB NOT NULL);
+-- The last journal frame folded into the tables above (_journal.py): one row.
+CREATE TABLE IF NOT EXISTS journal_state (folded_seq BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_run ON attempts (run_id);
 CREATE INDEX IF NOT EXISTS events_run ON run_events (run_id);
 """

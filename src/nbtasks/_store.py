@@ -3,9 +3,9 @@
 Writes are staged by the engine and committed by one writer thread in groups: everything
 staged while the previous commit ran goes into the next transaction. A staged row replaces
 an earlier staged row of the same run, so a run that changes five times between two
-commits is written once. A group commits as one row of the journal (``_journal``), which
-the writer folds into the tables when it is idle, when the journal grows, and before any
-read: reads see every committed state, in the tables.
+commits is written once. A group commits as one append to the journal file (``_journal``),
+which the writer folds into the tables when it is idle, when the journal grows, and before
+any read: reads see every committed state, in the tables.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 
 from ._errors import NbtasksError, StoreLockedError
-from ._journal import Batch
+from ._journal import Batch, JournalFile
 from ._schema import ATTEMPT_COLUMNS, DDL, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
 
 Row = tuple[Any, ...]
@@ -91,12 +91,13 @@ class Store:
         self.deferring = False  # set by the staging thread around rows that may wait
         self._deferred_since: float | None = None
         self._closing = False
-        self._lock = threading.Lock()  # the writer cursor: journal commits and folds
-        self._journal: list[Batch] = []  # committed to the journal, not folded yet
-        self._journal_rows = 0
-        self._journal_since: float | None = None  # when its oldest batch committed
+        self._lock = threading.Lock()  # the journal and the writer cursor
+        self._journal = JournalFile(path + ".journal")
+        self._pending: list[Batch] = []  # committed to the journal, not folded yet
+        self._pending_rows = 0
+        self._pending_since: float | None = None  # when its oldest batch committed
         self._last_commit = time.monotonic()
-        self._seq = 0  # the next journal row's number
+        self._seq = 0  # the next journal frame's number
         self._writer = self._conn.cursor()
         self._open_appenders()
         self._recover()
@@ -105,7 +106,6 @@ class Store:
 
     def _open_appenders(self) -> None:
         w = self._writer
-        self._append_journal = w.appender("journal")
         self._insert_runs = w.appender("runs", columns=list(RUN_COLUMNS))
         self._update_runs = w.appender(
             "runs", columns=list(RUN_UPDATE_COLUMNS), action="update", key=["id"]
@@ -118,11 +118,15 @@ class Store:
 
     def _recover(self) -> None:
         """Fold what a process that ended without closing the store left in the journal."""
-        rows = self._writer.execute("SELECT seq, batch FROM journal ORDER BY seq").fetchall()
-        if rows:
-            self._journal = [Batch.loads(data) for _, data in rows]
-            self._seq = rows[-1][0] + 1
-            self.fold()
+        row = self._writer.execute("SELECT max(folded_seq) FROM journal_state").fetchone()
+        folded = row[0] if row and row[0] is not None else -1
+        self._seq = folded + 1
+        for seq, batch in self._journal.read():
+            if seq > folded:
+                self._pending.append(batch)
+                self._seq = seq + 1
+        self.fold()
+        self._journal.clear()
 
     def _migrate(self) -> None:
         self._conn.execute(DDL)
@@ -228,7 +232,7 @@ class Store:
                 if self._deferred_since is None:
                     return "commit"
                 deadlines.append(self._deferred_since + DEFER_MAX_S)
-            if self._journal:
+            if self._pending:
                 deadlines.append(self._last_commit + FOLD_IDLE_S)
             if deadlines and min(deadlines) <= now:
                 return "commit" if self._staged and deadlines[0] <= now else "fold"
@@ -254,37 +258,32 @@ class Store:
             with self._cv:
                 self._inflight = None
             self._on_commit(ticket, error)
-            if self._journal_rows >= FOLD_MAX_ROWS or (
-                self._journal_since is not None
-                and time.monotonic() - self._journal_since >= FOLD_MAX_AGE_S
+            if self._pending_rows >= FOLD_MAX_ROWS or (
+                self._pending_since is not None
+                and time.monotonic() - self._pending_since >= FOLD_MAX_AGE_S
             ):
                 self._fold_quietly()
 
     def _commit(self, batch: Batch) -> None:
-        """Make ``batch`` durable: one journal row, committed on its own."""
+        """Make ``batch`` durable: one append to the journal."""
         data = batch.dumps()
         with self._lock:
-            try:
-                self._append_journal.append_rows([(self._seq, data)])
-                self._append_journal.flush()  # outside a transaction: flush commits
-            except BaseException:
-                self._open_appenders()  # drop what the failed flush left buffered
-                raise
+            self._journal.append(self._seq, data)
             self._seq += 1
-            self._journal.append(batch)
-            self._journal_rows += batch.size()
+            self._pending.append(batch)
+            self._pending_rows += batch.size()
             self._last_commit = time.monotonic()
-            if self._journal_since is None:
-                self._journal_since = self._last_commit
+            if self._pending_since is None:
+                self._pending_since = self._last_commit
 
     def fold(self) -> None:
-        """Write the journal's batches to the tables and empty it, in one transaction.
+        """Write the journal's batches to the tables in one transaction, then empty it.
         Any thread; reads call it first."""
         with self._lock:
-            if not self._journal:
+            if not self._pending:
                 return
             merged = Batch()
-            for batch in self._journal:
+            for batch in self._pending:
                 merged.absorb(batch)
             w = self._writer
             w.begin()
@@ -304,7 +303,8 @@ class Store:
                     if rows:
                         appender.append_rows(list(rows))
                         appender.flush()
-                w.execute("DELETE FROM journal WHERE seq < ?", [self._seq])
+                w.execute("DELETE FROM journal_state")
+                w.execute("INSERT INTO journal_state VALUES (?)", [self._seq - 1])
                 w.commit()
             except BaseException:
                 try:
@@ -313,9 +313,10 @@ class Store:
                     pass
                 self._open_appenders()
                 raise
-            self._journal = []
-            self._journal_rows = 0
-            self._journal_since = None
+            self._journal.clear()
+            self._pending = []
+            self._pending_rows = 0
+            self._pending_since = None
 
     def _fold_quietly(self) -> None:
         """Fold from the writer thread. A failure leaves the batches in the journal (they
@@ -331,6 +332,9 @@ class Store:
             self._cv.notify()
         self._thread.join()
         self._conn.close()
+        self._journal.close()
+        if not self._pending:  # all folded: the file has nothing to keep
+            self._journal.remove()
 
     # -- reads (any thread) --------------------------------------------------------------
 
