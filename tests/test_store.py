@@ -633,3 +633,59 @@ def test_the_journal_folds_into_the_tables_as_the_commits_wrote_them(
         assert store._journal.read() == []
     finally:
         store.close()
+
+
+class _Commits:
+    """The tickets a store reported committed, to wait on."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, BaseException | None] = {}
+        self.cv = threading.Condition()
+
+    def __call__(self, ticket: int, error: BaseException | None) -> None:
+        with self.cv:
+            self.done[ticket] = error
+            self.cv.notify_all()
+
+    def wait_past(self, ticket: int) -> None:
+        with self.cv:
+            assert self.cv.wait_for(lambda: max(self.done, default=-1) >= ticket, TIMEOUT)
+
+
+def test_rows_of_one_step_are_sealed_together_and_commit_after_it(tmp_path: Path) -> None:
+    steps: list[Any] = []  # what the store asked to run once the current step is over
+    commits = _Commits()
+    store = Store(str(tmp_path / "steps.duckdb"), commits, steps.append)
+    try:
+        at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        ticket = store.stage_run(_run_row("run_a", "QUEUED", at))
+        assert store.stage_event(("run_a", at, "QUEUED", None, None)) == ticket
+        assert len(steps) == 1  # one seal per step, however many rows
+        assert store.barrier() == ticket
+        assert store.query("SELECT count(*) FROM runs") == [(0,)]  # not sealed: not written
+
+        steps.pop()()  # the step is over
+        commits.wait_past(ticket)
+        assert commits.done[max(commits.done)] is None
+        assert store.query("SELECT id FROM runs") == [("run_a",)]
+        assert store.query("SELECT status FROM run_events") == [("QUEUED",)]
+        assert store.stage_run(_run_row("run_b", "QUEUED", at)) == ticket + 1
+    finally:
+        store.close()
+    with open_store(tmp_path / "steps.duckdb") as conn:  # close committed the open step
+        assert conn.execute("SELECT id FROM runs ORDER BY id").fetchall() == [
+            ("run_a",), ("run_b",),
+        ]  # fmt: skip
+
+
+def test_deferred_rows_commit_without_anything_else_staged(tmp_path: Path) -> None:
+    commits = _Commits()
+    store = Store(str(tmp_path / "deferred.duckdb"), commits)
+    try:
+        store.deferring = True
+        ticket = store.stage_run(_run_row("run_d", "QUEUED", datetime.now(timezone.utc)))
+        store.deferring = False
+        commits.wait_past(ticket)  # within DEFER_MAX_S, not at the next urgent row
+        assert store.query("SELECT id FROM runs") == [("run_d",)]
+    finally:
+        store.close()

@@ -91,7 +91,7 @@ class EngineBase:
                 self._portal.call(self.pool.adopt, worker)
             if spawn:
                 self._portal.call(self._top_up)
-            self.store = Store(store_path, self._committed_threadsafe, self._on_loop)
+            self.store = Store(store_path, self._committed_threadsafe, self.loop.call_soon)
             reconcile_at_start(self.store, utcnow())
             self._portal.call(self._adopt, load_waiting_runs(self.store))
         except BaseException:
@@ -118,9 +118,6 @@ class EngineBase:
         self.loop.call_soon_threadsafe(run)
         return fut
 
-    def _on_loop(self, fn: Callable[[], None]) -> None:
-        self.loop.call_soon_threadsafe(fn)
-
     def _committed_threadsafe(self, ticket: int, error: BaseException | None) -> None:
         try:
             self.loop.call_soon_threadsafe(self._committed, ticket, error)
@@ -128,8 +125,9 @@ class EngineBase:
             pass
 
     def _committed(self, ticket: int, error: BaseException | None) -> None:
-        for callback in self._commit_waiters.pop(ticket, ()):
-            callback(error)
+        for waited in sorted(t for t in self._commit_waiters if t <= ticket):
+            for callback in self._commit_waiters.pop(waited):
+                callback(error)
 
     def _after_commit(self, ticket: int, callback: Callable[[BaseException | None], None]) -> None:
         self._commit_waiters.setdefault(ticket, []).append(callback)

@@ -73,23 +73,29 @@ class Store:
         self,
         path: str,
         on_commit: Callable[[int, BaseException | None], None],
-        handoff: Callable[[Callable[[], None]], None] | None = None,
+        after_step: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
-        """``on_commit(ticket, error)`` is called by the writer after each commit.
-        ``handoff(fn)`` runs ``fn`` on the thread that stages rows, between two of its
-        steps: the writer takes staged rows only there, so rows staged by one step (an
-        attempt and its run, say) always commit together."""
+        """``on_commit(ticket, error)`` is called by the writer after each commit: every
+        row staged under that ticket, or an earlier one, is durable (or failed with
+        ``error``). ``after_step(fn)`` runs ``fn`` on the staging thread once its current
+        step is over: the rows staged by one step (an attempt and its run, say) are sealed
+        then, and always commit together. Without it, each staged row is sealed at once."""
         self.path = path
-        self._handoff = handoff
+        self._after_step = after_step
         self._conn = connect(path)
         self._on_commit = on_commit
         self._migrate()
-        self._cv = threading.Condition()
-        self._staged = Batch()
-        self._ticket = 0  # the ticket the staged rows will commit under
-        self._inflight: int | None = None  # the ticket being committed now
+        # Owned by the staging thread: the open batch, and the ticket it will commit under.
+        self._open = Batch()
+        self._open_ticket = 0
+        self._open_urgent = False
+        self._seal_due = False
         self.deferring = False  # set by the staging thread around rows that may wait
-        self._deferred_since: float | None = None
+        # Shared with the writer, under _cv.
+        self._cv = threading.Condition()
+        self._sealed: list[tuple[int, Batch]] = []
+        self._commit_by: float | None = None  # when the sealed batches must be committed
+        self._inflight: int | None = None  # the last ticket being committed now
         self._closing = False
         self._lock = threading.Lock()  # the journal and the writer cursor
         self._journal = JournalFile(path + ".journal")
@@ -145,111 +151,112 @@ class Store:
     def stage_run(self, row: Row, update: Row | None = None) -> int:
         """Stage a run: ``row`` has every column; ``update`` only ``RUN_UPDATE_COLUMNS``
         and is None for a new run."""
-        with self._cv:
-            s = self._staged
-            run_id = row[0]
-            if update is None or run_id in s.new_runs:
-                s.new_runs[run_id] = row
-            else:
-                s.run_updates[run_id] = update
-            self._wake()
-            return self._ticket
+        s = self._open
+        run_id = row[0]
+        if update is None or run_id in s.new_runs:
+            s.new_runs[run_id] = row
+        else:
+            s.run_updates[run_id] = update
+        return self._staged()
 
     def stage_attempt(self, row: Row, *, new: bool = False) -> int:
-        with self._cv:
-            s = self._staged
-            attempt_id = row[0]
-            if new or attempt_id in s.new_attempts:
-                s.new_attempts[attempt_id] = row
-            else:
-                s.attempt_updates[attempt_id] = row
-            self._wake()
-            return self._ticket
+        s = self._open
+        attempt_id = row[0]
+        if new or attempt_id in s.new_attempts:
+            s.new_attempts[attempt_id] = row
+        else:
+            s.attempt_updates[attempt_id] = row
+        return self._staged()
 
     def stage_event(self, row: Row) -> int:
-        with self._cv:
-            self._staged.events.append(row)
-            self._wake()
-            return self._ticket
+        self._open.events.append(row)
+        return self._staged()
 
     def stage_version(self, row: Row) -> int:
-        with self._cv:
-            self._staged.versions.append(row)
-            self._wake()
-            return self._ticket
+        self._open.versions.append(row)
+        return self._staged()
 
-    def _wake(self) -> None:
-        """(Lock held.) Let the writer commit now, unless staging is deferred."""
-        if self.deferring:
-            if self._deferred_since is None:
-                self._deferred_since = time.monotonic()
-        else:
-            self._deferred_since = None  # rows that must not wait: commit all now
-            self._cv.notify()
+    def _staged(self) -> int:
+        """After a row joined the open batch: the ticket it will commit under."""
+        ticket = self._open_ticket
+        if not self.deferring:
+            self._open_urgent = True
+        if self._after_step is None:
+            self._seal()
+        elif not self._seal_due:
+            self._seal_due = True
+            self._after_step(self._seal)
+        return ticket
+
+    def _seal(self) -> None:
+        """Hand the open batch to the writer: urgent rows commit now, deferred ones within
+        DEFER_MAX_S (unless something commits sooner)."""
+        with self._cv:
+            batch, self._open = self._open, Batch()
+            self._seal_due = False
+            if not batch:
+                self._open_urgent = False
+                return
+            self._sealed.append((self._open_ticket, batch))
+            self._open_ticket += 1
+            commit_by = time.monotonic() + (0.0 if self._open_urgent else DEFER_MAX_S)
+            self._open_urgent = False
+            if self._commit_by is None or commit_by < self._commit_by:
+                self._commit_by = commit_by
+                self._cv.notify()
 
     def barrier(self) -> int | None:
-        """The ticket whose commit makes everything staged so far durable, or None if it
-        already is."""
+        """(Staging thread.) The ticket whose commit makes everything staged so far
+        durable, or None if it already is."""
+        if self._seal_due:
+            return self._open_ticket
         with self._cv:
-            if self._staged:
-                return self._ticket
+            if self._sealed:
+                return self._sealed[-1][0]
             return self._inflight
 
     # -- the writer thread -------------------------------------------------------------
 
     def _take(self) -> tuple[Batch, int]:
         with self._cv:
-            staged, self._staged = self._staged, Batch()
-            ticket = self._inflight = self._ticket
-            self._ticket += 1
-            return staged, ticket
-
-    def _take_between_steps(self) -> tuple[Batch, int]:
-        if self._handoff is not None and not self._closing:
-            taken: list[tuple[Batch, int]] = []
-            done = threading.Event()
-
-            def take() -> None:
-                taken.append(self._take())
-                done.set()
-
-            try:
-                self._handoff(take)
-                done.wait()
-                return taken[0]
-            except RuntimeError:  # the staging thread's loop is gone
-                pass
-        return self._take()
+            sealed, self._sealed = self._sealed, []
+            self._commit_by = None
+            ticket = self._inflight = sealed[-1][0]
+        if len(sealed) == 1:
+            return sealed[0][1], ticket
+        merged = Batch()
+        for _, batch in sealed:
+            merged.absorb(batch)
+        return merged, ticket
 
     def _next_job(self) -> str:
         """(Lock held.) Wait until there is something to do: "commit", "fold" or "close"."""
         while True:
             if self._closing:
-                return "commit" if self._staged else "close"
+                return "commit" if self._sealed else "close"
             now = time.monotonic()
             deadlines = []
-            if self._staged:
-                if self._deferred_since is None:
+            if self._commit_by is not None:
+                if self._commit_by <= now:
                     return "commit"
-                deadlines.append(self._deferred_since + DEFER_MAX_S)
+                deadlines.append(self._commit_by)
             if self._pending:
-                deadlines.append(self._last_commit + FOLD_IDLE_S)
-            if deadlines and min(deadlines) <= now:
-                return "commit" if self._staged and deadlines[0] <= now else "fold"
+                fold_at = self._last_commit + FOLD_IDLE_S
+                if fold_at <= now:
+                    return "fold"
+                deadlines.append(fold_at)
             self._cv.wait(min(deadlines) - now if deadlines else None)
 
     def _write_loop(self) -> None:
         while True:
             with self._cv:
                 job = self._next_job()
-                if job == "commit":
-                    self._deferred_since = None
             if job != "commit":
                 self._fold_quietly()
                 if job == "close":
                     return
                 continue
-            staged, ticket = self._take_between_steps()
+            staged, ticket = self._take()
             error: BaseException | None = None
             try:
                 self._commit(staged)
@@ -327,6 +334,8 @@ class Store:
             self._last_commit = time.monotonic()  # try again after the next idle spell
 
     def close(self) -> None:
+        """Commit what is staged (the staging thread is done), fold, and let go of the file."""
+        self._seal()
         with self._cv:
             self._closing = True
             self._cv.notify()
