@@ -126,6 +126,22 @@ def test_completed_run_records_its_attempt(nb: object) -> None:
     assert attempt.started_at <= attempt.finished_at
 
 
+def test_each_attempt_keeps_only_its_own_output(store_path: str) -> None:
+    """One worker runs them all in turn: output never leaks into the next attempt."""
+    nbtasks.configure(store=store_path, workers=1)
+    try:
+        loud = tasks.chatty.trigger_and_wait("one")
+        quiet = tasks.echo.trigger_and_wait("silent")
+        again = tasks.chatty.trigger_and_wait("three")
+        outputs = [runs.retrieve(r.id).attempts[0] for r in (loud, quiet, again)]
+        assert len({a.pid for a in outputs}) == 1
+        assert [(a.stdout, a.stderr) for a in outputs] == [
+            ("out: one\n", "err: one\n"), ("", ""), ("out: three\n", "err: three\n"),
+        ]  # fmt: skip
+    finally:
+        nbtasks.shutdown()
+
+
 def test_failed_run_keeps_the_error_and_its_type(nb: object) -> None:
     result = tasks.fail.trigger_and_wait(42)
     assert result.status is RunStatus.FAILED and not result.ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import reprlib
 from typing import Any
 
@@ -17,8 +18,29 @@ _PREVIEW.maxlevel = 3
 PREVIEW_CHARS = 200
 
 
+_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def _plain(obj: object, depth: int = 0) -> bool:
+    """Scalars, and small lists, tuples and dicts of them: what pickle and dill write the
+    same way, pickle (in C) some 30 times faster."""
+    t = type(obj)
+    if t in _SCALARS:
+        return True
+    if depth >= 2 or t not in (list, tuple, dict) or len(obj) > 32:  # type: ignore[arg-type]
+        return False
+    if t is dict:
+        return all(
+            type(k) in _SCALARS and _plain(v, depth + 1)
+            for k, v in obj.items()  # type: ignore[attr-defined]
+        )
+    return all(_plain(x, depth + 1) for x in obj)  # type: ignore[attr-defined]
+
+
 def dumps(obj: object) -> bytes:
     """Serialise with dill; functions and classes from ``__main__`` travel by value."""
+    if _plain(obj):
+        return pickle.dumps(obj, protocol=dill.settings["protocol"])
     return dill.dumps(obj, recurse=True)  # type: ignore[no-any-return]
 
 

@@ -73,8 +73,9 @@ class _Capture:
     def reset(self, attempt_id: str) -> None:
         with self.lock:
             for fd in (1, 2):
-                os.ftruncate(fd, 0)
-                os.lseek(fd, 0, os.SEEK_SET)
+                if os.lseek(fd, 0, os.SEEK_CUR):  # something was written since the last reset
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
             self.attempt_id = attempt_id
             self.offsets = [0, 0]
             for decoder in self.decoders:
@@ -109,6 +110,10 @@ class _Capture:
 
 
 def _tail(fd: int) -> str:
+    # Writes to fd 1 and 2 (this process's, and its children's: they share the open file)
+    # move its offset; an attempt that wrote nothing costs one lseek.
+    if not os.lseek(fd, 0, os.SEEK_CUR):
+        return ""
     size = os.fstat(fd).st_size
     start = max(0, size - OUTPUT_CAP)
     data = os.pread(fd, size - start, start)

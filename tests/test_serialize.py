@@ -1,0 +1,48 @@
+"""How payloads and outputs are serialised: plain data by pickle, the rest by dill."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import dill
+import pytest
+
+from nbtasks._serialize import dumps, loads
+
+PLAIN = [None, True, 7, 2.5, 1j, "text", b"bytes", (1, "a"), [1, [2, 3]], {"k": [1, 2.0]}]
+
+
+@pytest.mark.parametrize("value", PLAIN, ids=repr)
+def test_plain_data_is_written_by_pickle_and_read_back_by_dill(value: Any) -> None:
+    data = dumps(value)
+    assert data == pickle.dumps(value, protocol=dill.settings["protocol"])
+    assert dill.loads(data) == value  # what every reader of stored payloads uses
+
+
+class Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [1, lambda: 1],  # a function inside: only dill can write it
+        {"p": Point(3)},
+        list(range(100)),  # too long to check cheaply
+        [[[1]]],  # too deep
+        {1, 2},  # a set: not checked, dill writes it
+    ],
+    ids=["lambda", "object", "long", "deep", "set"],
+)
+def test_anything_else_goes_through_dill_and_round_trips(value: Any) -> None:
+    data = dumps(value)
+    back = loads(data)
+    assert data == dill.dumps(value, recurse=True)
+    if isinstance(value, list) and value and callable(value[-1]):
+        assert back[0] == 1 and back[1]() == 1
+    elif isinstance(value, dict):
+        assert back["p"].x == 3
+    else:
+        assert back == value
