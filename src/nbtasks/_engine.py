@@ -129,8 +129,13 @@ class EngineBase:
             for callback in self._commit_waiters.pop(waited):
                 callback(error)
 
-    def _after_commit(self, ticket: int, callback: Callable[[BaseException | None], None]) -> None:
+    def _after_commit(self, ticket: int, callback: Callable[[BaseException | None], None],
+                      hurry: bool = True) -> None:  # fmt: skip
+        """Call ``callback`` once ``ticket`` is committed; ``hurry`` commits it now rather
+        than within the store's DEFER_MAX_S."""
         self._commit_waiters.setdefault(ticket, []).append(callback)
+        if hurry:
+            self.store.hurry(ticket)
 
     # -- state changes -----------------------------------------------------------------
 
@@ -172,7 +177,11 @@ class EngineBase:
         ticket = self.store.stage_run(run.row(), run.update_row())
         self._event(run, detail)
         if final:  # listeners see the final state once it is durable, in _settle
-            self._after_commit(ticket, lambda error: self._settle(run, error))
+            hurry = True
+            if run.batch_wait is not None:  # the wait needs the last run's state only
+                run.batch_wait.unfinished -= 1
+                hurry = run.batch_wait.unfinished == 0
+            self._after_commit(ticket, lambda error: self._settle(run, error), hurry)
         else:
             self._notify(run)
         return ticket

@@ -11,8 +11,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._errors import UnknownRunError
-from ._state import RunSpec, RunState, TaskVersion, error_json, utcnow
-from ._status import KEY_HOLDING, RunStatus
+from ._state import BatchWait, RunSpec, RunState, TaskVersion, error_json, utcnow
+from ._status import FINAL, KEY_HOLDING, RunStatus
 
 if TYPE_CHECKING:
     from ._engine import EngineBase as _Base
@@ -33,13 +33,14 @@ class IntakeMixin(_Base):
             created = self._create(specs)
             self._ack_after_commit(fut, created)
             return
-        # A blocking wait needs only the final states to be durable: the new runs may
-        # wait (a little) for them, so a quick run costs one commit, not two.
-        self.store.deferring = True
-        try:
-            created = self._create(specs)
-        finally:
-            self.store.deferring = False
+        # A blocking wait needs only final states to be durable: new runs are not hurried
+        # (they commit within the store's DEFER_MAX_S, or with the first final state).
+        created = self._create(specs)
+        live = [self.runs[i] for i, cached in created if not cached and i in self.runs]
+        if len(live) > 1:  # their final states commit together when the last one is final
+            group = BatchWait(sum(1 for r in live if r.status not in FINAL))
+            for run in live:
+                run.batch_wait = group
         self._wait_all(final, [self._live_or_none(i) for i, _ in created])
         fut.set_result(created)
 

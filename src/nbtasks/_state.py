@@ -94,6 +94,14 @@ class AttemptState:
 
 
 @dataclass(slots=True, eq=False)
+class BatchWait:
+    """The runs a blocking batch wait created: their final states need to be durable only
+    together, so only the last one to finish hurries its commit."""
+
+    unfinished: int
+
+
+@dataclass(slots=True, eq=False)
 class RunState:
     id: str
     task_id: str
@@ -136,6 +144,7 @@ class RunState:
     prefetched: Any = None  # while QUEUED: the worker it was sent ahead to
     history: list[tuple[str, datetime]] = field(default_factory=list)  # status changes
     waiters: list[Any] = field(default_factory=list)  # called with (snapshot, error)
+    batch_wait: BatchWait | None = None  # the blocking batch wait that created it
 
     @property
     def attempt(self) -> AttemptState | None:

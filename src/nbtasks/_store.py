@@ -24,7 +24,7 @@ from ._journal import Batch, JournalFile
 from ._schema import ATTEMPT_COLUMNS, DDL, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
 
 Row = tuple[Any, ...]
-DEFER_MAX_S = 0.02  # deferred rows are committed within this, if nothing commits sooner
+DEFER_MAX_S = 0.02  # staged rows commit within this, or at once when someone waits on them
 FOLD_IDLE_S = 0.1  # the journal is folded once no commit came for this long
 FOLD_MAX_ROWS = 20_000  # or once it holds this many rows
 FOLD_MAX_AGE_S = 2.0  # or once its oldest batch is this old
@@ -90,7 +90,6 @@ class Store:
         self._open_ticket = 0
         self._open_urgent = False
         self._seal_due = False
-        self.deferring = False  # set by the staging thread around rows that may wait
         # Shared with the writer, under _cv.
         self._cv = threading.Condition()
         self._sealed: list[tuple[int, Batch]] = []
@@ -179,8 +178,6 @@ class Store:
     def _staged(self) -> int:
         """After a row joined the open batch: the ticket it will commit under."""
         ticket = self._open_ticket
-        if not self.deferring:
-            self._open_urgent = True
         if self._after_step is None:
             self._seal()
         elif not self._seal_due:
@@ -189,8 +186,8 @@ class Store:
         return ticket
 
     def _seal(self) -> None:
-        """Hand the open batch to the writer: urgent rows commit now, deferred ones within
-        DEFER_MAX_S (unless something commits sooner)."""
+        """Hand the open batch to the writer: it commits within DEFER_MAX_S, or at once if
+        someone hurried it."""
         with self._cv:
             batch, self._open = self._open, Batch()
             self._seal_due = False
@@ -203,6 +200,17 @@ class Store:
             self._open_urgent = False
             if self._commit_by is None or commit_by < self._commit_by:
                 self._commit_by = commit_by
+                self._cv.notify()
+
+    def hurry(self, ticket: int) -> None:
+        """(Staging thread.) Someone waits on ``ticket``: commit it, and everything staged
+        before it, now rather than within DEFER_MAX_S."""
+        if ticket == self._open_ticket and self._seal_due:
+            self._open_urgent = True
+            return
+        with self._cv:
+            if self._sealed and self._sealed[0][0] <= ticket:
+                self._commit_by = 0.0
                 self._cv.notify()
 
     def barrier(self) -> int | None:
