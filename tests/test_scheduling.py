@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -186,6 +189,60 @@ def test_a_run_sent_ahead_moves_to_a_worker_that_frees_up(nb: object) -> None:
     queued = [add.trigger({"a": i, "b": 0}) for i in range(3)]  # one goes ahead to each
     assert [h.wait(timeout=10).output for h in queued] == [0, 1, 2]  # not behind `long`
     long.cancel()
+
+
+def _sent_ahead() -> list[int]:
+    """How many runs each worker holds sent ahead, read on the engine's loop."""
+    from nbtasks._config import get_engine
+
+    eng = get_engine()
+    lengths: list[int] = eng.call(
+        lambda fut: fut.set_result([len(w.ahead) for w in eng.pool.workers])
+    ).result(10)
+    return lengths
+
+
+def _busy_workers_with_quick_runs_ahead() -> tuple[list[Any], list[Any]]:
+    """Both workers sleeping, with quick runs sent several deep to each."""
+    add.batch_trigger_and_wait([{"a": i, "b": 0} for i in range(40)])  # attempts look quick
+    busy = [sleep_for.trigger(1.0) for _ in range(2)]
+    for handle in busy:
+        assert _wait_until(handle.id, RunStatus.EXECUTING)
+    quick = [add.trigger({"a": i, "b": 100}) for i in range(8)]
+    assert max(_sent_ahead()) > 1
+    return busy, quick
+
+
+def test_canceling_a_run_deep_in_a_workers_queue_skips_only_that_one(nb: object) -> None:
+    busy, quick = _busy_workers_with_quick_runs_ahead()
+    quick[3].cancel()
+    results = [h.wait(timeout=10) for h in quick]
+    assert [r.status for r in results] == [RunStatus.COMPLETED] * 3 + [RunStatus.CANCELED] + [
+        RunStatus.COMPLETED
+    ] * 4
+    assert results[3].run.attempt_count == 0
+    assert [r.output for i, r in enumerate(results) if i != 3] == [
+        100,
+        101,
+        102,
+        104,
+        105,
+        106,
+        107,
+    ]
+    assert all(h.wait(timeout=10).ok for h in busy)
+    assert add.trigger_and_wait({"a": 2, "b": 2}).unwrap() == 4  # the workers carry on
+
+
+def test_runs_sent_ahead_to_a_worker_that_dies_run_elsewhere(nb: object) -> None:
+    busy, quick = _busy_workers_with_quick_runs_ahead()
+    victim = runs.retrieve(busy[0].id).attempts[0].pid
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    assert busy[0].wait(timeout=10).status is RunStatus.CRASHED
+    assert [h.wait(timeout=10).output for h in quick] == list(range(100, 108))
+    assert all(runs.retrieve(h.id).attempt_count == 1 for h in quick)
+    assert busy[1].wait(timeout=10).ok
 
 
 def test_queue_limit_is_never_exceeded(nb: object) -> None:

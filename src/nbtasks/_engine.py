@@ -32,6 +32,8 @@ from ._status import FINAL, AttemptStatus, RunStatus, check_transition
 from ._store import Store
 
 S = RunStatus
+AHEAD_BUDGET_S = 0.002  # the work a busy worker is sent ahead, in seconds of recent attempts
+AHEAD_MAX = 16  # and at most this many runs
 Listener = Callable[[Run], None]
 Waiter = Callable[[Run, BaseException | None], None]
 
@@ -51,6 +53,7 @@ class EngineBase:
         def _start_attempt(self, run: RunState, worker: WorkerProc) -> None: ...
         def _send_ahead(self, run: RunState, worker: WorkerProc) -> None: ...
         def _take_back(self, run: RunState, requeue: bool = False) -> None: ...
+        def _requeue_ahead(self, worker: WorkerProc) -> None: ...
         def _fail_queued(self, log: str) -> None: ...
         def _resume_ready(self) -> None: ...
         def _on_call(self, worker: WorkerProc, attempt: AttemptState, request_id: int,
@@ -76,6 +79,7 @@ class EngineBase:
         self.scheduler = Scheduler()
         self._idle: list[WorkerProc] = []
         self._active = 0  # workers executing an attempt that is not frozen
+        self.attempt_s = AHEAD_BUDGET_S  # moving average of how long attempts take
         self._resumable: list[RunState] = []  # FROZEN runs whose children are done
         self._keys: dict[tuple[str, str], str] = {}  # (task id, key) -> live run id
         self._commit_waiters: dict[int, list[Callable[[BaseException | None], None]]] = {}
@@ -246,8 +250,8 @@ class EngineBase:
 
     def _pump(self) -> None:
         """Resume thawed runs, start queued runs while slots and workers allow, then send
-        each busy worker its next run ahead (runs of queues with a limit are never sent
-        ahead: they take their slot only when they start)."""
+        busy workers runs ahead (runs of queues with a limit are never sent ahead: they
+        take their slot only when they start)."""
         self._resume_ready()
         while self._idle and self._active < self.size:
             run = self.scheduler.pop() or self._reclaim()
@@ -256,23 +260,33 @@ class EngineBase:
             self._start_attempt(run, self._idle.pop())
         if self._idle or self.closed:
             return
+        depth = self._ahead_depth()
         for worker in self.pool.workers:
             current = worker.attempt
-            if (worker.next is None and current is not None and not worker.dying
-                    and current.holds_slot and current.kill_reason is None):  # fmt: skip
+            if (len(worker.ahead) > depth // 2 or current is None or worker.dying
+                    or not current.holds_slot or current.kill_reason is not None):  # fmt: skip
+                continue
+            while len(worker.ahead) < depth:
                 run = self.scheduler.pop(unlimited_only=True)
                 if run is None:
                     return
                 self._send_ahead(run, worker)
 
+    def _ahead_depth(self) -> int:
+        """How many runs to send a busy worker ahead: about AHEAD_BUDGET_S of work, so
+        quick runs follow each other without waiting on the kernel, while slow ones stay
+        in the queue for whichever worker frees up first. Topped up at half."""
+        return max(1, min(AHEAD_MAX, int(AHEAD_BUDGET_S / max(self.attempt_s, 1e-6))))
+
     def _reclaim(self) -> RunState | None:
-        """A run sent ahead to a busy worker, taken back for a worker that is idle now."""
-        for worker in self.pool.workers:
-            if worker.next is not None:
-                run: RunState = worker.next[0]
-                self._take_back(run)
-                return run
-        return None
+        """A run sent ahead to a busy worker, taken back for a worker that is idle now: the
+        last one of the worker with the most."""
+        worker = max(self.pool.workers, key=lambda w: len(w.ahead), default=None)
+        if worker is None or not worker.ahead:
+            return None
+        run: RunState = worker.ahead[-1][0]
+        self._take_back(run)
+        return run
 
     def _retire_extra(self) -> None:
         """After a thawed run finished: stop idle workers beyond the pool size."""

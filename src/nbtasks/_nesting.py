@@ -101,9 +101,8 @@ class NestingMixin(_Base):
                 reply: Any) -> None:  # fmt: skip
         self._transition(run, S.FROZEN, f"waiting on {len(ids)} run(s)")
         self._release_slot(run, attempt)
-        ahead = attempt.worker.next if attempt.worker is not None else None
-        if ahead is not None:  # its worker is blocked in this task: give the next one back
-            self._take_back(ahead[0], requeue=True)
+        if attempt.worker is not None:  # its worker is blocked in this task: give back
+            self._requeue_ahead(attempt.worker)  # what it was sent ahead
         done: cf.Future[list[Run | None]] = cf.Future()
 
         def thawed(fut: cf.Future[list[Run | None]]) -> None:

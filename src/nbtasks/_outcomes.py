@@ -37,11 +37,10 @@ class OutcomesMixin(_Base):
         self._send(run, worker, attempt, sent_ahead=False)
 
     def _send_ahead(self, run: RunState, worker: WorkerProc) -> None:
-        """Give a busy worker its next attempt now, so it starts the moment the current one
-        ends, without a round trip through the kernel. The run stays QUEUED until the worker
-        says it started."""
+        """Give a busy worker a run to start once what it has ends, without a round trip
+        through the kernel. The run stays QUEUED until the worker says it started."""
         attempt = self._new_attempt(run, worker)
-        worker.next = (run, attempt)
+        worker.ahead.append((run, attempt))
         run.prefetched = worker
         self._send(run, worker, attempt, sent_ahead=True)
 
@@ -90,14 +89,12 @@ class OutcomesMixin(_Base):
         self.pool.send(worker, message)  # a dead worker shows up as end of file next
 
     def _on_started(self, worker: WorkerProc, attempt_id: str) -> None:
-        """A worker started the attempt it was sent ahead."""
-        ahead = worker.next
-        if ahead is None or ahead[1].id != attempt_id:
+        """A worker started the first attempt it was sent ahead."""
+        if not worker.ahead or worker.ahead[0][1].id != attempt_id:
             # taken back (canceled, expired) but started before the worker heard of it
             self.pool.kill(worker)
             return
-        run, attempt = ahead
-        worker.next = None
+        run, attempt = worker.ahead.popleft()
         run.prefetched = None
         worker.attempt = attempt
         self._begin(run, attempt)
@@ -107,13 +104,21 @@ class OutcomesMixin(_Base):
         """Withdraw the attempt sent ahead for ``run`` (the worker skips it if not started)."""
         worker = run.prefetched
         run.prefetched = None
-        if worker is None or worker.next is None or worker.next[0] is not run:
+        if worker is None:
             return
-        self.pool.send(worker, ("drop", worker.next[1].id))
-        worker.next = None
-        worker.awaiting_drop = True  # no new work for it until it says it skipped that one
+        for i, (ahead, attempt) in enumerate(worker.ahead):
+            if ahead is run:
+                del worker.ahead[i]
+                self.pool.send(worker, ("drop", attempt.id))
+                worker.dropping.add(attempt.id)  # no work for it until it says it skipped
+                break
         if requeue and run.status is S.QUEUED:
             self.scheduler.push_front(run)
+
+    def _requeue_ahead(self, worker: WorkerProc) -> None:
+        """Take back everything sent ahead to ``worker``, first in line again, in order."""
+        for run, _ in reversed(list(worker.ahead)):
+            self._take_back(run, requeue=True)
 
     def _make_idle(self, worker: WorkerProc) -> None:
         if not worker.dying and not self.closed:
@@ -138,8 +143,8 @@ class OutcomesMixin(_Base):
         if kind == "started":
             self._on_started(worker, message[1])
         elif kind == "dropped":
-            if worker.awaiting_drop and worker.attempt is None and worker.next is None:
-                worker.awaiting_drop = False
+            worker.dropping.discard(message[1])
+            if not worker.dropping and worker.attempt is None and not worker.ahead:
                 self._make_idle(worker)
                 self._pump()
         elif kind == "ready":
@@ -167,12 +172,13 @@ class OutcomesMixin(_Base):
 
     def _on_done(self, worker: WorkerProc, attempt: AttemptState, outcome: str,
                  output: bytes | None, output_preview: str, error: dict[str, str] | None,
-                 exc: bytes | None, stdout: str, stderr: str) -> None:  # fmt: skip
+                 exc: bytes | None, stdout: str, stderr: str, took: float) -> None:  # fmt: skip
         worker.attempt = None
         run = self.runs[attempt.run_id]
         attempt.stdout, attempt.stderr = stdout, stderr
+        self.attempt_s += (took - self.attempt_s) * 0.2  # sizes what workers get sent ahead
         self._release_slot(run, attempt)
-        if worker.next is None and not worker.awaiting_drop:
+        if not worker.ahead and not worker.dropping:
             self._make_idle(worker)  # else it starts what it was sent ahead
         if outcome == "completed":
             self._end_attempt(run, attempt, AttemptStatus.COMPLETED)
@@ -227,12 +233,11 @@ class OutcomesMixin(_Base):
             self._idle.remove(worker)
         attempt: AttemptState | None = worker.attempt
         worker.attempt = None
-        if worker.next is not None:  # never started: back to the queue, first in line
-            run = worker.next[0]
-            worker.next = None
+        for run, _ in reversed(worker.ahead):  # never started: first in line again, in order
             run.prefetched = None
             if run.status is S.QUEUED:
                 self.scheduler.push_front(run)
+        worker.ahead.clear()
         if attempt is not None:
             self._worker_died(attempt, exit_code, sig)
         if not worker.ready and not worker.dying:

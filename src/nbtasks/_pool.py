@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,9 +40,12 @@ class WorkerProc:
         self.ready = False
         self.dying = False
         self.attempt: Any = None  # the engine's AttemptState while one runs here
-        self.next: Any = None  # (run, attempt) sent ahead, to start when this one ends
-        self.awaiting_drop = False  # idle once it confirms it skipped what was taken back
+        # (run, attempt) pairs sent ahead, in the order the worker starts them
+        self.ahead: deque[tuple[Any, Any]] = deque()
+        self.dropping: set[str] = set()  # attempts taken back, until it says it skipped them
         self.loaded: set[str] = set()  # function keys this worker already holds
+        self.outbox: list[bytes] = []  # frames written at the end of the loop's step
+        self.closed = False  # its pipes are closed
 
     def __repr__(self) -> str:
         return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"
@@ -102,12 +106,24 @@ class Pool:
         self.loop.add_reader(worker.event_fd, self._readable, worker)
         return worker
 
-    def send(self, worker: WorkerProc, message: tuple[Any, ...]) -> bool:
+    def send(self, worker: WorkerProc, message: tuple[Any, ...]) -> None:
+        """Queue a message; a worker's messages of one loop step go out in one write, once
+        the step is over (a dead worker shows up as end of file on its event pipe)."""
+        if worker.closed:
+            return
+        if not worker.outbox:
+            self.loop.call_soon(self._flush, worker)
+        worker.outbox.append(_protocol.encode(message))
+
+    def _flush(self, worker: WorkerProc) -> None:
+        data = b"".join(worker.outbox)
+        worker.outbox.clear()
+        if worker.closed or not data:
+            return
         try:
-            _protocol.write_all(worker.cmd_fd, _protocol.encode(message))
-            return True
+            _protocol.write_all(worker.cmd_fd, data)
         except OSError:  # the worker died; its end of file is on the way
-            return False
+            pass
 
     def _readable(self, worker: WorkerProc) -> None:
         try:
@@ -121,6 +137,8 @@ class Pool:
             self.on_message(worker, message)
 
     def _closed(self, worker: WorkerProc) -> None:
+        worker.closed = True
+        worker.outbox.clear()
         self.loop.remove_reader(worker.event_fd)
         os.close(worker.event_fd)
         os.close(worker.cmd_fd)

@@ -13,7 +13,7 @@ kernel -> worker
 worker -> kernel
     ("ready", pid)
     ("done", attempt_id, outcome, output_bytes | None, output_preview, error | None,
-     exc_bytes | None, stdout, stderr)
+     exc_bytes | None, stdout, stderr, seconds_taken)
         outcome: "completed" | "failed" | "aborted" | "system_failure"
     ("oom", attempt_id, rss_bytes)        sent just before the worker kills its group
     ("started", attempt_id) / ("dropped", attempt_id)     for attempts sent ahead
@@ -63,27 +63,3 @@ class FrameReader:
         if pos:
             del buf[:pos]
         return messages
-
-
-def read_frame(fd: int) -> tuple[Any, ...] | None:
-    """Blocking read of one message; None at end of file."""
-    header = _read_exact(fd, 4)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    body = _read_exact(fd, size)
-    if body is None:
-        return None
-    message: tuple[Any, ...] = pickle.loads(body)
-    return message
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = os.read(fd, min(size, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)

@@ -267,16 +267,18 @@ class Worker:
             _protocol.write_all(self.event_fd, data)
 
     def _read_commands(self) -> None:
+        reader = _protocol.FrameReader()
         try:
-            while (message := _protocol.read_frame(self.cmd_fd)) is not None:
-                if message[0] == "reply":
-                    with self.replies_cv:
-                        self.replies[message[1]] = (message[2], message[3])
-                        self.replies_cv.notify_all()
-                elif message[0] == "drop":
-                    self.dropped.add(message[1])
-                else:
-                    self.inbox.put(message)
+            while data := os.read(self.cmd_fd, 1 << 20):
+                for message in reader.feed(data):  # the kernel writes several at once
+                    if message[0] == "reply":
+                        with self.replies_cv:
+                            self.replies[message[1]] = (message[2], message[3])
+                            self.replies_cv.notify_all()
+                    elif message[0] == "drop":
+                        self.dropped.add(message[1])
+                    else:
+                        self.inbox.put(message)
         except OSError:
             pass
         _kill_group()  # the kernel is gone: take every process of this worker with us
@@ -350,8 +352,11 @@ class Worker:
             exc: bytes | None = None,
         ) -> tuple[Any, ...]:
             stdout, stderr = self.capture.collect()
-            return ("done", attempt_id, outcome, output, out_preview, error, exc, stdout, stderr)
+            took = time.perf_counter() - began
+            return ("done", attempt_id, outcome, output, out_preview, error, exc, stdout, stderr,
+                    took)  # fmt: skip
 
+        began = time.perf_counter()  # reset once the function and payload are loaded
         self.capture.reset(attempt_id)
         try:
             self.learn_function(fn_key, fn_bytes)
@@ -367,6 +372,7 @@ class Worker:
             info["message"] = f"the worker could not load the payload: {info['message']}"
             return done("system_failure", error=info)
 
+        began = time.perf_counter()
         task_ctx = _context.TaskContext(
             run_id=ctx["run_id"],
             task_id=ctx["task_id"],
