@@ -23,6 +23,7 @@ import nbtasks
 from nbtasks import Task, runs
 from nbtasks._config import default_store_path
 from nbtasks._config import store_path as effective_store_path
+from nbtasks._errors import NbtasksError
 from nbtasks._schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
 from nbtasks._store import Store
 
@@ -687,3 +688,31 @@ def test_rows_nobody_hurries_commit_on_their_own(tmp_path: Path) -> None:
         assert store.query("SELECT id FROM runs") == [("run_d",)]
     finally:
         store.close()
+
+
+def test_a_store_from_a_newer_nbtasks_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "newer.duckdb"
+    Store(str(path), lambda ticket, error: None).close()
+    conn = duckdb.connect(str(path))
+    conn.execute("INSERT INTO schema_version VALUES (99)")
+    conn.close()
+    with pytest.raises(NbtasksError, match=r"schema version 99, newer than .* \(2\)"):
+        Store(str(path), lambda ticket, error: None)
+    with open_store(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+            (SCHEMA_VERSION,), (99,),
+        ]  # fmt: skip
+
+
+def test_a_store_of_schema_1_gains_the_journal_state_table(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    Store(str(path), lambda ticket, error: None).close()
+    conn = duckdb.connect(str(path))
+    conn.execute("DROP TABLE journal_state")
+    conn.execute("DELETE FROM schema_version")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.close()
+    Store(str(path), lambda ticket, error: None).close()
+    with open_store(path) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM journal_state").fetchone() == (0,)

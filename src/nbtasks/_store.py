@@ -134,16 +134,23 @@ class Store:
         self._journal.clear()
 
     def _migrate(self) -> None:
-        self._conn.execute(DDL)
-        row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        found = row[0] if row else None
-        if found is None or found < SCHEMA_VERSION:
-            self._conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
-        elif found > SCHEMA_VERSION:
-            raise NbtasksError(
-                f"the store {self.path!r} has schema version {found}, newer than this nbtasks "
-                f"understands ({SCHEMA_VERSION}); upgrade nbtasks or use another store"
-            )
+        conn = self._conn
+        conn.begin()  # one commit for the whole schema
+        try:
+            conn.execute(DDL)
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            found = row[0] if row else None
+            if found is not None and found > SCHEMA_VERSION:
+                raise NbtasksError(
+                    f"the store {self.path!r} has schema version {found}, newer than this "
+                    f"nbtasks understands ({SCHEMA_VERSION}); upgrade nbtasks or use another store"
+                )
+            if found is None or found < SCHEMA_VERSION:
+                conn.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
     # -- staging (engine thread) -------------------------------------------------------
 
