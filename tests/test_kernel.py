@@ -152,6 +152,22 @@ def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel) -> None:
     assert kernel.value("_.wait().output['answer']") == "42"
 
 
+def test_each_trigger_ships_the_globals_the_task_uses_as_they_are_now(kernel: Kernel) -> None:
+    kernel.run(
+        "RATE = 2\nCONFIG = {'offset': 1}\n"
+        "def scale(x):\n    return x * RATE\n"
+        "@task\ndef priced(x):\n    return scale(x) + CONFIG['offset']"
+    )
+    assert kernel.value("priced.trigger_and_wait(10).unwrap()") == "21"
+    assert kernel.value("priced.trigger_and_wait(10).unwrap()") == "21"
+    kernel.run("RATE = 3")  # a global of a notebook function the task calls
+    assert kernel.value("priced.trigger_and_wait(10).unwrap()") == "31"
+    kernel.run("CONFIG['offset'] = 5")  # changed in place
+    assert kernel.value("priced.trigger_and_wait(10).unwrap()") == "35"
+    kernel.run("def scale(x):\n    return x * RATE * 10")  # redefined
+    assert kernel.value("priced.trigger_and_wait(1).unwrap()") == "35"
+
+
 def test_task_magic_names_an_input_it_cannot_capture(kernel: Kernel) -> None:
     kernel.run("import sqlite3\ndb = sqlite3.connect(':memory:')")
     msgs = kernel.run("%%task uses_db\nrows = db.execute('select 1').fetchall()")

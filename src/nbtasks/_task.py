@@ -59,7 +59,8 @@ class Task(Generic[P, R]):
         )
         self.source = source if source is not None else _source_of(fn)
         self.code_hash = hashlib.sha256(self.source.encode()).hexdigest()[:32]
-        self._shipped: tuple[object, TaskVersion] | None = None
+        # (store, version shipped, fingerprint of the function then)
+        self._shipped: tuple[object, TaskVersion, Any] | None = None
         self._look_like(fn)
         with _registry_lock:
             registry[self.id] = self
@@ -108,13 +109,20 @@ class Task(Generic[P, R]):
         """The version to send to workers, with this definition's current globals.
 
         ``register`` records the version in ``store`` (an engine); the result is reused
-        while the serialised function and the store stay the same."""
+        while the serialised function and the store stay the same. The function is not
+        serialised again while its fingerprint (``_fingerprint``) says nothing it uses
+        changed."""
+        from ._fingerprint import fingerprint
         from ._serialize import dumps_checked
 
+        cached = self._shipped
+        mark = fingerprint(self.fn) if self.__module__ == "__main__" else None
+        if cached is not None and cached[0] is store and mark is not None and cached[2] == mark:
+            return cached[1]
         fn_bytes = dumps_checked(f"task {self.id!r}", self)
         fn_key = hashlib.blake2b(fn_bytes, digest_size=16).hexdigest()
-        cached = self._shipped
         if cached is not None and cached[0] is store and cached[1].fn_key == fn_key:
+            self._shipped = (store, cached[1], mark)
             return cached[1]
         version = register(self.id, self.code_hash, self.source, fn_bytes, self.options_json())
         shipped = TaskVersion(
@@ -122,7 +130,7 @@ class Task(Generic[P, R]):
             self.max_duration_s, self.ttl_s, self.queue.name if self.queue else None,
             self.queue.concurrency_limit if self.queue else None,
         )  # fmt: skip
-        self._shipped = (store, shipped)
+        self._shipped = (store, shipped, mark)
         return shipped
 
     # -- triggering (implemented in _calls) ------------------------------------------------
