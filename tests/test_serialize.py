@@ -46,3 +46,27 @@ def test_anything_else_goes_through_dill_and_round_trips(value: Any) -> None:
         assert back["p"].x == 3
     else:
         assert back == value
+
+
+def test_what_dill_must_read_is_read_by_dill() -> None:
+    """A notebook class re-pointed to ``__main__`` on load, and dill's own reducers."""
+    import __main__
+
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec("class Spot:\n    def __init__(self, x):\n        self.x = x\n", namespace)
+    spot_class = namespace["Spot"]
+    __main__.Spot = spot_class  # type: ignore[attr-defined]
+    try:
+        data = dumps(spot_class(5))
+        assert b"__main__" in data
+        back = loads(data)
+        assert back.x == 5 and type(back) is spot_class  # the class the notebook has now
+    finally:
+        del __main__.Spot  # type: ignore[attr-defined]
+    square = loads(dumps(lambda x: x * x))
+    assert square(7) == 49
+
+
+@pytest.mark.parametrize("value", [*PLAIN, Point], ids=repr)
+def test_everything_else_reads_back_equal(value: Any) -> None:
+    assert loads(dumps(value)) == value

@@ -86,7 +86,7 @@ class OutcomesMixin(_Base):
         }
         message = ("run", attempt.id, tv.fn_key, fn_bytes, run.payload, context,
                    tv.memory_limit, sent_ahead)  # fmt: skip
-        self.pool.send(worker, message)  # a dead worker shows up as end of file next
+        self.pool.send(worker, message, now=not sent_ahead)
 
     def _on_started(self, worker: WorkerProc, attempt_id: str) -> None:
         """A worker started the first attempt it was sent ahead."""

@@ -106,14 +106,17 @@ class Pool:
         self.loop.add_reader(worker.event_fd, self._readable, worker)
         return worker
 
-    def send(self, worker: WorkerProc, message: tuple[Any, ...]) -> None:
+    def send(self, worker: WorkerProc, message: tuple[Any, ...], now: bool = False) -> None:
         """Queue a message; a worker's messages of one loop step go out in one write, once
-        the step is over (a dead worker shows up as end of file on its event pipe)."""
+        the step is over, or at once with ``now`` (a worker waiting for it). A dead worker
+        shows up as end of file on its event pipe."""
         if worker.closed:
             return
-        if not worker.outbox:
+        if not worker.outbox and not now:
             self.loop.call_soon(self._flush, worker)
         worker.outbox.append(_protocol.encode(message))
+        if now:
+            self._flush(worker)
 
     def _flush(self, worker: WorkerProc) -> None:
         data = b"".join(worker.outbox)

@@ -44,8 +44,15 @@ def dumps(obj: object) -> bytes:
     return dill.dumps(obj, recurse=True)  # type: ignore[no-any-return]
 
 
+# What a pickle holds when dill's own unpickler matters: dill's reducers, or a class it
+# re-points to ``__main__``, or names it maps (``__builtin__``).
+_DILL_MARKS = (b"dill", b"__main__", b"__builtin__")
+
+
 def loads(data: bytes) -> Any:
-    return dill.loads(data)
+    if any(mark in data for mark in _DILL_MARKS):
+        return dill.loads(data)
+    return pickle.loads(data)  # what pickle wrote, or dill wrote the way pickle does
 
 
 def preview(obj: object) -> str:
