@@ -60,13 +60,15 @@ def main_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], list
             else:
                 cells.append(f"{fmt.format(value)} x{value / ours:.2g}")
         rows.append(cells)
-    reference = results["workloads"].get("w4", {}).get("python")
-    if reference and "first_result_s" in reference:
-        cells = ["`python -c pass` (reference)"]
-        cells += [
-            "{:.2f}".format(reference["first_result_s"]) if c[0] == "w4" else "" for c in columns
-        ]
-        rows.append(cells)
+    references = (
+        ("w3", "sleep", "seconds", "`time.sleep(0.01)`, W3 tasks per worker, in a row (reference)"),
+        ("w4", "python", "first_result_s", "`python -c pass` (reference)"),
+    )
+    for workload, key, fig, label in references:
+        reference = results["workloads"].get(workload, {}).get(key) or {}
+        if fig in reference:
+            value = f"{reference[fig]:.2f}"
+            rows.append([label] + [value if c[0] == workload else "" for c in columns])
     return header, rows, errors
 
 

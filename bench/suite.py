@@ -185,6 +185,33 @@ def run_session_workloads(
             if result.get("notes"):
                 results["systems"][system.key]["notes"] = result["notes"]
             log(start, f"{workload.upper()} {system.label}: {summarize(result)}")
+        if workload == "w3":
+            rows["sleep"] = sleep_floor(args.w3_tasks // args.workers, env, args.timeout)
+            log(start, f"W3 time.sleep floor: {summarize(rows['sleep'])}")
+
+
+SLEEP_FLOOR = """
+import json, time
+start = time.perf_counter()
+for _ in range($n):
+    time.sleep(0.01)
+print(json.dumps({"seconds": time.perf_counter() - start, "n": $n}))
+"""
+
+
+def sleep_floor(n: int, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """W3's floor on this machine: one process sleeping 10 ms ``n`` times in a row, the
+    share of one worker (``time.sleep`` wakes up late by a little every time)."""
+    code = string.Template(SLEEP_FLOOR).substitute(n=n)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True,
+            timeout=timeout, check=True,
+        )  # fmt: skip
+    except (subprocess.SubprocessError, OSError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def run_cold_starts(

@@ -70,3 +70,14 @@ def test_what_dill_must_read_is_read_by_dill() -> None:
 @pytest.mark.parametrize("value", [*PLAIN, Point], ids=repr)
 def test_everything_else_reads_back_equal(value: Any) -> None:
     assert loads(dumps(value)) == value
+
+
+@pytest.mark.parametrize("value", [0, -5, 10**14, 10**20, 2.5, True, None, 1e300, "x" * 300])
+def test_previews_of_scalars_read_as_reprlib_writes_them(value: Any) -> None:
+    import reprlib
+
+    from nbtasks._serialize import PREVIEW_CHARS, preview
+
+    shortened = reprlib.Repr()
+    shortened.maxstring = shortened.maxother = 80
+    assert preview(value) == shortened.repr(value)[:PREVIEW_CHARS]

@@ -11,14 +11,17 @@ _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
 _random = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # two base-36 digits per index
+_ms_text = ("", -1)  # the millisecond part of the last id, and its millisecond
 
 
 def _base36(n: int, width: int) -> str:
+    """``n`` in ``width`` base-36 digits, two at a time."""
     out = []
-    for _ in range(width):
-        n, r = divmod(n, 36)
-        out.append(_ALPHABET[r])
-    return "".join(reversed(out))
+    for _ in range((width + 1) // 2):
+        n, r = divmod(n, 1296)
+        out.append(_PAIRS[r])
+    return "".join(reversed(out))[-width:]
 
 
 def new_id(prefix: str) -> str:
@@ -38,5 +41,10 @@ def new_id(prefix: str) -> str:
         else:
             _last_ms, _counter = ms, 0
         counter = _counter
-    rand = _random.getrandbits(31)
-    return f"{prefix}_{_base36(ms, 9)}{_base36(counter, 4)}{_base36(rand, 6)}"
+    global _ms_text
+    text, text_ms = _ms_text
+    if text_ms != ms:
+        text = _base36(ms, 9)
+        _ms_text = (text, ms)
+    rand = _random.getrandbits(31)  # below 36**6
+    return f"{prefix}_{text}{_base36(counter * 36**6 + rand, 10)}"

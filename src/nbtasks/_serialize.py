@@ -57,6 +57,9 @@ def loads(data: bytes) -> Any:
 
 def preview(obj: object) -> str:
     """A short repr, computed once at write time so listing never unpickles."""
+    t = type(obj)
+    if t is float or t is bool or obj is None or (t is int and -(10**15) < obj < 10**15):  # type: ignore[operator]
+        return repr(obj)  # what reprlib gives them, sooner
     try:
         text = _PREVIEW.repr(obj)
     except Exception as exc:  # a broken __repr__ must not break a trigger
