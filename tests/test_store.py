@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -756,3 +757,47 @@ def test_the_journal_file_reads_back_only_whole_frames_that_follow_on(tmp_path: 
         assert _names(JournalFile(path).read()) == [(3, "d")]
     finally:
         journal.close()
+
+
+def test_a_hurried_step_commits_on_the_staging_thread_when_the_writer_is_idle(
+    tmp_path: Path,
+) -> None:
+    steps: list[Any] = []
+    commits = _Commits()
+    store = Store(str(tmp_path / "hurried.duckdb"), commits, steps.append)
+    try:
+        at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        ticket = store.stage_run(_run_row("run_h", "QUEUED", at))
+        store.hurry(ticket)
+        assert ticket not in commits.done
+        steps.pop()()  # the step ends: sealed and committed before this returns
+        assert ticket in commits.done and commits.done[ticket] is None
+        assert store.query("SELECT id FROM runs") == [("run_h",)]
+    finally:
+        store.close()
+
+
+def test_the_journal_is_folded_while_commits_never_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nbtasks._store.FOLD_IDLE_S", 600.0)  # never idle long enough
+    monkeypatch.setattr("nbtasks._store.FOLD_MAX_AGE_S", 0.05)
+    steps: list[Any] = []
+    commits = _Commits()
+    store = Store(str(tmp_path / "busy.duckdb"), commits, steps.append)
+    try:
+        at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        folded = None
+        for i in range(2000):
+            ticket = store.stage_run(_run_row(f"run_{i:04d}", "QUEUED", at))
+            store.hurry(ticket)
+            steps.pop()()
+            row = store._conn.execute("SELECT max(folded_seq) FROM journal_state").fetchone()
+            if row and row[0] is not None:
+                folded = row[0]
+                break
+            time.sleep(0.001)
+        assert folded is not None, "the writer never folded the journal"
+        assert store.query("SELECT count(*) FROM runs") == [(i + 1,)]
+    finally:
+        store.close()

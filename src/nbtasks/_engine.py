@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures as cf
 import os
 import socket
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,7 @@ class EngineBase:
         self._portal = self._portal_cm.__enter__()
         try:
             self.loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
+            self._loop_thread: int = self._portal.call(threading.get_ident)
             self.pool = Pool(self.loop, self._on_message, self._on_exit)
             for worker in launched or ():
                 self._portal.call(self.pool.adopt, worker)
@@ -123,6 +125,9 @@ class EngineBase:
         return fut
 
     def _committed_threadsafe(self, ticket: int, error: BaseException | None) -> None:
+        if threading.get_ident() == self._loop_thread:  # committed by the loop itself
+            self._committed(ticket, error)
+            return
         try:
             self.loop.call_soon_threadsafe(self._committed, ticket, error)
         except RuntimeError:  # the loop is closed: shutdown is over

@@ -28,6 +28,7 @@ DEFER_MAX_S = 0.02  # staged rows commit within this, or at once when someone wa
 FOLD_IDLE_S = 0.1  # the journal is folded once no commit came for this long
 FOLD_MAX_ROWS = 20_000  # or once it holds this many rows
 FOLD_MAX_AGE_S = 2.0  # or once its oldest batch is this old
+FOLD_RETRY_S = 1.0  # after a fold failed (the batches stay in the journal), try again after
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
 
@@ -103,6 +104,7 @@ class Store:
         self._pending_since: float | None = None  # when its oldest batch committed
         self._last_commit = time.monotonic()
         self._seq = 0  # the next journal frame's number
+        self._fold_retry_at = 0.0
         self._writer = self._conn.cursor()
         self._open_appenders()
         self._recover()
@@ -194,20 +196,27 @@ class Store:
 
     def _seal(self) -> None:
         """Hand the open batch to the writer: it commits within DEFER_MAX_S, or at once if
-        someone hurried it."""
+        someone hurried it. A hurried batch is committed right here when the writer is
+        idle: the waiter hears of it without two hops between threads."""
         with self._cv:
             batch, self._open = self._open, Batch()
             self._seal_due = False
+            urgent, self._open_urgent = self._open_urgent, False
             if not batch:
-                self._open_urgent = False
                 return
             self._sealed.append((self._open_ticket, batch))
             self._open_ticket += 1
-            commit_by = time.monotonic() + (0.0 if self._open_urgent else DEFER_MAX_S)
-            self._open_urgent = False
-            if self._commit_by is None or commit_by < self._commit_by:
-                self._commit_by = commit_by
-                self._cv.notify()
+            if urgent and self._inflight is None and self._lock.acquire(blocking=False):
+                self._lock.release()  # the writer is idle; it waits on _cv, held here
+                staged, ticket = self._take_locked()
+                self._inflight = ticket
+            else:
+                commit_by = time.monotonic() + (0.0 if urgent else DEFER_MAX_S)
+                if self._commit_by is None or commit_by < self._commit_by:
+                    self._commit_by = commit_by
+                    self._cv.notify()
+                return
+        self._commit_and_report(staged, ticket)
 
     def hurry(self, ticket: int) -> None:
         """(Staging thread.) Someone waits on ``ticket``: commit it, and everything staged
@@ -234,9 +243,13 @@ class Store:
 
     def _take(self) -> tuple[Batch, int]:
         with self._cv:
-            sealed, self._sealed = self._sealed, []
-            self._commit_by = None
-            ticket = self._inflight = sealed[-1][0]
+            return self._take_locked()
+
+    def _take_locked(self) -> tuple[Batch, int]:
+        """(``_cv`` held.) Everything sealed, as one batch, and the ticket it commits."""
+        sealed, self._sealed = self._sealed, []
+        self._commit_by = None
+        ticket = self._inflight = sealed[-1][0]
         if len(sealed) == 1:
             return sealed[0][1], ticket
         merged = Batch()
@@ -244,9 +257,23 @@ class Store:
             merged.absorb(batch)
         return merged, ticket
 
+    def _commit_and_report(self, batch: Batch, ticket: int) -> None:
+        error: BaseException | None = None
+        try:
+            self._commit(batch)
+        except BaseException as exc:  # reported to every waiter of this ticket
+            error = exc
+        with self._cv:
+            self._inflight = None
+            self._cv.notify()  # the writer may have waited for this commit to end
+        self._on_commit(ticket, error)
+
     def _next_job(self) -> str:
         """(Lock held.) Wait until there is something to do: "commit", "fold" or "close"."""
         while True:
+            if self._inflight is not None:  # the staging thread commits a hurried batch
+                self._cv.wait()
+                continue
             if self._closing:
                 return "commit" if self._sealed else "close"
             now = time.monotonic()
@@ -256,7 +283,11 @@ class Store:
                     return "commit"
                 deadlines.append(self._commit_by)
             if self._pending:
-                fold_at = self._last_commit + FOLD_IDLE_S
+                since = self._pending_since or now
+                fold_at = min(self._last_commit + FOLD_IDLE_S, since + FOLD_MAX_AGE_S)
+                if self._pending_rows >= FOLD_MAX_ROWS:
+                    fold_at = now
+                fold_at = max(fold_at, self._fold_retry_at)
                 if fold_at <= now:
                     return "fold"
                 deadlines.append(fold_at)
@@ -272,19 +303,7 @@ class Store:
                     return
                 continue
             staged, ticket = self._take()
-            error: BaseException | None = None
-            try:
-                self._commit(staged)
-            except BaseException as exc:  # reported to every waiter of this ticket
-                error = exc
-            with self._cv:
-                self._inflight = None
-            self._on_commit(ticket, error)
-            if self._pending_rows >= FOLD_MAX_ROWS or (
-                self._pending_since is not None
-                and time.monotonic() - self._pending_since >= FOLD_MAX_AGE_S
-            ):
-                self._fold_quietly()
+            self._commit_and_report(staged, ticket)
 
     def _commit(self, batch: Batch) -> None:
         """Make ``batch`` durable: one append to the journal."""
@@ -346,7 +365,7 @@ class Store:
         try:
             self.fold()
         except Exception:
-            self._last_commit = time.monotonic()  # try again after the next idle spell
+            self._fold_retry_at = time.monotonic() + FOLD_RETRY_S
 
     def close(self) -> None:
         """Commit what is staged (the staging thread is done), fold, and let go of the file."""
