@@ -266,7 +266,7 @@ class EngineBase:
         if self._idle or self.closed:
             return
         depth = self._ahead_depth()
-        for worker in self.pool.workers:
+        for worker in sorted(self.pool.workers, key=lambda w: len(w.ahead)):  # evenly
             current = worker.attempt
             if (len(worker.ahead) > depth // 2 or current is None or worker.dying
                     or not current.holds_slot or current.kill_reason is not None):  # fmt: skip
