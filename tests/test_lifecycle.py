@@ -142,6 +142,13 @@ def test_each_attempt_keeps_only_its_own_output(store_path: str) -> None:
         nbtasks.shutdown()
 
 
+def test_payloads_and_outputs_larger_than_a_pipe_travel_whole(nb: object) -> None:
+    """Messages span many reads of the pipes both ways, several at once in a batch."""
+    blobs = [bytes([i]) * (3 << 20) + b"end" for i in range(3)]
+    results = tasks.echo.batch_trigger_and_wait(blobs)
+    assert [r.unwrap() for r in results] == blobs
+
+
 def test_failed_run_keeps_the_error_and_its_type(nb: object) -> None:
     result = tasks.fail.trigger_and_wait(42)
     assert result.status is RunStatus.FAILED and not result.ok

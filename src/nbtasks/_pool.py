@@ -130,7 +130,7 @@ class Pool:
 
     def _readable(self, worker: WorkerProc) -> None:
         try:
-            data = os.read(worker.event_fd, 1 << 20)
+            data = os.read(worker.event_fd, _protocol.READ_BYTES)
         except OSError:
             data = b""
         if not data:

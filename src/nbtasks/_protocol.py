@@ -29,6 +29,9 @@ import struct
 from typing import Any
 
 _HEADER = struct.Struct(">I")
+# What one read of a pipe asks for: a pipe's capacity. Larger buffers are allocated with
+# mmap and given back at every read; longer messages arrive over several reads.
+READ_BYTES = 1 << 16
 
 
 def encode(message: tuple[Any, ...]) -> bytes:

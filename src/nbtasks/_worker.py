@@ -269,7 +269,7 @@ class Worker:
     def _read_commands(self) -> None:
         reader = _protocol.FrameReader()
         try:
-            while data := os.read(self.cmd_fd, 1 << 20):
+            while data := os.read(self.cmd_fd, _protocol.READ_BYTES):
                 for message in reader.feed(data):  # the kernel writes several at once
                     if message[0] == "reply":
                         with self.replies_cv:
