@@ -241,10 +241,6 @@ class Store:
 
     # -- the writer thread -------------------------------------------------------------
 
-    def _take(self) -> tuple[Batch, int]:
-        with self._cv:
-            return self._take_locked()
-
     def _take_locked(self) -> tuple[Batch, int]:
         """(``_cv`` held.) Everything sealed, as one batch, and the ticket it commits."""
         sealed, self._sealed = self._sealed, []
@@ -295,15 +291,15 @@ class Store:
 
     def _write_loop(self) -> None:
         while True:
-            with self._cv:
+            with self._cv:  # taken in the same hold: the staging thread may commit too
                 job = self._next_job()
-            if job != "commit":
+                taken = self._take_locked() if job == "commit" else None
+            if taken is None:
                 self._fold_quietly()
                 if job == "close":
                     return
                 continue
-            staged, ticket = self._take()
-            self._commit_and_report(staged, ticket)
+            self._commit_and_report(*taken)
 
     def _commit(self, batch: Batch) -> None:
         """Make ``batch`` durable: one append to the journal."""
