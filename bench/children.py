@@ -49,12 +49,9 @@ def _error_text(stderr: str, code: int | None) -> str:
     return f"exit code {code}: {tail}"[:300]
 
 
-def run_module(
-    module: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float
-) -> dict[str, Any]:
-    """``python -m module args`` in a new session; its RESULT dict, or ``{"error": ...}``."""
-    cmd = [sys.executable, "-m", module, *args]
-    proc = subprocess.Popen(
+def _start(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """A measuring process, leader of its own process group, its output piped as text."""
+    return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -63,6 +60,13 @@ def run_module(
         cwd=cwd,
         start_new_session=True,
     )
+
+
+def run_module(
+    module: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float
+) -> dict[str, Any]:
+    """``python -m module args`` in a new session; its RESULT dict, or ``{"error": ...}``."""
+    proc = _start([sys.executable, "-m", module, *args], env, cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -82,15 +86,7 @@ def cold_start(code: str, env: dict[str, str], cwd: Path, timeout: float) -> dic
     """W4 once: ``python -c code``; seconds from the process's start to its ``RESULT`` line
     (``first_result_s``) and to its exit (``exit_s``)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
-    )
+    proc = _start([sys.executable, "-c", code], env, cwd)
     assert proc.stdout is not None and proc.stderr is not None
     first: float | None = None
     deadline = t0 + timeout
