@@ -105,7 +105,9 @@ class Batch:
 
 # A frame: body length, CRC32 of the body, sequence number; then the body (a pickled Batch).
 _FRAME = struct.Struct(">IIQ")
-GROW_BYTES = 4 << 20  # the file is zero-filled ahead of the frames, this much at a time
+# The file is zero-filled ahead of the frames: as much as it holds already (at least
+# GROW_MIN, so the first commit stays cheap), at most GROW_MAX at a time.
+GROW_MIN, GROW_MAX = 64 << 10, 4 << 20
 
 
 class JournalFile:
@@ -139,11 +141,11 @@ class JournalFile:
             view, offset = view[n:], offset + n
 
     def _grow(self, needed: int) -> None:
-        size = max(needed, self._size) + GROW_BYTES
-        zeros = bytes(1 << 20)
+        """Zero-fill past ``needed``; the frame's own ``fdatasync`` makes it durable."""
+        size = max(needed, self._size) + min(GROW_MAX, max(GROW_MIN, self._size))
+        zeros = bytes(min(size - self._size, 1 << 20))
         for offset in range(self._size, size, len(zeros)):
             self._write(zeros[: size - offset], offset)
-        os.fsync(self._fd)
         self._size = size
 
     def read(self) -> list[tuple[int, Batch]]:
