@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--w1-repeat", type=int, default=1, help="W1 rounds, best reported")
     parser.add_argument("--w2-calls", type=int, default=200)
     parser.add_argument("--w3-tasks", type=int, default=200)
-    parser.add_argument("--w4-repeat", type=int, default=3, help="cold starts, median reported")
+    parser.add_argument("--w4-repeat", type=int, default=5, help="cold starts, median reported")
     parser.add_argument("--w5-runs", type=int, default=100_000)
     parser.add_argument("--w5-chunk", type=int, default=10_000)
     parser.add_argument(

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 import nbtasks
 from nbtasks import BatchItem, Queue, Retry, RunStatus, Task, metadata, runs, task
 
+from conftest import run_script
 from crashers import sleep_for
 from tasks import add, always_fail
 
@@ -475,6 +477,30 @@ def test_sql_reads_runs_and_attempts_and_refuses_writes(nb: object) -> None:
         with pytest.raises(ValueError, match="read-only"):
             runs.sql(statement)
     assert len(runs.list()) == 3
+
+
+def test_sql_gives_duckdbs_whole_relation_api_in_a_fresh_process(tmp_path: Path) -> None:
+    # The store loads DuckDB's C extension alone; a relation needs DuckDB's Python package,
+    # which this process never imported itself (a test process has, through test_store).
+    done = run_script(
+        """
+        import sys
+        import nbtasks
+        from nbtasks import runs, task
+
+        @task
+        def add(p):
+            return p + 1
+
+        add.trigger_and_wait(1)
+        relation = runs.sql("select status, count(*) from runs group by all")
+        print(relation.fetchall(), type(relation).__name__, "duckdb" in sys.modules)
+        """,
+        tmp_path,
+        env={"NBTASKS_STORE": str(tmp_path / "store.duckdb")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[('COMPLETED',", "1)]", "DuckDBPyRelation", "True"]
 
 
 def _wait_until(run_id: str, status: RunStatus) -> bool:

@@ -87,7 +87,9 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
 def warm_up(session: Session, workers: int) -> None:
     """Start every worker and ship the functions before anything is timed."""
     session.map("noop", list(range(workers * 4)))
-    session.map("nap", [0.001] * workers * 2)
+    # Naps long enough that a worker still starting when the first one is done with the
+    # no-ops has its share: without this, W3 timed a pool one worker short.
+    session.map("nap", [0.05] * workers * 2)
     session.call("noop", -1)
 
 

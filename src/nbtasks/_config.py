@@ -14,6 +14,7 @@ from ._errors import NbtasksError
 _lock = threading.Lock()
 _settings: dict[str, Any] = {"store": None, "workers": None}
 _engine: Any = None
+_early: Any = None  # a worker launched before the first engine (``prelaunch``)
 
 
 def _workers_from(name: str, value: object) -> int:
@@ -85,8 +86,26 @@ def configure(store: str | os.PathLike[str] | None = None, workers: int | None =
     shutdown()
 
 
+def prelaunch() -> None:
+    """At a first trigger, before its modules and the engine's load (about 0.1 s): start a
+    worker, so that it boots meanwhile. From the main thread only: a worker dies with the
+    thread that launched it."""
+    global _early
+    if _engine is not None or _early is not None:
+        return
+    from ._context import IN_WORKER
+
+    if IN_WORKER or threading.current_thread() is not threading.main_thread():
+        return
+    from ._pool import launch
+
+    with _lock:
+        if _engine is None and _early is None:
+            _early = launch()
+
+
 def get_engine(spawn: bool = False) -> Any:
-    global _engine
+    global _engine, _early
     engine = _engine
     if engine is not None and not engine.closed:
         return engine
@@ -102,8 +121,10 @@ def get_engine(spawn: bool = False) -> Any:
             )
         path, size = store_path(), worker_count()
         launched = []
-        if spawn:  # a first worker boots while the engine's modules (DuckDB...) load; the
-            from ._pool import launch  # others start with the engine, not to slow both down
+        if _early is not None:
+            launched, _early = [_early], None
+        elif spawn:  # a first worker boots while the engine's modules (DuckDB...) load
+            from ._pool import launch
 
             launched = [launch()]
         from ._engine import Engine
@@ -149,11 +170,16 @@ def task_defined(task: Any) -> None:
 
 def shutdown() -> None:
     """Stop this process's engine: executing runs end INTERRUPTED, workers are killed."""
-    global _engine
+    global _engine, _early
     with _lock:
         engine, _engine = _engine, None
+        early, _early = _early, None
     if engine is not None:
         engine.close()
+    if early is not None:  # launched by a first trigger that failed before the engine
+        from ._pool import discard
+
+        discard(early)
 
 
 atexit.register(shutdown)

@@ -21,11 +21,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import anyio.from_thread
-
 from ._errors import EngineStoppedError, UnknownRunError
+from ._loop import LoopThread
 from ._models import Run
-from ._pool import MAX_SPAWN_FAILURES, Pool, WorkerProc
+from ._pool import MAX_SPAWN_FAILURES, Pool, WorkerProc, boot_slots
 from ._reconcile import load_waiting_runs, reconcile_at_start
 from ._scheduler import Scheduler
 from ._state import AttemptState, RunSpec, RunState, error_json, utcnow
@@ -87,23 +86,23 @@ class EngineBase:
         self._listeners: dict[str, list[Listener]] = {}
         self._watchers: dict[str, list[Callable[[str, str], None]]] = {}
         self._spawn_failures = 0
-        self._portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
-        self._portal = self._portal_cm.__enter__()
+        self._boot_slots = boot_slots()
+        self._thread = LoopThread("nbtasks-engine")
+        self.loop: asyncio.AbstractEventLoop = self._thread.loop
+        self._loop_thread = self._thread.ident
         try:
-            self.loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
-            self._loop_thread: int = self._portal.call(threading.get_ident)
             self.pool = Pool(self.loop, self._on_message, self._on_exit)
             for worker in launched or ():
-                self._portal.call(self.pool.adopt, worker)
+                self._thread.call(self.pool.adopt, worker)
             if spawn:
-                self._portal.call(self._top_up)
+                self._thread.call(self._top_up)
             self.store = Store(store_path, self._committed_threadsafe, self.loop.call_soon)
             reconcile_at_start(self.store, utcnow())
-            self._portal.call(self._adopt, load_waiting_runs(self.store))
+            self._thread.call(self._adopt, load_waiting_runs(self.store))
         except BaseException:
             self.closed = True
-            self._portal.call(self.pool.stop_all)
-            self._portal_cm.__exit__(None, None, None)
+            self._thread.call(self.pool.stop_all)
+            self._thread.stop()
             raise
 
     # -- plumbing ----------------------------------------------------------------------
@@ -240,14 +239,15 @@ class EngineBase:
     def _top_up(self) -> None:
         """Keep one worker process for every slot not taken by an executing attempt.
 
-        Workers start at the first trigger (opening a store costs no processes); a FROZEN
-        attempt keeps its process but gives up its slot, so a spare process is started."""
+        Workers start at the first trigger (opening a store costs no processes), at most
+        ``boot_slots()`` at a time, the next as one is ready; a FROZEN attempt keeps its
+        process but gives up its slot, so a spare process is started."""
         starting = sum(1 for w in self.pool.workers if not w.ready and not w.dying)
         missing = self.size - self._active - len(self._idle) - starting
         if missing <= 0 or self.closed or self._spawn_failures >= MAX_SPAWN_FAILURES:
             return  # after workers failed to start, try again at the next trigger
         try:
-            for _ in range(missing):
+            for _ in range(min(missing, self._boot_slots - starting)):
                 self.pool.spawn()
         except OSError as exc:
             self._spawn_failures = MAX_SPAWN_FAILURES
@@ -414,7 +414,7 @@ class EngineBase:
         finally:
             self.closed = True
             self.store.close()
-            self._portal_cm.__exit__(None, None, None)
+            self._thread.stop()
 
     def _shutdown(self, fut: cf.Future[Any]) -> None:
         self.closed = True

@@ -153,6 +153,7 @@ class OutcomesMixin(_Base):
             if not worker.dying and not self.closed:
                 self._idle.append(worker)
                 self._retire_extra()
+                self._top_up()  # the next worker boots
                 self._pump()
         elif attempt is None or message[1] != attempt.id or attempt.kill_reason:
             return  # about an attempt that was canceled or timed out meanwhile

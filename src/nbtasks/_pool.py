@@ -8,7 +8,6 @@ pipes per worker carry framed messages (``_protocol``); the loop watches the eve
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -16,9 +15,12 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _protocol
+
+if TYPE_CHECKING:
+    import asyncio
 
 MAX_SPAWN_FAILURES = 3  # workers in a row dying before ready: the queued runs fail
 KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL when killing a worker's process group
@@ -51,6 +53,17 @@ class WorkerProc:
         return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"
 
 
+def boot_slots() -> int:
+    """How many workers boot at once: one per core the kernel leaves free. A boot is about
+    0.1 s of imports on one core; booting more at once than there are cores for them only
+    slows each of them, and the kernel, down."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 2
+    return max(1, cores - 1)
+
+
 def launch() -> WorkerProc:
     """Start a worker process. Callable from any long-lived thread, before an engine exists
     (the first trigger starts workers first, so they boot while the engine loads); the
@@ -81,6 +94,18 @@ def launch() -> WorkerProc:
     worker = WorkerProc(popen, cmd_w, event_r, boot_log)
     _protocol.write_all(cmd_w, _protocol.encode(("init", list(sys.path), os.getcwd())))
     return worker
+
+
+def discard(worker: WorkerProc) -> None:
+    """Kill a launched worker that no pool took charge of, and let go of its pipes."""
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    worker.popen.wait()
+    os.close(worker.cmd_fd)
+    os.close(worker.event_fd)
+    worker.boot_log.close()
 
 
 class Pool:

@@ -185,6 +185,8 @@ class Runs:
     def sql(self, query: str, params: Sequence[Any] | None = None) -> Any:
         """A read-only DuckDB relation over the ``runs`` and ``attempts`` (and
         ``run_events``, ``task_versions``) tables; a statement that writes is refused."""
+        import duckdb  # noqa: F401  (the relation API lives in DuckDB's Python package)
+
         eng = engine()
         cur = eng.store.cursor()
         statements = cur.extract_statements(query)

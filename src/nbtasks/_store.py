@@ -17,7 +17,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import duckdb
+try:  # DuckDB's C extension alone: its package's Python layer (the relational API,
+    # version metadata) costs about 100 ms to import, on the path to a notebook's first run,
+    # and the store uses none of it. Older DuckDB releases only ship the package.
+    import _duckdb as duckdb
+except ImportError:  # pragma: no cover
+    import duckdb  # type: ignore[no-redef]
 
 from ._errors import NbtasksError, StoreLockedError
 from ._journal import Batch, JournalFile

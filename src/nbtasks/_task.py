@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
+from ._config import prelaunch
 from ._durations import parse_duration, parse_memory
 from ._options import Queue, Retry, coerce_queue, coerce_retry
 from ._state import TaskVersion
@@ -137,18 +138,21 @@ class Task(Generic[P, R]):
 
     def trigger(self, payload: P, **options: Any) -> RunHandle[R]:
         """Create a run; returns once it is stored, without waiting for it to execute."""
+        prelaunch()
         from ._calls import trigger
 
         return trigger(self, payload, options)
 
     def trigger_and_wait(self, payload: P, **options: Any) -> Result[R]:
         """Create a run and block until it is final."""
+        prelaunch()
         from ._calls import trigger_and_wait
 
         return trigger_and_wait(self, payload, options)
 
     def batch_trigger(self, items: Iterable[P | BatchItem], **options: Any) -> BatchHandle[R]:
         """Create one run per item; returns once they are stored."""
+        prelaunch()
         from ._calls import batch_trigger
 
         return batch_trigger(self, items, options)
@@ -157,6 +161,7 @@ class Task(Generic[P, R]):
         self, items: Iterable[P | BatchItem], **options: Any
     ) -> BatchResult[R]:
         """Create one run per item and block until all are final; results in item order."""
+        prelaunch()
         from ._calls import batch_trigger_and_wait
 
         return batch_trigger_and_wait(self, items, options)

@@ -1,0 +1,90 @@
+"""How the first trigger starts the engine and its workers: a worker boots while the
+engine loads, workers boot no more at once than there are cores for them, and a first
+trigger that fails leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import nbtasks
+from nbtasks import _engine, _pool
+
+from conftest import _is_worker, run_script
+from crashers import sleep_for
+
+FIRST_TRIGGER = """
+import json, sys
+import nbtasks
+from nbtasks import _pool, task
+
+launches = []
+real_launch = _pool.launch
+
+def spy():
+    launches.append(
+        {"engine_loaded": "nbtasks._engine" in sys.modules,
+         "calls_loaded": "nbtasks._calls" in sys.modules}
+    )
+    return real_launch()
+
+_pool.launch = spy
+
+@task
+def add(p):
+    return p + 1
+
+result = add.trigger_and_wait(41)
+print(json.dumps({"output": result.output, "launches": launches}))
+"""
+
+
+def test_the_first_trigger_starts_a_worker_before_loading_the_engine(tmp_path: Path) -> None:
+    done = run_script(FIRST_TRIGGER, tmp_path, env={"NBTASKS_STORE": str(tmp_path / "s.duckdb")})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["output"] == 42
+    # The first worker was launched before the trigger's modules and the engine's loaded;
+    # the second one comes from the engine.
+    assert report["launches"][0] == {"engine_loaded": False, "calls_loaded": False}
+
+
+def test_workers_boot_no_more_at_once_than_boot_slots(
+    store_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_engine, "boot_slots", lambda: 1)  # as on a two-core machine
+    booting_at_spawn: list[int] = []
+    real_spawn = _pool.Pool.spawn
+
+    def spawn(self: _pool.Pool) -> _pool.WorkerProc:
+        booting_at_spawn.append(sum(1 for w in self.workers if not w.ready and not w.dying))
+        return real_spawn(self)
+
+    monkeypatch.setattr(_pool.Pool, "spawn", spawn)
+    nbtasks.configure(store=store_path, workers=3)
+    assert sleep_for.trigger_and_wait(0.0).output == 0.0
+    engine = nbtasks._config.get_engine()
+    deadline = time.monotonic() + 30
+    while sum(w.ready for w in engine.pool.workers) < 3:
+        assert time.monotonic() < deadline, engine.pool.workers
+        time.sleep(0.01)
+    # The trigger launched the first worker; the engine launched the two others, each
+    # once no other worker was booting.
+    assert booting_at_spawn == [0, 0]
+    assert len(engine.pool.workers) == 3
+
+
+def test_a_first_trigger_that_fails_leaves_no_worker_behind(store_path: str) -> None:
+    nbtasks.configure(store=store_path, workers=2)
+    with pytest.raises(ValueError, match="max_attempts"):
+        sleep_for.trigger(0.0, max_attempts=0)
+    me = psutil.Process()
+    assert [p for p in me.children(recursive=True) if _is_worker(p)]  # launched early
+    nbtasks.shutdown()
+    left = [p for p in me.children(recursive=True) if _is_worker(p)]
+    _, alive = psutil.wait_procs(left, timeout=5)
+    assert not alive
