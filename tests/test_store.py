@@ -803,3 +803,104 @@ def test_the_journal_is_folded_while_commits_never_pause(
         assert store.query("SELECT count(*) FROM runs") == [(i + 1,)]
     finally:
         store.close()
+
+
+def _commit_run(store: Store, commits: _Commits, run_id: str) -> None:
+    ticket = store.stage_run(_run_row(run_id, "QUEUED", datetime(2026, 1, 1, tzinfo=timezone.utc)))
+    store.hurry(ticket)
+    commits.wait_past(ticket)
+    assert commits.done[ticket] is None
+
+
+def test_commits_go_on_while_a_fold_writes_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nbtasks._store.FOLD_IDLE_S", 600.0)  # only the calls below fold
+    monkeypatch.setattr("nbtasks._store.FOLD_MAX_AGE_S", 600.0)
+    commits = _Commits()
+    store = Store(str(tmp_path / "fold.duckdb"), commits)
+    inside, release = threading.Event(), threading.Event()
+    write_tables = store._write_tables
+
+    def slow_write(*args: Any) -> None:  # a fold that takes until the test says so
+        inside.set()
+        assert release.wait(TIMEOUT)
+        write_tables(*args)
+
+    try:
+        _commit_run(store, commits, "run_a")
+        monkeypatch.setattr(store, "_write_tables", slow_write)
+        folding = threading.Thread(target=store.fold)
+        folding.start()
+        assert inside.wait(TIMEOUT)
+        _commit_run(store, commits, "run_b")  # while run_a is being folded
+        _commit_run(store, commits, "run_c")
+        release.set()
+        folding.join(TIMEOUT)
+        assert store._conn.execute("SELECT id FROM runs").fetchall() == [("run_a",)]
+        assert [seq for seq, _ in store._journal.read()] == [1, 2]  # b and c, in the other file
+        assert store.query("SELECT id FROM runs ORDER BY id") == [
+            ("run_a",), ("run_b",), ("run_c",),
+        ]  # fmt: skip
+    finally:
+        release.set()
+        store.close()
+
+
+FAILED_FOLD_THEN_EXIT = """
+import os, sys
+from datetime import datetime, timezone
+from nbtasks._store import Store
+from test_store import _Commits, _commit_run
+
+commits = _Commits()
+store = Store(sys.argv[1], commits)
+_commit_run(store, commits, "run_a")
+
+def broken(*args):
+    raise OSError("disk full")
+
+real = store._write_tables
+store._write_tables = broken
+try:
+    store.fold()
+except OSError:
+    pass
+_commit_run(store, commits, "run_b")  # into the other file: both hold frames now
+store._write_tables = real
+store.fold()  # the next fold takes both files' frames
+_commit_run(store, commits, "run_c")
+store._write_tables = broken
+try:
+    store.fold()
+except OSError:
+    pass
+_commit_run(store, commits, "run_d")
+os._exit(0)  # no close: run_c and run_d are in the journal files only
+"""
+
+
+def test_a_failed_fold_loses_nothing_and_the_next_store_folds_both_files(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "failed.duckdb"
+    script = tmp_path / "failed_fold.py"
+    script.write_text(FAILED_FOLD_THEN_EXIT)
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script), str(path)], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with open_store(path) as conn:  # what the process folded before it died
+        assert conn.execute("SELECT id FROM runs ORDER BY id").fetchall() == [
+            ("run_a",), ("run_b",),
+        ]  # fmt: skip
+    store = Store(str(path), lambda ticket, error: None)
+    try:
+        assert store.query("SELECT id FROM runs ORDER BY id") == [
+            ("run_a",), ("run_b",), ("run_c",), ("run_d",),
+        ]  # fmt: skip
+    finally:
+        store.close()
+    assert not os.path.exists(str(path) + ".journal")
+    assert not os.path.exists(str(path) + ".journal.1")

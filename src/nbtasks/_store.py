@@ -3,9 +3,10 @@
 Writes are staged by the engine and committed by one writer thread in groups: everything
 staged while the previous commit ran goes into the next transaction. A staged row replaces
 an earlier staged row of the same run, so a run that changes five times between two
-commits is written once. A group commits as one append to the journal file (``_journal``),
+commits is written once. A group commits as one append to a journal file (``_journal``),
 which the writer folds into the tables when it is idle, when the journal grows, and before
-any read: reads see every committed state, in the tables.
+any read: reads see every committed state, in the tables. There are two journal files:
+commits go to one while what the other holds is folded, so they never wait for a fold.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ FOLD_IDLE_S = 0.1  # the journal is folded once no commit came for this long
 FOLD_MAX_ROWS = 20_000  # or once it holds this many rows
 FOLD_MAX_AGE_S = 2.0  # or once its oldest batch is this old
 FOLD_RETRY_S = 1.0  # after a fold failed (the batches stay in the journal), try again after
+FOLD_BUSY_S = 0.01  # after finding a read folding, look again after
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
 
 
@@ -102,8 +104,13 @@ class Store:
         self._commit_by: float | None = None  # when the sealed batches must be committed
         self._inflight: int | None = None  # the last ticket being committed now
         self._closing = False
-        self._lock = threading.Lock()  # the journal and the writer cursor
-        self._journal = JournalFile(path + ".journal")
+        # Commits append to one journal file while a fold writes what the other holds to
+        # the tables, so a fold (tens of ms for thousands of rows) never holds commits up.
+        self._lock = threading.Lock()  # the journal files, _pending and _seq
+        self._fold_lock = threading.Lock()  # one fold at a time, and the writer cursor
+        self._journal = JournalFile(path + ".journal")  # where commits go
+        self._spare = JournalFile(path + ".journal.1")  # being folded, or empty
+        self._spare_clear = True
         self._pending: list[Batch] = []  # committed to the journal, not folded yet
         self._pending_rows = 0
         self._pending_since: float | None = None  # when its oldest batch committed
@@ -133,12 +140,14 @@ class Store:
         row = self._writer.execute("SELECT max(folded_seq) FROM journal_state").fetchone()
         folded = row[0] if row and row[0] is not None else -1
         self._seq = folded + 1
-        for seq, batch in self._journal.read():
-            if seq > folded:
+        frames = self._journal.read() + self._spare.read()
+        for seq, batch in sorted(frames, key=lambda frame: frame[0]):
+            if seq > folded:  # older frames are left over from folds that committed
                 self._pending.append(batch)
                 self._seq = seq + 1
         self.fold()
         self._journal.clear()
+        self._spare.clear()
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -318,55 +327,89 @@ class Store:
             if self._pending_since is None:
                 self._pending_since = self._last_commit
 
-    def fold(self) -> None:
-        """Write the journal's batches to the tables in one transaction, then empty it.
-        Any thread; reads call it first."""
+    def fold(self, wait: bool = True) -> None:
+        """Write the journal's batches to the tables in one transaction. Any thread; reads
+        call it first. Without ``wait``, a fold under way makes this one return at once."""
+        if not self._fold_lock.acquire(blocking=wait):
+            return
+        try:
+            self._fold()
+        finally:
+            self._fold_lock.release()
+
+    def _fold(self) -> None:
+        # Commits never wait for a fold: they go on in the other file meanwhile. Every
+        # frame in the spare is older than what a fold takes, so once that is in the tables
+        # the spare is emptied. (After a fold failed, the spare still holds frames: the next
+        # fold takes them and those committed since, but commits stay where they are.)
         with self._lock:
             if not self._pending:
                 return
-            merged = Batch()
-            for batch in self._pending:
-                merged.absorb(batch)
-            w = self._writer
-            w.begin()
+            batches, rows, since = self._pending, self._pending_rows, self._pending_since
+            self._pending, self._pending_rows, self._pending_since = [], 0, None
+            last_seq = self._seq - 1
+            if self._spare_clear:
+                self._journal, self._spare = self._spare, self._journal
+                self._spare_clear = False
+        try:
+            self._write_tables(batches, last_seq)
+        except BaseException:
+            with self._lock:  # still durable in the journal files: fold them next time
+                self._pending[:0] = batches
+                self._pending_rows += rows
+                if since is not None:
+                    self._pending_since = min(since, self._pending_since or since)
+            raise
+        with self._lock:
+            self._spare.clear()
+            self._spare_clear = True
+
+    def _write_tables(self, batches: list[Batch], last_seq: int) -> None:
+        """(Fold lock held.) ``batches``, merged, into the tables; ``last_seq`` into
+        ``journal_state``: all in one transaction."""
+        merged = Batch()
+        for batch in batches:
+            merged.absorb(batch)
+        w = self._writer
+        w.begin()
+        try:
+            if merged.versions:
+                w.executemany(
+                    "INSERT OR IGNORE INTO task_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    merged.versions,
+                )
+            for appender, rows in (
+                (self._insert_runs, merged.new_runs.values()),
+                (self._update_runs, merged.run_updates.values()),
+                (self._insert_attempts, merged.new_attempts.values()),
+                (self._update_attempts, merged.attempt_updates.values()),
+                (self._insert_events, merged.events),
+            ):
+                if rows:
+                    appender.append_rows(list(rows))
+                    appender.flush()
+            w.execute("DELETE FROM journal_state")
+            w.execute("INSERT INTO journal_state VALUES (?)", [last_seq])
+            w.commit()
+        except BaseException:
             try:
-                if merged.versions:
-                    w.executemany(
-                        "INSERT OR IGNORE INTO task_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        merged.versions,
-                    )
-                for appender, rows in (
-                    (self._insert_runs, merged.new_runs.values()),
-                    (self._update_runs, merged.run_updates.values()),
-                    (self._insert_attempts, merged.new_attempts.values()),
-                    (self._update_attempts, merged.attempt_updates.values()),
-                    (self._insert_events, merged.events),
-                ):
-                    if rows:
-                        appender.append_rows(list(rows))
-                        appender.flush()
-                w.execute("DELETE FROM journal_state")
-                w.execute("INSERT INTO journal_state VALUES (?)", [self._seq - 1])
-                w.commit()
-            except BaseException:
-                try:
-                    w.rollback()
-                except duckdb.Error:
-                    pass
-                self._open_appenders()
-                raise
-            self._journal.clear()
-            self._pending = []
-            self._pending_rows = 0
-            self._pending_since = None
+                w.rollback()
+            except duckdb.Error:
+                pass
+            self._open_appenders()
+            raise
 
     def _fold_quietly(self) -> None:
         """Fold from the writer thread. A failure leaves the batches in the journal (they
         are durable there) and is raised to the next read, which tries again."""
         try:
-            self.fold()
+            self.fold(wait=False)
         except Exception:
             self._fold_retry_at = time.monotonic() + FOLD_RETRY_S
+            return
+        if self._pending_since is not None and self._fold_lock.locked():
+            # A read is folding: what it did not take, fold once it is done.
+            self._fold_retry_at = time.monotonic() + FOLD_BUSY_S
 
     def close(self) -> None:
         """Commit what is staged (the staging thread is done), fold, and let go of the file."""
@@ -376,9 +419,10 @@ class Store:
             self._cv.notify()
         self._thread.join()
         self._conn.close()
-        self._journal.close()
-        if not self._pending:  # all folded: the file has nothing to keep
-            self._journal.remove()
+        for journal in (self._journal, self._spare):
+            journal.close()
+            if not self._pending:  # all folded: the files have nothing to keep
+                journal.remove()
 
     # -- reads (any thread) --------------------------------------------------------------
 
