@@ -8,6 +8,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ def child_env(home: Path) -> dict[str, str]:
             "PREFECT_HOME": str(home / "prefect"),  # a throwaway ephemeral server database
             "PREFECT_LOGGING_LEVEL": "WARNING",  # no log line per task run
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry: no outside host
+            # Its ephemeral server (migrating a fresh database) can take longer than the
+            # default 20 s to start on a loaded 2-CPU machine.
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
             "DO_NOT_TRACK": "1",
             "PYTHONUNBUFFERED": "1",
         }
@@ -62,19 +66,40 @@ def _start(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[s
     )
 
 
+def _wait(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Wait for the child itself, not for the end of its pipes (a server it started may
+    outlive it, holding them), then end its process group; its stdout and stderr."""
+    texts: dict[str, str] = {}
+
+    def read(name: str, stream: Any) -> None:
+        texts[name] = stream.read()
+
+    readers = [
+        threading.Thread(target=read, args=(name, stream), daemon=True)
+        for name, stream in (("out", proc.stdout), ("err", proc.stderr))
+    ]
+    for reader in readers:
+        reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        _kill_group(proc)
+    proc.wait()
+    for reader in readers:
+        reader.join(10.0)  # a leftover that left the group may still hold a pipe
+    err = texts.get("err", "") + (f"\ntimed out after {timeout:.0f} s" if timed_out else "")
+    return texts.get("out", ""), err
+
+
 def run_module(
     module: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float
 ) -> dict[str, Any]:
     """``python -m module args`` in a new session; its RESULT dict, or ``{"error": ...}``."""
     proc = _start([sys.executable, "-m", module, *args], env, cwd)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        out, err = proc.communicate()
-        err += f"\ntimed out after {timeout:.0f} s"
-    finally:
-        _kill_group(proc)
+    out, err = _wait(proc, timeout)
     results = [line for line in out.splitlines() if line.startswith(RESULT_PREFIX)]
     if not results:
         return {"error": _error_text(err, proc.returncode)}
@@ -100,13 +125,8 @@ def cold_start(code: str, env: dict[str, str], cwd: Path, timeout: float) -> dic
                 break
             if line.startswith("RESULT") or code.strip() == "pass":
                 first = time.perf_counter() - t0
-    try:
-        _, err = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        _, err = proc.communicate()
+    _, err = _wait(proc, max(1.0, deadline - time.perf_counter()))
     exit_s = time.perf_counter() - t0
-    _kill_group(proc)
     if code.strip() == "pass":
         first = exit_s
     if first is None:
