@@ -234,11 +234,7 @@ class OutcomesMixin(_Base):
             self._idle.remove(worker)
         attempt: AttemptState | None = worker.attempt
         worker.attempt = None
-        for run, _ in reversed(worker.ahead):  # never started: first in line again, in order
-            run.prefetched = None
-            if run.status is S.QUEUED:
-                self.scheduler.push_front(run)
-        worker.ahead.clear()
+        self._requeue_ahead(worker)  # never started: first in line again, in order
         if attempt is not None:
             self._worker_died(attempt, exit_code, sig)
         if not worker.ready and not worker.dying:

@@ -210,8 +210,9 @@ class Store:
 
     def _seal(self) -> None:
         """Hand the open batch to the writer: it commits within DEFER_MAX_S, or at once if
-        someone hurried it. A hurried batch is committed right here when the writer is
-        idle: the waiter hears of it without two hops between threads."""
+        someone hurried it. A hurried batch is committed right here when the writer is not
+        committing (a fold never holds commits up): the waiter hears of it without two hops
+        between threads."""
         with self._cv:
             batch, self._open = self._open, Batch()
             self._seal_due = False
@@ -220,10 +221,8 @@ class Store:
                 return
             self._sealed.append((self._open_ticket, batch))
             self._open_ticket += 1
-            if urgent and self._inflight is None and self._lock.acquire(blocking=False):
-                self._lock.release()  # the writer is idle; it waits on _cv, held here
+            if urgent and self._inflight is None:  # the writer waits on _cv, held here
                 staged, ticket = self._take_locked()
-                self._inflight = ticket
             else:
                 commit_by = time.monotonic() + (0.0 if urgent else DEFER_MAX_S)
                 if self._commit_by is None or commit_by < self._commit_by:
