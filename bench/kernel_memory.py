@@ -4,8 +4,8 @@
 
 RSS (and USS) before ``import nbtasks``, after it, and after the first trigger (which opens
 the store and starts the engine and the workers); then the idle workers' RSS, found as the
-children whose command line has ``nbtasks._worker``. Also which top-level packages each
-step imported.
+children whose command line has ``nbtasks.executor.local.worker``. Also which top-level
+packages each step imported.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import psutil
 
 from bench.systems.common import emit, process_memory
 
-WORKER_MARKER = "nbtasks._worker"
+WORKER_MARKER = "nbtasks.executor.local.worker"
 
 
 def snapshot() -> tuple[float, float, set[str]]:

@@ -43,7 +43,7 @@ def no_leftover_workers() -> Iterator[None]:
 
 def _is_worker(p: psutil.Process) -> bool:
     try:
-        return "nbtasks._worker" in " ".join(p.cmdline())
+        return "nbtasks.executor.local.worker" in " ".join(p.cmdline())
     except psutil.Error:
         return False
 

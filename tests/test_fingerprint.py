@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from nbtasks._fingerprint import fingerprint
+from nbtasks.core.fingerprint import fingerprint
 
 NOTEBOOK = """
 import math

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nbtasks._ids import new_id
+from nbtasks.core.ids import new_id
 
 
 def test_ids_are_unique_and_sort_in_creation_order() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import nbtasks
 from nbtasks import AttemptStatus, Retry, RunStatus, Task, runs, task
-from nbtasks._status import FINAL, TRANSITIONS, IllegalTransition, check_transition
+from nbtasks.core.status import FINAL, TRANSITIONS, IllegalTransition, check_transition
 
 import crashers
 import tasks

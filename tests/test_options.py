@@ -1,4 +1,4 @@
-"""Unit tests for nbtasks._durations and nbtasks._options."""
+"""Unit tests for nbtasks.core.durations and nbtasks.core.options."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from fractions import Fraction
 
 import pytest
 
-from nbtasks._durations import format_duration, parse_delay, parse_duration, parse_memory
-from nbtasks._options import Queue, Retry, coerce_queue, coerce_retry
+from nbtasks.core.durations import format_duration, parse_delay, parse_duration, parse_memory
+from nbtasks.core.options import Queue, Retry, coerce_queue, coerce_retry
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -195,7 +195,7 @@ def test_a_run_sent_ahead_moves_to_a_worker_that_frees_up(nb: object) -> None:
 
 def _sent_ahead() -> dict[int, int]:
     """How many runs each worker (by pid) holds sent ahead, read on the engine's loop."""
-    from nbtasks._config import get_engine
+    from nbtasks.client.config import get_engine
 
     eng = get_engine()
     lengths: dict[int, int] = eng.call(

@@ -225,7 +225,7 @@ def worker_processes_of(kernel_pid: int) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline", "ppid"]):
         cmdline = p.info["cmdline"] or []
-        if "nbtasks._worker" not in " ".join(cmdline) or is_gone(p):
+        if "nbtasks.executor.local.worker" not in " ".join(cmdline) or is_gone(p):
             continue
         # The worker's last argument is the pid of the kernel that spawned it.
         if p.info["ppid"] == kernel_pid or cmdline[-1:] == [str(kernel_pid)]:
@@ -378,7 +378,8 @@ while handle.id not in [r.id for r in runs.list(status="EXECUTING")]:
     if time.monotonic() > deadline:
         sys.exit("script: the run never showed EXECUTING in the store")
     time.sleep(0.02)
-workers = [p.pid for p in psutil.Process().children() if "nbtasks._worker" in " ".join(p.cmdline())]
+marker = "nbtasks.executor.local.worker"
+workers = [p.pid for p in psutil.Process().children() if marker in " ".join(p.cmdline())]
 publish("workers.json", workers)
 time.sleep(300)
 """
@@ -441,7 +442,8 @@ def long_one(_):
 
 handle = long_one.trigger(None)
 wait_for_file("task.json")
-workers = [p.pid for p in psutil.Process().children() if "nbtasks._worker" in " ".join(p.cmdline())]
+marker = "nbtasks.executor.local.worker"
+workers = [p.pid for p in psutil.Process().children() if marker in " ".join(p.cmdline())]
 emit("RUN", {"run": handle.id, "workers": workers})
 # the end of the script: no shutdown call, the interpreter exits
 """

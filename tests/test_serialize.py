@@ -8,7 +8,7 @@ from typing import Any
 import dill
 import pytest
 
-from nbtasks._serialize import dumps, loads
+from nbtasks.core.serialize import dumps, loads
 
 PLAIN = [None, True, 7, 2.5, 1j, "text", b"bytes", (1, "a"), [1, [2, 3]], {"k": [1, 2.0]}]
 
@@ -76,7 +76,7 @@ def test_everything_else_reads_back_equal(value: Any) -> None:
 def test_previews_of_scalars_read_as_reprlib_writes_them(value: Any) -> None:
     import reprlib
 
-    from nbtasks._serialize import PREVIEW_CHARS, preview
+    from nbtasks.core.serialize import PREVIEW_CHARS, preview
 
     shortened = reprlib.Repr()
     shortened.maxstring = shortened.maxother = 80

@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 import nbtasks
-from nbtasks import _engine, _pool
+from nbtasks.engine import engine as _engine
+from nbtasks.executor.local import pool as _pool
 
 from conftest import _is_worker, run_script
 from crashers import sleep_for
@@ -20,15 +21,16 @@ from crashers import sleep_for
 FIRST_TRIGGER = """
 import json, sys
 import nbtasks
-from nbtasks import _pool, task
+from nbtasks import task
+from nbtasks.executor.local import pool as _pool
 
 launches = []
 real_launch = _pool.launch
 
 def spy():
     launches.append(
-        {"engine_loaded": "nbtasks._engine" in sys.modules,
-         "calls_loaded": "nbtasks._calls" in sys.modules}
+        {"engine_loaded": "nbtasks.engine.engine" in sys.modules,
+         "calls_loaded": "nbtasks.client.calls" in sys.modules}
     )
     return real_launch()
 
@@ -67,7 +69,7 @@ def test_workers_boot_no_more_at_once_than_boot_slots(
     monkeypatch.setattr(_pool.Pool, "spawn", spawn)
     nbtasks.configure(store=store_path, workers=3)
     assert sleep_for.trigger_and_wait(0.0).output == 0.0
-    engine = nbtasks._config.get_engine()
+    engine = nbtasks.client.config.get_engine()
     deadline = time.monotonic() + 30
     while sum(w.ready for w in engine.pool.workers) < 3:
         assert time.monotonic() < deadline, engine.pool.workers

@@ -22,12 +22,12 @@ import pytest
 
 import nbtasks
 from nbtasks import Task, runs
-from nbtasks._config import default_store_path
-from nbtasks._config import store_path as effective_store_path
-from nbtasks._errors import NbtasksError
-from nbtasks._journal import Batch, JournalFile
-from nbtasks._schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
-from nbtasks._store import Store
+from nbtasks.client.config import default_store_path
+from nbtasks.client.config import store_path as effective_store_path
+from nbtasks.core.errors import NbtasksError
+from nbtasks.store.journal import Batch, JournalFile
+from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
+from nbtasks.store.store import Store
 
 from conftest import run_script
 from tasks import add, succeed_on_third
@@ -159,10 +159,11 @@ def test_what_trigger_returned_survives_a_hard_exit(tmp_path: Path) -> None:
     proc = run_script(
         """
         import os
-        import nbtasks._store
+        import nbtasks.store.store
         from nbtasks import task
 
-        nbtasks._store.FOLD_IDLE_S = nbtasks._store.FOLD_MAX_AGE_S = 600  # no fold before the exit
+        store_module = nbtasks.store.store
+        store_module.FOLD_IDLE_S = store_module.FOLD_MAX_AGE_S = 600  # no fold before the exit
 
         @task
         def slow(p):
@@ -247,8 +248,8 @@ def test_a_store_in_use_by_another_process_raises_store_locked_error(
 @pytest.fixture
 def fresh_config(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """This process's settings as in a new kernel: no store or workers configured yet."""
-    monkeypatch.setitem(nbtasks._config._settings, "store", None)
-    monkeypatch.setitem(nbtasks._config._settings, "workers", None)
+    monkeypatch.setitem(nbtasks.client.config._settings, "store", None)
+    monkeypatch.setitem(nbtasks.client.config._settings, "workers", None)
     monkeypatch.delenv("NBTASKS_STORE", raising=False)
     monkeypatch.delenv("NBTASKS_WORKERS", raising=False)
     return monkeypatch
@@ -274,7 +275,7 @@ def test_default_store_for_a_script(fresh_config: pytest.MonkeyPatch, tmp_path: 
     proc = run_script(
         """
         from nbtasks import task
-        from nbtasks._config import default_store_path
+        from nbtasks.client.config import default_store_path
 
         @task
         def inc(p):
@@ -519,10 +520,11 @@ def test_a_run_left_queued_by_a_dead_kernel_is_not_waited_on_as_final(tmp_path: 
     proc = run_script(
         """
         import os
-        import nbtasks._store
+        import nbtasks.store.store
         from nbtasks import task
 
-        nbtasks._store.FOLD_IDLE_S = nbtasks._store.FOLD_MAX_AGE_S = 600  # no fold before the exit
+        store_module = nbtasks.store.store
+        store_module.FOLD_IDLE_S = store_module.FOLD_MAX_AGE_S = 600  # no fold before the exit
 
         @task
         def slow(p):
@@ -577,8 +579,8 @@ def test_the_journal_folds_into_the_tables_as_the_commits_wrote_them(
     """Batches committed to the journal, folded at once by a read, leave the tables as
     writing each batch in turn would: a run created and finished in between is one row with
     its final state, a run folded earlier gets its update, events keep their order."""
-    monkeypatch.setattr("nbtasks._store.FOLD_IDLE_S", 600.0)  # only the reads below fold
-    monkeypatch.setattr("nbtasks._store.FOLD_MAX_AGE_S", 600.0)
+    monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)  # only the reads below fold
+    monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
     committed: dict[int, BaseException | None] = {}
     done = threading.Condition()
 
@@ -781,8 +783,8 @@ def test_a_hurried_step_commits_on_the_staging_thread_when_the_writer_is_idle(
 def test_the_journal_is_folded_while_commits_never_pause(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("nbtasks._store.FOLD_IDLE_S", 600.0)  # never idle long enough
-    monkeypatch.setattr("nbtasks._store.FOLD_MAX_AGE_S", 0.05)
+    monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)  # never idle long enough
+    monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 0.05)
     steps: list[Any] = []
     commits = _Commits()
     store = Store(str(tmp_path / "busy.duckdb"), commits, steps.append)
@@ -815,8 +817,8 @@ def _commit_run(store: Store, commits: _Commits, run_id: str) -> None:
 def test_commits_go_on_while_a_fold_writes_the_tables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("nbtasks._store.FOLD_IDLE_S", 600.0)  # only the calls below fold
-    monkeypatch.setattr("nbtasks._store.FOLD_MAX_AGE_S", 600.0)
+    monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)  # only the calls below fold
+    monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
     commits = _Commits()
     store = Store(str(tmp_path / "fold.duckdb"), commits)
     inside, release = threading.Event(), threading.Event()
@@ -850,7 +852,7 @@ def test_commits_go_on_while_a_fold_writes_the_tables(
 FAILED_FOLD_THEN_EXIT = """
 import os, sys
 from datetime import datetime, timezone
-from nbtasks._store import Store
+from nbtasks.store.store import Store
 from test_store import _Commits, _commit_run
 
 commits = _Commits()

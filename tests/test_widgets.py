@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from nbtasks import RunStatus, runs
-from nbtasks._table import RunTable
-from nbtasks._widgets import BatchWidget, RunWidget
+from nbtasks.ui.table import RunTable
+from nbtasks.ui.widgets import BatchWidget, RunWidget
 
 from crashers import sleep_for
 from tasks import add, always_fail, succeed_on_third

@@ -13,7 +13,9 @@ import nbtasks
 from bench.systems.common import Session, child_pids, main
 from nbtasks import task
 
-WORKER_MARKER = "nbtasks._worker"  # in the command line of every nbtasks worker process
+WORKER_MARKER = (
+    "nbtasks.executor.local.worker"  # in the command line of every nbtasks worker process
+)
 
 # W4: ``python -c`` this (``$workers``, ``$tmp`` filled in): import to first result.
 COLD_START = """

@@ -18,33 +18,33 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _WHERE = {
-    "configure": "_config",
-    "shutdown": "_config",
-    "TaskContext": "_context",
-    "context": "_context",
-    "metadata": "_context",
-    "AbortRun": "_errors",
-    "EngineStoppedError": "_errors",
-    "NbtasksError": "_errors",
-    "PayloadError": "_errors",
-    "RunError": "_errors",
-    "StoreLockedError": "_errors",
-    "UnknownRunError": "_errors",
-    "BatchHandle": "_handles",
-    "RunHandle": "_handles",
-    "Attempt": "_models",
-    "BatchItem": "_models",
-    "BatchResult": "_models",
-    "Page": "_models",
-    "Result": "_models",
-    "Run": "_models",
-    "Queue": "_options",
-    "Retry": "_options",
-    "runs": "_runs",
-    "AttemptStatus": "_status",
-    "RunStatus": "_status",
-    "Task": "_task",
-    "task": "_task",
+    "configure": "client.config",
+    "shutdown": "client.config",
+    "TaskContext": "core.context",
+    "context": "core.context",
+    "metadata": "core.context",
+    "AbortRun": "core.errors",
+    "EngineStoppedError": "core.errors",
+    "NbtasksError": "core.errors",
+    "PayloadError": "core.errors",
+    "RunError": "core.errors",
+    "StoreLockedError": "core.errors",
+    "UnknownRunError": "core.errors",
+    "BatchHandle": "client.handles",
+    "RunHandle": "client.handles",
+    "Attempt": "core.models",
+    "BatchItem": "core.models",
+    "BatchResult": "core.models",
+    "Page": "core.models",
+    "Result": "core.models",
+    "Run": "core.models",
+    "Queue": "core.options",
+    "Retry": "core.options",
+    "runs": "client.runs",
+    "AttemptStatus": "core.status",
+    "RunStatus": "core.status",
+    "Task": "client.task",
+    "task": "client.task",
 }
 
 __all__ = [
@@ -78,9 +78,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._config import configure, shutdown
-    from ._context import TaskContext, context, metadata
-    from ._errors import (
+    from nbtasks.client.config import configure, shutdown
+    from nbtasks.client.handles import BatchHandle, RunHandle
+    from nbtasks.client.runs import runs
+    from nbtasks.client.task import Task, task
+    from nbtasks.core.context import TaskContext, context, metadata
+    from nbtasks.core.errors import (
         AbortRun,
         EngineStoppedError,
         NbtasksError,
@@ -89,12 +92,9 @@ if TYPE_CHECKING:
         StoreLockedError,
         UnknownRunError,
     )
-    from ._handles import BatchHandle, RunHandle
-    from ._models import Attempt, BatchItem, BatchResult, Page, Result, Run
-    from ._options import Queue, Retry
-    from ._runs import runs
-    from ._status import AttemptStatus, RunStatus
-    from ._task import Task, task
+    from nbtasks.core.models import Attempt, BatchItem, BatchResult, Page, Result, Run
+    from nbtasks.core.options import Queue, Retry
+    from nbtasks.core.status import AttemptStatus, RunStatus
 
 
 def __getattr__(name: str) -> Any:
@@ -112,6 +112,6 @@ def __dir__() -> list[str]:
 
 def load_ipython_extension(shell: object) -> None:
     """``%load_ext nbtasks``: register ``%%task`` and ``%runs``."""
-    from ._magics import load
+    from nbtasks.ui.magics import load
 
     load(shell)

@@ -21,15 +21,15 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import EngineStoppedError, UnknownRunError
-from ._loop import LoopThread
-from ._models import Run
-from ._pool import MAX_SPAWN_FAILURES, Pool, WorkerProc, boot_slots
-from ._reconcile import load_waiting_runs, reconcile_at_start
-from ._scheduler import Scheduler
-from ._state import AttemptState, RunSpec, RunState, error_json, utcnow
-from ._status import FINAL, AttemptStatus, RunStatus, check_transition
-from ._store import Store
+from nbtasks.core.errors import EngineStoppedError, UnknownRunError
+from nbtasks.core.models import Run
+from nbtasks.core.status import FINAL, AttemptStatus, RunStatus, check_transition
+from nbtasks.engine.loop import LoopThread
+from nbtasks.engine.recovery import load_waiting_runs, reconcile_at_start
+from nbtasks.engine.scheduler import Scheduler
+from nbtasks.engine.state import AttemptState, RunSpec, RunState, error_json, utcnow
+from nbtasks.executor.local.pool import MAX_SPAWN_FAILURES, Pool, WorkerProc, boot_slots
+from nbtasks.store.store import Store
 
 S = RunStatus
 AHEAD_BUDGET_S = 0.002  # the work a busy worker is sent ahead, in seconds of recent attempts
@@ -434,9 +434,9 @@ class EngineBase:
         self._when_durable(lambda _e: fut.set_result(None))
 
 
-from ._intake import IntakeMixin  # noqa: E402
-from ._nesting import NestingMixin  # noqa: E402
-from ._outcomes import OutcomesMixin  # noqa: E402
+from nbtasks.engine.intake import IntakeMixin  # noqa: E402
+from nbtasks.engine.nesting import NestingMixin  # noqa: E402
+from nbtasks.engine.outcomes import OutcomesMixin  # noqa: E402
 
 
 class Engine(IntakeMixin, OutcomesMixin, NestingMixin, EngineBase):

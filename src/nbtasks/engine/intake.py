@@ -10,12 +10,12 @@ import concurrent.futures as cf
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ._errors import UnknownRunError
-from ._state import BatchWait, RunSpec, RunState, TaskVersion, error_json, utcnow
-from ._status import FINAL, KEY_HOLDING, RunStatus
+from nbtasks.core.errors import UnknownRunError
+from nbtasks.core.status import FINAL, KEY_HOLDING, RunStatus
+from nbtasks.engine.state import BatchWait, RunSpec, RunState, TaskVersion, error_json, utcnow
 
 if TYPE_CHECKING:
-    from ._engine import EngineBase as _Base
+    from nbtasks.engine.engine import EngineBase as _Base
 else:
     _Base = object
 

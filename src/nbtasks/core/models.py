@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from ._errors import RemoteTraceback, RunError
-from ._status import FINAL, AttemptStatus, RunStatus
+from nbtasks.core.errors import RemoteTraceback, RunError
+from nbtasks.core.status import FINAL, AttemptStatus, RunStatus
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -132,7 +132,7 @@ class Run:
         if name not in self._cache:
             if data is None and self._fetch is not None:
                 data = self._fetch(self.id, name)
-            from ._serialize import loads
+            from nbtasks.core.serialize import loads
 
             self._cache[name] = None if data is None else loads(data)
         return self._cache[name]
@@ -156,7 +156,7 @@ class Run:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """In a notebook: the live run widget; elsewhere, the text."""
-        from ._widgets import RunWidget, in_notebook
+        from nbtasks.ui.widgets import RunWidget, in_notebook
 
         if not in_notebook():
             return {"text/plain": repr(self)}
@@ -211,7 +211,7 @@ class Result(Generic[T]):
         original: BaseException | None = None
         if err.exc_bytes is not None:
             try:
-                from ._serialize import loads
+                from nbtasks.core.serialize import loads
 
                 original = loads(err.exc_bytes)
             except Exception:
@@ -264,7 +264,7 @@ class BatchResult(Generic[T]):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """In a notebook: the live batch widget; elsewhere, the text."""
-        from ._widgets import batch_result_widget, in_notebook
+        from nbtasks.ui.widgets import batch_result_widget, in_notebook
 
         if not in_notebook():
             return {"text/plain": repr(self)}

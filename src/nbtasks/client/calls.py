@@ -15,18 +15,19 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _context, _pump
-from ._durations import parse_delay, parse_duration
-from ._handles import BatchHandle, RunHandle
-from ._ids import new_id
-from ._models import BatchItem, BatchResult, Result, Run
-from ._options import coerce_queue
-from ._serialize import dumps_checked, preview
-from ._state import RunSpec, TaskVersion, utcnow
+from nbtasks.client.handles import BatchHandle, RunHandle
+from nbtasks.core import context as _context
+from nbtasks.core.durations import parse_delay, parse_duration
+from nbtasks.core.ids import new_id
+from nbtasks.core.models import BatchItem, BatchResult, Result, Run
+from nbtasks.core.options import coerce_queue
+from nbtasks.core.serialize import dumps_checked, preview
+from nbtasks.engine.state import RunSpec, TaskVersion, utcnow
+from nbtasks.ui import pump as _pump
 
 if TYPE_CHECKING:
-    from ._engine import Engine
-    from ._task import Task
+    from nbtasks.client.task import Task
+    from nbtasks.engine.engine import Engine
 
 T = TypeVar("T")
 OPTIONS = (
@@ -40,7 +41,7 @@ _PUMP_POLL_S = 0.02  # ... and this often in a notebook, to handle widget messag
 
 def engine(spawn: bool = False) -> Engine:
     """This process's engine, started if needed (``spawn``: for a trigger)."""
-    from ._config import get_engine
+    from nbtasks.client.config import get_engine
 
     eng: Engine = get_engine(spawn)
     return eng
@@ -196,7 +197,7 @@ def make_specs(
 
 
 def _cancel_all(ids: list[str]) -> None:
-    from ._runs import runs
+    from nbtasks.client.runs import runs
 
     for run_id in ids:
         try:
@@ -206,7 +207,7 @@ def _cancel_all(ids: list[str]) -> None:
 
 
 def _results(ids: list[str], snapshots: list[Run | None]) -> list[Result[Any]]:
-    from ._runs import runs
+    from nbtasks.client.runs import runs
 
     return [
         Result(s if s is not None else runs.retrieve(i))
@@ -245,7 +246,7 @@ def _show_live(specs: list[RunSpec], ids: list[str]) -> None:
     """In a notebook, show the live widget of what a blocking wait waits for."""
     if _pump.kernel() is None or not ids:
         return
-    from ._widgets import show_batch, show_run
+    from nbtasks.ui.widgets import show_batch, show_run
 
     if specs[0].batch_id is None:
         show_run(ids[0], specs[0].task_id)

@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any
 
-from ._errors import NbtasksError
+from nbtasks.core.errors import NbtasksError
 
 _lock = threading.Lock()
 _settings: dict[str, Any] = {"store": None, "workers": None}
@@ -93,11 +93,11 @@ def prelaunch() -> None:
     global _early
     if _engine is not None or _early is not None:
         return
-    from ._context import IN_WORKER
+    from nbtasks.core.context import IN_WORKER
 
     if IN_WORKER or threading.current_thread() is not threading.main_thread():
         return
-    from ._pool import launch
+    from nbtasks.executor.local.pool import launch
 
     with _lock:
         if _engine is None and _early is None:
@@ -112,7 +112,7 @@ def get_engine(spawn: bool = False) -> Any:
     with _lock:
         if _engine is not None and not _engine.closed:
             return _engine
-        from ._context import IN_WORKER
+        from nbtasks.core.context import IN_WORKER
 
         if IN_WORKER:
             raise NbtasksError(
@@ -124,13 +124,13 @@ def get_engine(spawn: bool = False) -> Any:
         if _early is not None:
             launched, _early = [_early], None
         elif spawn:  # a first worker boots while the engine's modules (DuckDB...) load
-            from ._pool import launch
+            from nbtasks.executor.local.pool import launch
 
             launched = [launch()]
-        from ._engine import Engine
+        from nbtasks.engine.engine import Engine
 
         engine = _engine = Engine(path, size, spawn, launched)
-        from ._task import registry
+        from nbtasks.client.task import registry
 
         for task_id in list(engine.waiting_tasks):  # runs an earlier kernel left waiting
             task = registry.get(task_id)
@@ -141,7 +141,7 @@ def get_engine(spawn: bool = False) -> Any:
 
 def deploy(engine: Any, task: Any) -> None:
     """Start the runs of ``engine`` that wait for ``task`` to be defined."""
-    from ._calls import _version, block
+    from nbtasks.client.calls import _version, block
 
     block(engine.call(engine.deploy, _version(task, engine)))
 
@@ -152,7 +152,7 @@ def task_defined(task: Any) -> None:
     With an engine running, its waiting runs start. Without one, a task defined in
     ``__main__`` (a notebook or script) opens the store if it exists, so runs left waiting
     by an earlier kernel start when their task's cell runs again."""
-    from ._context import IN_WORKER
+    from nbtasks.core.context import IN_WORKER
 
     if IN_WORKER:
         return
@@ -177,7 +177,7 @@ def shutdown() -> None:
     if engine is not None:
         engine.close()
     if early is not None:  # launched by a first trigger that failed before the engine
-        from ._pool import discard
+        from nbtasks.executor.local.pool import discard
 
         discard(early)
 

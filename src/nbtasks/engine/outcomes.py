@@ -12,13 +12,13 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._ids import new_id
-from ._pool import MAX_SPAWN_FAILURES, WorkerProc
-from ._state import AttemptState, RunState, error_json, utcnow
-from ._status import AttemptStatus, RunStatus
+from nbtasks.core.ids import new_id
+from nbtasks.core.status import AttemptStatus, RunStatus
+from nbtasks.engine.state import AttemptState, RunState, error_json, utcnow
+from nbtasks.executor.local.pool import MAX_SPAWN_FAILURES, WorkerProc
 
 if TYPE_CHECKING:
-    from ._engine import EngineBase as _Base
+    from nbtasks.engine.engine import EngineBase as _Base
 else:
     _Base = object
 
@@ -220,7 +220,7 @@ class OutcomesMixin(_Base):
                 self._notify(run)
 
     def _on_metadata(self, attempt: AttemptState, op: str, key: str, value: Any) -> None:
-        from ._context import apply_metadata_op
+        from nbtasks.core.context import apply_metadata_op
 
         run = self.runs[attempt.run_id]
         apply_metadata_op(run.metadata, op, key, value)

@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._calls import block, engine, handles, make_specs, submit, wait_runs
-from ._context import call_engine, in_task
-from ._durations import parse_delay, parse_duration
-from ._errors import UnknownRunError
-from ._handles import RunHandle
-from ._models import Attempt, Page, Result, Run, run_from_row
-from ._schema import ATTEMPT_COLUMNS, RUN_COLUMNS
-from ._state import utcnow
-from ._status import RunStatus
+from nbtasks.client.calls import block, engine, handles, make_specs, submit, wait_runs
+from nbtasks.client.handles import RunHandle
+from nbtasks.core.context import call_engine, in_task
+from nbtasks.core.durations import parse_delay, parse_duration
+from nbtasks.core.errors import UnknownRunError
+from nbtasks.core.models import Attempt, Page, Result, Run, run_from_row
+from nbtasks.core.status import RunStatus
+from nbtasks.engine.state import utcnow
+from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS
 
 _LIST_COLUMNS = ", ".join(
     "NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS
@@ -142,7 +142,7 @@ class Runs:
     def trigger(self, task_id: str, payload: Any, **options: Any) -> RunHandle[Any]:
         """Trigger a task by id. A task not defined in this kernel yet gets a run that is
         WAITING_FOR_DEPLOY until its definition runs."""
-        from ._task import registry
+        from nbtasks.client.task import registry
 
         task = registry.get(task_id)
         if task is not None:
@@ -156,7 +156,7 @@ class Runs:
         """A new run of the same task (its latest version), with the same payload unless
         one is given, the same tags and trigger metadata, and no idempotency key."""
         original = self.retrieve(run_id)
-        from ._task import registry
+        from nbtasks.client.task import registry
 
         row = engine().store.query(
             "SELECT payload, trigger_metadata FROM runs WHERE id = ?", [run_id]
@@ -200,7 +200,7 @@ class Runs:
     def table(self, status: str | None = None, task: str | None = None, tag: str | None = None,
               limit: int = 25) -> Any:  # fmt: skip
         """The interactive run table widget (filter, sort, page, cancel/replay, open)."""
-        from ._table import RunTable
+        from nbtasks.ui.table import RunTable
 
         return RunTable(status=status, task=task, tag=tag, limit=limit)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import dill
 
-from ._errors import PayloadError
+from nbtasks.core.errors import PayloadError
 
 _PREVIEW = reprlib.Repr()
 _PREVIEW.maxstring = 80

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
-from ._config import prelaunch
-from ._durations import parse_duration, parse_memory
-from ._options import Queue, Retry, coerce_queue, coerce_retry
-from ._state import TaskVersion
+from nbtasks.client.config import prelaunch
+from nbtasks.core.durations import parse_duration, parse_memory
+from nbtasks.core.options import Queue, Retry, coerce_queue, coerce_retry
+from nbtasks.engine.state import TaskVersion
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -65,7 +65,7 @@ class Task(Generic[P, R]):
         self._look_like(fn)
         with _registry_lock:
             registry[self.id] = self
-        from ._config import task_defined
+        from nbtasks.client.config import task_defined
 
         task_defined(self)
 
@@ -113,8 +113,8 @@ class Task(Generic[P, R]):
         while the serialised function and the store stay the same. The function is not
         serialised again while its fingerprint (``_fingerprint``) says nothing it uses
         changed."""
-        from ._fingerprint import fingerprint
-        from ._serialize import dumps_checked
+        from nbtasks.core.fingerprint import fingerprint
+        from nbtasks.core.serialize import dumps_checked
 
         cached = self._shipped
         mark = fingerprint(self.fn) if self.__module__ == "__main__" else None
@@ -139,21 +139,21 @@ class Task(Generic[P, R]):
     def trigger(self, payload: P, **options: Any) -> RunHandle[R]:
         """Create a run; returns once it is stored, without waiting for it to execute."""
         prelaunch()
-        from ._calls import trigger
+        from nbtasks.client.calls import trigger
 
         return trigger(self, payload, options)
 
     def trigger_and_wait(self, payload: P, **options: Any) -> Result[R]:
         """Create a run and block until it is final."""
         prelaunch()
-        from ._calls import trigger_and_wait
+        from nbtasks.client.calls import trigger_and_wait
 
         return trigger_and_wait(self, payload, options)
 
     def batch_trigger(self, items: Iterable[P | BatchItem], **options: Any) -> BatchHandle[R]:
         """Create one run per item; returns once they are stored."""
         prelaunch()
-        from ._calls import batch_trigger
+        from nbtasks.client.calls import batch_trigger
 
         return batch_trigger(self, items, options)
 
@@ -162,12 +162,12 @@ class Task(Generic[P, R]):
     ) -> BatchResult[R]:
         """Create one run per item and block until all are final; results in item order."""
         prelaunch()
-        from ._calls import batch_trigger_and_wait
+        from nbtasks.client.calls import batch_trigger_and_wait
 
         return batch_trigger_and_wait(self, items, options)
 
     async def atrigger(self, payload: P, **options: Any) -> RunHandle[R]:
-        from ._calls import run_in_thread
+        from nbtasks.client.calls import run_in_thread
 
         return await run_in_thread(self.trigger, payload, **options)
 
@@ -178,7 +178,7 @@ class Task(Generic[P, R]):
     async def abatch_trigger(
         self, items: Iterable[P | BatchItem], **options: Any
     ) -> BatchHandle[R]:
-        from ._calls import run_in_thread
+        from nbtasks.client.calls import run_in_thread
 
         return await run_in_thread(self.batch_trigger, list(items), **options)
 
@@ -252,5 +252,5 @@ def task(fn: Any = None, /, **options: Any) -> Any:
     return decorate
 
 
-from ._handles import BatchHandle, RunHandle  # noqa: E402
-from ._models import BatchItem, BatchResult, Result  # noqa: E402
+from nbtasks.client.handles import BatchHandle, RunHandle  # noqa: E402
+from nbtasks.core.models import BatchItem, BatchResult, Result  # noqa: E402

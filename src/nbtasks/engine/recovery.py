@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ._schema import RUN_COLUMNS
-from ._state import RunState, error_json
-from ._status import AttemptStatus, RunStatus, check_transition
-from ._store import Store
+from nbtasks.core.status import AttemptStatus, RunStatus, check_transition
+from nbtasks.engine.state import RunState, error_json
+from nbtasks.store.schema import RUN_COLUMNS
+from nbtasks.store.store import Store
 
 _LEFT_RUNNING = (RunStatus.EXECUTING, RunStatus.REATTEMPTING, RunStatus.FROZEN)
 

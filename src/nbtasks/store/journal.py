@@ -19,7 +19,7 @@ import struct
 import zlib
 from typing import Any
 
-from ._schema import RUN_COLUMNS, RUN_UPDATE_COLUMNS
+from nbtasks.store.schema import RUN_COLUMNS, RUN_UPDATE_COLUMNS
 
 Row = tuple[Any, ...]
 

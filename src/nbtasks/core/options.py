@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from nbtasks._durations import parse_duration
+from nbtasks.core.durations import parse_duration
 
 __all__ = ["Queue", "Retry", "coerce_queue", "coerce_retry"]
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ._models import Attempt, Run, error_from_json
-from ._options import Retry
-from ._status import AttemptStatus, RunStatus
+from nbtasks.core.models import Attempt, Run, error_from_json
+from nbtasks.core.options import Retry
+from nbtasks.core.status import AttemptStatus, RunStatus
 
 
 def utcnow() -> datetime:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import NbtasksError
+from nbtasks.core.errors import NbtasksError
 
 METADATA_MAX_BYTES = 256 * 1024
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any, Generic, TypeVar
 
-from ._models import BatchResult, Result, Run
+from nbtasks.core.models import BatchResult, Result, Run
 
 R = TypeVar("R")
 
@@ -21,22 +21,22 @@ class RunHandle(Generic[R]):
         self.is_cached = is_cached
 
     def retrieve(self) -> Run:
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         return runs.retrieve(self.id)
 
     def wait(self, timeout: float | None = None) -> Result[R]:
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         return runs.wait(self.id, timeout=timeout)
 
     def cancel(self) -> Run:
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         return runs.cancel(self.id)
 
     async def await_result(self) -> Result[R]:
-        from ._calls import await_runs
+        from nbtasks.client.calls import await_runs
 
         (result,) = await await_runs([self.id])
         return result
@@ -46,7 +46,7 @@ class RunHandle(Generic[R]):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """In a notebook: the live run widget; elsewhere, the text."""
-        from ._widgets import RunWidget, in_notebook
+        from nbtasks.ui.widgets import RunWidget, in_notebook
 
         if not in_notebook():
             return {"text/plain": repr(self)}
@@ -65,12 +65,12 @@ class BatchHandle(Generic[R]):
         self.runs = handles
 
     def wait(self, timeout: float | None = None) -> BatchResult[R]:
-        from ._calls import wait_runs
+        from nbtasks.client.calls import wait_runs
 
         return BatchResult(self.id, wait_runs([h.id for h in self.runs], timeout))
 
     async def await_result(self) -> BatchResult[R]:
-        from ._calls import await_runs
+        from nbtasks.client.calls import await_runs
 
         return BatchResult(self.id, await await_runs([h.id for h in self.runs]))
 
@@ -82,7 +82,7 @@ class BatchHandle(Generic[R]):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """In a notebook: the live batch widget; elsewhere, the text."""
-        from ._widgets import in_notebook
+        from nbtasks.ui.widgets import in_notebook
 
         if not in_notebook():
             return {"text/plain": repr(self)}
@@ -93,7 +93,7 @@ class BatchHandle(Generic[R]):
 
 
 def _batch_widget(handle: BatchHandle[Any]) -> Any:
-    from ._widgets import BatchWidget
+    from nbtasks.ui.widgets import BatchWidget
 
     task_id = handle.runs[0].task_id if handle.runs else ""
     return BatchWidget([h.id for h in handle.runs], task_id, repr(handle))

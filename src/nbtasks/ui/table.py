@@ -10,7 +10,7 @@ from typing import Any
 
 import traitlets
 
-from ._widgets import _FINAL_VALUES, _asset, _LiveWidget, _module, run_state
+from nbtasks.ui.widgets import _FINAL_VALUES, _asset, _LiveWidget, _module, run_state
 
 _SORTS = {
     "created": "id",
@@ -37,7 +37,7 @@ class RunTable(_LiveWidget):
     def __init__(self, status: str | None = None, task: str | None = None,
                  tag: str | None = None, limit: int = 25) -> None:  # fmt: skip
         super().__init__()
-        from ._runs import _statuses
+        from nbtasks.client.runs import _statuses
 
         if status is not None:
             _statuses(status)  # a bad status names itself now
@@ -52,7 +52,7 @@ class RunTable(_LiveWidget):
 
     def refresh(self) -> None:
         """Load the current page; keep refreshing every second while it shows live runs."""
-        from ._calls import engine
+        from nbtasks.client.calls import engine
 
         f = self.filters
         where, params = [], []
@@ -113,12 +113,12 @@ class RunTable(_LiveWidget):
             pass
 
     def _open(self, run_id: str) -> None:
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         self.detail = run_state(runs.retrieve(run_id))
 
     def _act(self, content: dict[str, Any]) -> str | None:
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         action = content["action"]
         if action == "filter":

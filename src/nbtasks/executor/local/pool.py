@@ -17,15 +17,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _protocol
+from nbtasks.executor.local import protocol as _protocol
 
 if TYPE_CHECKING:
     import asyncio
 
 MAX_SPAWN_FAILURES = 3  # workers in a row dying before ready: the queued runs fail
 KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL when killing a worker's process group
-_BOOT = "import sys; from nbtasks._worker import main; main(sys.argv)"
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BOOT = "import sys; from nbtasks.executor.local.worker import main; main(sys.argv)"
+_PACKAGE_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 
 class WorkerProc:

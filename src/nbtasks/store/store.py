@@ -25,9 +25,15 @@ try:  # DuckDB's C extension alone: its package's Python layer (the relational A
 except ImportError:  # pragma: no cover
     import duckdb  # type: ignore[no-redef]
 
-from ._errors import NbtasksError, StoreLockedError
-from ._journal import Batch, JournalFile
-from ._schema import ATTEMPT_COLUMNS, DDL, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
+from nbtasks.core.errors import NbtasksError, StoreLockedError
+from nbtasks.store.journal import Batch, JournalFile
+from nbtasks.store.schema import (
+    ATTEMPT_COLUMNS,
+    DDL,
+    RUN_COLUMNS,
+    RUN_UPDATE_COLUMNS,
+    SCHEMA_VERSION,
+)
 
 Row = tuple[Any, ...]
 DEFER_MAX_S = 0.02  # staged rows commit within this, or at once when someone waits on them

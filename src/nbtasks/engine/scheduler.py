@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-from ._state import RunState
-from ._status import RunStatus
+from nbtasks.core.status import RunStatus
+from nbtasks.engine.state import RunState
 
 
 class Scheduler:

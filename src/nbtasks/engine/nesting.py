@@ -14,14 +14,14 @@ import concurrent.futures as cf
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from ._errors import UnknownRunError
-from ._pool import WorkerProc
-from ._state import AttemptState, RunSpec, RunState
-from ._status import RunStatus
+from nbtasks.core.errors import UnknownRunError
+from nbtasks.core.status import RunStatus
+from nbtasks.engine.state import AttemptState, RunSpec, RunState
+from nbtasks.executor.local.pool import WorkerProc
 
 if TYPE_CHECKING:
-    from ._engine import EngineBase as _Base
-    from ._models import Run
+    from nbtasks.core.models import Run
+    from nbtasks.engine.engine import EngineBase as _Base
 else:
     _Base = object
 
@@ -70,7 +70,7 @@ class NestingMixin(_Base):
 
     def _resolve_task(self, spec: RunSpec) -> None:
         """Prefer the kernel's own definition of a task; else the one the worker sent."""
-        from ._task import registry
+        from nbtasks.client.task import registry
 
         task = registry.get(spec.task_id)
         if task is not None:
@@ -84,8 +84,8 @@ class NestingMixin(_Base):
         live = self.runs.get(run_id)
         if live is not None:
             return live.snapshot()
-        from ._models import Attempt, run_from_row
-        from ._schema import ATTEMPT_COLUMNS, RUN_COLUMNS
+        from nbtasks.core.models import Attempt, run_from_row
+        from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS
 
         rows = self.store.query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?",
                                 [run_id])  # fmt: skip

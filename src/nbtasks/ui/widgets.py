@@ -21,8 +21,8 @@ from typing import Any
 import anywidget
 import traitlets
 
-from ._models import Attempt, BatchResult, Result, Run
-from ._status import RunStatus
+from nbtasks.core.models import Attempt, BatchResult, Result, Run
+from nbtasks.core.status import RunStatus
 
 FLUSH_EVERY_S = 0.1
 LOG_TAIL_CHARS = 20_000
@@ -31,7 +31,7 @@ BATCH_SAMPLE = 200  # runs of a batch listed for drill-down
 
 def _asset(name: str) -> Path:
     """A front-end file: in the wheel (nbtasks/widgets) or in the source tree (widgets/)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the nbtasks package
     for folder in (here / "widgets", here.parent.parent / "widgets"):
         if (folder / name).exists():
             return folder / name
@@ -170,7 +170,7 @@ class RunWidget(_LiveWidget):
         """``text`` is the widget's plain text (the displayed object's repr); without it,
         the run's outcome if it is final now, else ``Run(task=..., live)``."""
         super().__init__()
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         self.run_id = run_id
         self._pending: Run | None = None
@@ -224,7 +224,7 @@ class RunWidget(_LiveWidget):
             self.logs = _logs(snapshot)
 
     def _act(self, content: dict[str, Any]) -> str | None:
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         action = content["action"]
         if action == "cancel":
@@ -263,7 +263,7 @@ class BatchWidget(_LiveWidget):
         self._changed = False
         self._text = text or f"Batch(task={task_id!r}, runs={len(run_ids)})"
         self.total = len(run_ids)
-        from ._calls import block, engine
+        from nbtasks.client.calls import block, engine
 
         eng = engine()
         # Watch first, then read the store for the runs that were not live any more: those
@@ -305,7 +305,7 @@ class BatchWidget(_LiveWidget):
             ]
 
     def _act(self, content: dict[str, Any]) -> str | None:
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         if content["action"] == "select":
             self.selected = run_state(runs.retrieve(str(content["run_id"])))
@@ -328,7 +328,7 @@ def _entry(run: Run) -> list[str]:
 
 
 def _events(run_id: str) -> list[tuple[str, str, str]]:
-    from ._calls import engine
+    from nbtasks.client.calls import engine
 
     rows = engine().store.query(
         "SELECT status, \"at\", coalesce(detail, '') FROM run_events WHERE run_id = ? "
@@ -341,7 +341,7 @@ def _events(run_id: str) -> list[tuple[str, str, str]]:
 def _follow(run_id: str, listener: Callable[[Run], None]) -> Run | None:
     """Call ``listener`` with every later snapshot of a live run, from the engine's thread;
     return its snapshot now, or None if it is not live (then it is final and stored)."""
-    from ._calls import block, engine
+    from nbtasks.client.calls import block, engine
 
     eng = engine()
     snapshot: Run | None = block(eng.call(eng.subscribe, run_id, listener))
@@ -377,7 +377,7 @@ def show_batch(run_ids: list[str], task_id: str) -> BatchWidget | None:
 
 def in_notebook() -> bool:
     """True in a Jupyter kernel (a front-end can draw widgets)."""
-    from ._pump import kernel
+    from nbtasks.ui.pump import kernel
 
     return kernel(main_thread_only=False) is not None
 

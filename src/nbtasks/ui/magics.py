@@ -17,8 +17,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ._errors import PayloadError
-from ._serialize import dumps_checked
+from nbtasks.core.errors import PayloadError
+from nbtasks.core.serialize import dumps_checked
 
 
 def _size(n: int) -> str:
@@ -159,7 +159,7 @@ class TaskMagics(Magics):
             args = parse_argstring(self.runs, line)
         except SystemExit:
             raise UsageError(f"%runs: cannot parse the options {line!r}") from None
-        from ._runs import runs
+        from nbtasks.client.runs import runs
 
         try:
             return runs.table(status=args.status, task=args.task, tag=args.tag, limit=args.limit)
@@ -172,8 +172,8 @@ def _split(value: str | None) -> list[str]:
 
 
 def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
-    from ._options import Queue, Retry
-    from ._task import Task
+    from nbtasks.client.task import Task
+    from nbtasks.core.options import Queue, Retry
 
     python = shell.transform_cell(cell)
     try:

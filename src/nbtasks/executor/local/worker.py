@@ -1,9 +1,9 @@
 """A worker process: executes one attempt at a time for the kernel that spawned it.
 
-Started as ``python -m nbtasks._worker CMD_FD EVENT_FD PARENT_PID`` in a new session, so
-the worker is the leader of a process group holding everything its tasks start; the kernel
-kills that group to cancel or time out an attempt. The worker kills its own group when the
-kernel goes away (the command pipe reaches end of file, or the parent-death signal fires).
+Started by the pool (``executor/local/pool.py``) with CMD_FD EVENT_FD PARENT_PID in a new
+session, so the worker is the leader of a process group holding everything its tasks start;
+the kernel kills that group to cancel or time out an attempt. The worker kills its own group
+when the kernel goes away (the command pipe reaches end of file, or the parent-death signal fires).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import time
 import traceback
 from typing import Any
 
-from . import _context, _protocol
-from ._errors import AbortRun
+from nbtasks.core import context as _context
+from nbtasks.core.errors import AbortRun
+from nbtasks.executor.local import protocol as _protocol
 
 OUTPUT_CAP = 256 * 1024  # bytes of stdout / stderr kept per attempt (the tail)
 LOG_EVERY_S = 0.1  # how often output written by a running attempt is streamed
@@ -170,7 +171,7 @@ def _error_info(exc: BaseException) -> dict[str, str]:
 
 
 def _exc_bytes(exc: BaseException) -> bytes | None:
-    from ._serialize import dumps, loads
+    from nbtasks.core.serialize import dumps, loads
 
     try:
         data = dumps(exc)
@@ -328,7 +329,7 @@ class Worker:
     def learn_function(self, fn_key: str, fn_bytes: bytes | None) -> None:
         """Keep a task function sent with an attempt; later attempts come without it."""
         if fn_bytes is not None:
-            from ._serialize import loads
+            from nbtasks.core.serialize import loads
 
             self.functions[fn_key] = loads(fn_bytes)
 
@@ -342,7 +343,7 @@ class Worker:
         memory_limit: int | None,
     ) -> tuple[Any, ...]:
         """Execute one attempt; return its ``done`` message (the caller sends it)."""
-        from ._serialize import dumps, loads, preview
+        from nbtasks.core.serialize import dumps, loads, preview
 
         def done(
             outcome: str,
@@ -415,7 +416,8 @@ def main(argv: list[str]) -> None:
     os.set_inheritable(event_fd, False)
     _die_with_parent(parent_pid)
     _context.IN_WORKER = True
-    from . import _serialize, _task  # noqa: F401  (what loading a task needs, before ready)
+    from nbtasks.client import task as _task  # noqa: F401  (what loading a task needs)
+    from nbtasks.core import serialize as _serialize  # noqa: F401
 
     Worker(cmd_fd, event_fd).serve()
 
