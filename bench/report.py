@@ -27,6 +27,15 @@ COLUMNS: list[tuple[str, str, Figure, str, bool]] = [
 ]
 
 
+ORDER = {s.key: i for i, s in enumerate(SYSTEMS)}
+
+
+def system_keys(results: dict[str, Any]) -> list[str]:
+    """The rows in the order of SYSTEMS; one not there (--baseline's) right after nbtasks."""
+    beside = ORDER.get("nbtasks", -1) + 0.5
+    return sorted(results["systems"], key=lambda key: ORDER.get(key, beside))
+
+
 def _figure(results: dict[str, Any], workload: str, key: str, fig: Figure) -> float | None:
     row = results["workloads"].get(workload, {}).get(key)
     if not row or "error" in row:
@@ -41,7 +50,7 @@ def _error(results: dict[str, Any], workload: str, key: str) -> str | None:
 
 def main_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows ("value xratio" cells; ratio = system / nbtasks) and error notes."""
-    keys = [s.key for s in SYSTEMS if s.key in results["systems"]]
+    keys = system_keys(results)
     columns = [c for c in COLUMNS if c[0] in results["workloads"]]
     header = ["system"] + [f"{title} {'↑' if up else '↓'}" for _, title, _, _, up in columns]
     rows, errors = [], []
@@ -145,6 +154,14 @@ def render(results: dict[str, Any], markdown: bool) -> str:
     if "load_avg_start" in meta:
         start, end = meta["load_avg_start"][0], meta.get("load_avg_end", [float("nan")])[0]
         out.append(f"Load average (1 min) at the start {start:.2f}, at the end {end:.2f}.")
+    if "baseline" in meta:
+        base = meta["baseline"]
+        out.append(
+            f"Two commits of nbtasks in one run: the work tree at "
+            f"{meta.get('nbtasks_commit', '?')} and the baseline, {base['ref']} = "
+            f"{base['commit']}; the baseline's ratios are baseline ÷ work tree (on a ↓ "
+            f"column, above 1: the work tree is faster)."
+        )
     header, rows, errors = main_rows(results)
     out += ["", table(header, rows)]
     if errors:
@@ -173,7 +190,10 @@ def render(results: dict[str, Any], markdown: bool) -> str:
     if notes:
         out += ["", "Set-up of each system:", *notes]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-    out += ["", f"Versions: {versions} (nbtasks at commit {meta.get('nbtasks_commit', '?')})."]
+    commits = f"nbtasks at commit {meta.get('nbtasks_commit', '?')}"
+    if "baseline" in meta:
+        commits += f"; the baseline at {meta['baseline']['short']}"
+    out += ["", f"Versions: {versions} ({commits})."]
     return "\n".join(out) + "\n"
 
 
@@ -214,7 +234,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    keys = [s.key for s in SYSTEMS if s.key in results["systems"]]
+    keys = system_keys(results)
     labels = [results["systems"][k]["label"] for k in keys]
     fig, axes = plt.subplots(2, 3, figsize=(17, 10))
     for ax, panel in zip(axes.flat, PANELS, strict=False):

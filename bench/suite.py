@@ -17,14 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import baseline, report
 from bench.children import REPO, child_env, cold_start, run_module
-from bench.systems import BY_KEY, SYSTEMS, System
+from bench.systems import BASELINE, BY_KEY, SYSTEMS, System
 
 RESULTS = REPO / "bench" / "results"
 ALL_WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6")
@@ -42,6 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "calls) only; exit 1 if nbtasks is below --min-rate runs/s",
     )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure nbtasks at this commit (a git ref of this repository) beside the "
+        "work tree's, in the same run: one more row, 'nbtasks @ <sha>' (bench/README.md)",
+    )
     parser.add_argument(
         "--systems",
         default=",".join(s.key for s in SYSTEMS),
@@ -160,11 +167,10 @@ def run_session_workloads(
 ) -> None:
     """W1, W2, W3, W6 (idle workers): one fresh process per system and workload."""
     sizes = {"w1": args.w1_tasks, "w2": args.w2_calls, "w3": args.w3_tasks, "w6": 0}
-    for workload in ("w1", "w2", "w3", "w6"):
-        if workload not in args.workload_list:
-            continue
+    workloads = [w for w in ("w1", "w2", "w3", "w6") if w in args.workload_list]
+    for turn, workload in enumerate(workloads):
         rows = results["workloads"].setdefault(workload, {})
-        for system in args.system_list:
+        for system in fair_order(args.system_list, turn):
             if workload == "w6" and not system.memory:
                 continue
             missing = missing_packages(system)
@@ -176,7 +182,8 @@ def run_session_workloads(
             if workload == "w1":
                 cli += ["--repeat", str(args.w1_repeat)]
             cwd = Path(tempfile.mkdtemp(dir=home))
-            result = run_module(f"bench.systems.{system.module}", cli, env, cwd, args.timeout)
+            module = f"bench.systems.{system.module}"
+            result = run_module(module, cli, system_env(system, env), cwd, args.timeout)
             result.pop("traceback", None)
             rows[system.key] = result
             if result.get("notes"):
@@ -185,6 +192,24 @@ def run_session_workloads(
         if workload == "w3":
             rows["sleep"] = sleep_floor(args.w3_tasks // args.workers, env, args.timeout)
             log(start, f"W3 time.sleep floor: {summarize(rows['sleep'])}")
+
+
+def system_env(system: System, env: dict[str, str]) -> dict[str, str]:
+    """The environment of a system's measuring processes: the --baseline row's checkout
+    first on PYTHONPATH (the nbtasks workers it starts inherit it)."""
+    return baseline.pythonpath(system.pythonpath, env) if system.pythonpath else env
+
+
+def fair_order(systems: list[System], turn: int) -> list[System]:
+    """The systems in their order, except that the two nbtasks rows (work tree and
+    --baseline) swap places every other turn: neither always goes first."""
+    keys = [s.key for s in systems]
+    if turn % 2 == 0 or "nbtasks" not in keys or BASELINE not in keys:
+        return systems
+    i, j = keys.index("nbtasks"), keys.index(BASELINE)
+    swapped = list(systems)
+    swapped[i], swapped[j] = systems[j], systems[i]
+    return swapped
 
 
 SLEEP_FLOOR = """
@@ -214,9 +239,12 @@ def sleep_floor(n: int, env: dict[str, str], timeout: float) -> dict[str, Any]:
 def run_cold_starts(
     args: argparse.Namespace, env: dict[str, str], home: Path, start: float, results: dict[str, Any]
 ) -> None:
-    """W4: ``python -c`` programs, import to first result, median of --w4-repeat."""
+    """W4: ``python -c`` programs, import to first result, median of --w4-repeat. The two
+    nbtasks rows (work tree and --baseline) take turns, one cold start each, fairly."""
     rows = results["workloads"].setdefault("w4", {})
-    programs: list[tuple[str, str, str]] = [("python", "`python -c pass`", "pass")]
+    python = System("python", "`python -c pass`", "", ())
+    groups: list[list[tuple[System, str]]] = [[(python, "pass")]]
+    pair: list[tuple[System, str]] = []
     for system in args.system_list:
         missing = missing_packages(system)
         if missing:
@@ -227,31 +255,43 @@ def run_cold_starts(
         except Exception as exc:  # a broken module costs its own row only
             rows[system.key] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        programs.append((system.key, system.label, module.COLD_START.strip() + "\n"))
-    for key, label, code in programs:
-        runs = []
-        for _ in range(args.w4_repeat):
-            cwd = Path(tempfile.mkdtemp(dir=home))
-            text = string.Template(code).safe_substitute(values_for(key, args, cwd))
-            runs.append(cold_start(text, env, cwd, args.timeout))
-            if "error" in runs[-1]:
-                break
-        ok = [r for r in runs if "error" not in r]
-        if len(ok) < len(runs):
-            rows[key] = runs[-1]
+        program = (system, module.COLD_START.strip() + "\n")
+        if system.key in ("nbtasks", BASELINE):
+            if not pair:
+                groups.append(pair)
+            pair.append(program)
         else:
-            rows[key] = {
-                "first_result_s": statistics.median(r["first_result_s"] for r in ok),
-                "exit_s": statistics.median(r["exit_s"] for r in ok),
-                "runs": ok,
-            }
-        log(start, f"W4 {label}: {summarize(rows[key])}")
+            groups.append([program])
+    for group in groups:
+        runs: dict[str, list[dict[str, Any]]] = {system.key: [] for system, _ in group}
+        for turn in range(args.w4_repeat):
+            for system, code in group if turn % 2 == 0 else group[::-1]:
+                if runs[system.key] and "error" in runs[system.key][-1]:
+                    continue  # failed: no more tries
+                cwd = Path(tempfile.mkdtemp(dir=home))
+                text = string.Template(code).safe_substitute(values_for(system, args, cwd))
+                runs[system.key].append(
+                    cold_start(text, system_env(system, env), cwd, args.timeout)
+                )
+        for system, _ in group:
+            rows[system.key] = median_cold_start(runs[system.key])
+            log(start, f"W4 {system.label}: {summarize(rows[system.key])}")
 
 
-def values_for(key: str, args: argparse.Namespace, cwd: Path) -> dict[str, str]:
+def median_cold_start(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if "error" not in r]
+    if len(ok) < len(runs):
+        return runs[-1]
+    return {
+        "first_result_s": statistics.median(r["first_result_s"] for r in ok),
+        "exit_s": statistics.median(r["exit_s"] for r in ok),
+        "runs": ok,
+    }
+
+
+def values_for(system: System, args: argparse.Namespace, cwd: Path) -> dict[str, str]:
     values = {"workers": str(args.workers), "tmp": str(cwd)}
-    system = BY_KEY.get(key)
-    if system is not None:
+    if system.module:
         module = importlib.import_module(f"bench.systems.{system.module}")
         values.update(getattr(module, "cold_start_values", lambda o: {})(system.options))
     return values
@@ -322,11 +362,35 @@ def write_results(results: dict[str, Any], out: Path, with_chart: bool) -> None:
             print(f"no chart: {exc}", file=sys.stderr)
 
 
+def add_baseline(args: argparse.Namespace) -> baseline.Checkout:
+    """--baseline REF: export and compile REF's nbtasks, compile the work tree's alike, and
+    add REF's row right after nbtasks'; both rows' labels say their commit."""
+    checkout = baseline.export(args.baseline)
+    baseline.check_import(checkout.src)
+    baseline.compile_src(REPO / "src")  # as scripts/bench does: both rows start compiled
+    ours = f"nbtasks @ {nbtasks_commit()} (work tree)"
+    systems = [replace(s, label=ours) if s.key == "nbtasks" else s for s in args.system_list]
+    at = next((i + 1 for i, s in enumerate(systems) if s.key == "nbtasks"), 0)
+    row = replace(
+        BY_KEY["nbtasks"], key=BASELINE, label=checkout.label, pythonpath=str(checkout.src)
+    )
+    args.system_list = [*systems[:at], row, *systems[at:]]
+    return checkout
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         return render_only(args.render)
     start = time.perf_counter()
+    checkout = None
+    if args.baseline:
+        try:
+            checkout = add_baseline(args)
+        except baseline.BaselineError as exc:
+            print(f"--baseline {args.baseline}: {exc}", file=sys.stderr)
+            return 2
+        log(start, f"baseline: {checkout.label}, nbtasks from {checkout.src}")
     now = datetime.now(timezone.utc)
     load = os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1):
@@ -354,6 +418,15 @@ def main(argv: list[str] | None = None) -> int:
         },
         "workloads": {},
     }
+    if checkout is not None:
+        results["meta"]["baseline"] = {
+            "ref": checkout.ref,
+            "commit": checkout.commit,
+            "short": checkout.short,
+        }
+        results["systems"][BASELINE]["commit"] = checkout.short
+        if "nbtasks" in results["systems"]:
+            results["systems"]["nbtasks"]["commit"] = results["meta"]["nbtasks_commit"]
     with tempfile.TemporaryDirectory(prefix="nbtasks-bench-") as tmp:
         home = Path(tmp)
         env = child_env(home)
@@ -384,11 +457,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def is_full_run(args: argparse.Namespace) -> bool:
-    """Every system and workload at the default sizes: a result worth keeping as latest."""
+    """Every system and workload at the default sizes, no --baseline: a result worth keeping
+    as latest."""
     defaults = vars(parse_args([]))
     sizes = [k for k in defaults if k.startswith(("w1_", "w2_", "w3_", "w4_", "w5_", "workers"))]
     return (
-        set(args.workload_list) == set(ALL_WORKLOADS)
+        not args.baseline
+        and set(args.workload_list) == set(ALL_WORKLOADS)
         and len(args.system_list) == len(SYSTEMS)
         and all(getattr(args, k) == defaults[k] for k in sizes)
     )

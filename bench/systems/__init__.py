@@ -21,6 +21,8 @@ class System:
     options: dict[str, Any] = field(default_factory=dict)  # the variant, passed to the module
     anchor: bool = True  # False for nbtasks, the system under test
     memory: bool = True  # W6: idle worker RSS is measured for it
+    # First on the PYTHONPATH of its measuring processes: the --baseline row's checkout's src
+    pythonpath: str | None = None
 
 
 SYSTEMS: tuple[System, ...] = (
@@ -50,3 +52,4 @@ SYSTEMS: tuple[System, ...] = (
 )
 
 BY_KEY = {s.key: s for s in SYSTEMS}
+BASELINE = "baseline"  # the key of the --baseline row: nbtasks at another commit

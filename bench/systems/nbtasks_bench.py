@@ -13,9 +13,9 @@ import nbtasks
 from bench.systems.common import Session, child_pids, main
 from nbtasks import task
 
-WORKER_MARKER = (
-    "nbtasks.executor.local.worker"  # in the command line of every nbtasks worker process
-)
+# In the command line of every nbtasks worker process: this layout's, and the one before
+# (a --baseline commit may have it).
+WORKER_MARKERS = ("nbtasks.executor.local.worker", "nbtasks._worker")
 
 # W4: ``python -c`` this (``$workers``, ``$tmp`` filled in): import to first result.
 COLD_START = """
@@ -52,7 +52,7 @@ class NbtasksSession(Session):
         return TASKS[fn].trigger_and_wait(item).unwrap()
 
     def worker_pids(self) -> list[int] | None:
-        return child_pids(os.getpid(), WORKER_MARKER) or None
+        return [p for m in WORKER_MARKERS for p in child_pids(os.getpid(), m)] or None
 
 
 @contextmanager
