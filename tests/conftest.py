@@ -1,4 +1,5 @@
-"""Shared fixtures: a real store file per test, a real engine with real workers."""
+"""Shared fixtures: a real store file per test, a real engine with real workers; and
+``wait_for``, the one way tests wait for a state."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pytest
@@ -15,6 +18,40 @@ import pytest
 import nbtasks
 
 ROOT = Path(__file__).resolve().parent.parent
+DEADLINE_S = 15.0  # generous: every awaited state normally holds well within a second
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = DEADLINE_S,
+             interval: float = 0.02) -> T:  # fmt: skip
+    """Poll ``condition`` until it returns something truthy, and return that; after
+    ``timeout`` seconds, fail the test naming ``what`` was awaited.
+
+    (Scripts that tests run in processes of their own carry a copy: see
+    ``test_scripts.PRELUDE``.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def has_status(run_id: str, status: nbtasks.RunStatus) -> Callable[[], nbtasks.Run | None]:
+    """A ``wait_for`` condition: the run's snapshot once it has ``status`` (a status it
+    stays in for a while); the test fails at once if the run ends without reaching it."""
+
+    def check() -> nbtasks.Run | None:
+        run = nbtasks.runs.retrieve(run_id)
+        if run.status is status:
+            return run
+        if run.is_final:
+            pytest.fail(f"run {run_id} ended {run.status.value} before reaching {status.value}")
+        return None
+
+    return check
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -37,6 +36,8 @@ import psutil
 import pytest
 from jupyter_client import BlockingKernelClient
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -167,16 +168,21 @@ class JupyterServer:
             env=env, cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
+
+        def up() -> bool:
             try:
                 self.api("GET", "status")
-                return
+                return True
             except (OSError, urllib.error.URLError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"jupyter {self.name} did not start: see {log}") from None
-                time.sleep(0.1)  # polling the server's readiness, not a wait for a state
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"jupyter {self.name} exited: see {log}") from None
+                return False
+
+        try:
+            wait_for(up, f"jupyter {self.name} to start (see {log})", SERVER_START_S, 0.1)
+        except BaseException:
+            self.stop()
+            raise
 
     @staticmethod
     def _setting(path: Path, value: dict[str, Any]) -> None:
@@ -201,10 +207,7 @@ class JupyterServer:
         empty store."""
         for session in self.api("GET", "sessions"):
             self.api("DELETE", f"sessions/{session['id']}")
-        deadline = time.monotonic() + 30
-        while self.api("GET", "kernels"):
-            assert time.monotonic() < deadline, "kernels did not shut down"
-            time.sleep(0.1)
+        wait_for(lambda: not self.api("GET", "kernels"), "the kernels to shut down", 30, 0.1)
         for leftover in self.store.parent.glob(self.store.name + "*"):
             leftover.unlink()
 
@@ -386,10 +389,8 @@ def kernel_value(client: BlockingKernelClient, expression: str) -> str:
 def kernel_status_becomes(client: BlockingKernelClient, expression: str, expected: str,
                           timeout: float = 15) -> None:  # fmt: skip
     """Bounded retry: the store commits the final state a moment after the page shows it."""
-    deadline = time.monotonic() + timeout
-    while (value := kernel_value(client, expression)) != repr(expected):
-        assert time.monotonic() < deadline, f"{expression} is {value}, not {expected!r}"
-        time.sleep(0.2)
+    wait_for(lambda: kernel_value(client, expression) == repr(expected),
+             f"{expression} to be {expected!r}", timeout, 0.2)  # fmt: skip
 
 
 def shot(page: Page, path: Path) -> Path:

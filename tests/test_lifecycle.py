@@ -16,28 +16,11 @@ from nbtasks.core.status import FINAL, TRANSITIONS, IllegalTransition, check_tra
 
 import crashers
 import tasks
-
-
-def _wait_for(predicate, timeout: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _wait_status(run_id: str, status: RunStatus, timeout: float = 10.0) -> nbtasks.Run:
-    for snapshot in runs.subscribe(run_id):
-        if snapshot.status is status:
-            return snapshot
-        assert not snapshot.is_final, f"run ended {snapshot.status} before reaching {status}"
-    raise AssertionError("subscription ended early")
+from conftest import has_status, wait_for
 
 
 def _pid_from(path: Path) -> int:
-    return int(_wait_for(lambda: path.exists() and path.read_text(), what=f"{path}"))
+    return int(wait_for(lambda: path.exists() and path.read_text(), f"a pid in {path}", 10))
 
 
 def _gone(pid: int, timeout: float = 5.0) -> bool:
@@ -263,7 +246,7 @@ def test_cancel_executing_run_kills_even_a_process_ignoring_sigterm(
 def test_cancel_queued_run_never_starts_it(nb: object) -> None:
     blockers = [crashers.sleep_for.trigger(30) for _ in range(2)]
     for b in blockers:
-        _wait_status(b.id, RunStatus.EXECUTING)
+        wait_for(has_status(b.id, RunStatus.EXECUTING), "a blocker to execute")
     queued = tasks.add.trigger({"a": 1, "b": 1})
     assert queued.retrieve().status is RunStatus.QUEUED
     run = queued.cancel()
@@ -274,7 +257,7 @@ def test_cancel_queued_run_never_starts_it(nb: object) -> None:
 
 def test_cancel_during_backoff(nb: object) -> None:
     handle = slow_backoff.trigger(None)
-    _wait_status(handle.id, RunStatus.REATTEMPTING)
+    wait_for(has_status(handle.id, RunStatus.REATTEMPTING), "the failed run to back off")
     run = handle.cancel()
     assert run.status is RunStatus.CANCELED and run.attempt_count == 1
 
@@ -320,8 +303,8 @@ def test_shutdown_interrupts_executing_and_reattempting_runs(store_path: str) ->
     nbtasks.configure(store=store_path, workers=2)
     executing = crashers.sleep_for.trigger(30)
     backing_off = slow_backoff.trigger(None)
-    _wait_status(executing.id, RunStatus.EXECUTING)
-    _wait_status(backing_off.id, RunStatus.REATTEMPTING)
+    wait_for(has_status(executing.id, RunStatus.EXECUTING), "the sleeping run to execute")
+    wait_for(has_status(backing_off.id, RunStatus.REATTEMPTING), "the failed run to back off")
     nbtasks.shutdown()
 
     nbtasks.configure(store=store_path, workers=1)
@@ -341,7 +324,7 @@ def test_every_engine_status_is_reachable_in_one_store(nb: object) -> None:
         tasks.echo.trigger_and_wait(Unloadable()),
     ]
     handle = crashers.sleep_for.trigger(30)
-    _wait_status(handle.id, RunStatus.EXECUTING)
+    wait_for(has_status(handle.id, RunStatus.EXECUTING), "the sleeping run to execute")
     handle.cancel()
     statuses = {r.status for r in results} | {handle.retrieve().status}
     assert statuses == {

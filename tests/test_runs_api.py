@@ -30,6 +30,7 @@ from nbtasks import (
     task,
 )
 
+from conftest import has_status, wait_for
 from crashers import sleep_for
 from tasks import CustomError, add, chatty, echo, fail, succeed_on_third
 
@@ -74,7 +75,8 @@ def echo_or_raise(p: object) -> object:
 
 
 class Watch:
-    """Follows ``runs.subscribe(run_id)`` in a thread so the test can wait with a timeout."""
+    """Follows ``runs.subscribe(run_id)`` in a thread so the test can wait with a timeout
+    (it reads every snapshot as it comes: a stream, not a state to poll for)."""
 
     def __init__(self, run_id: str) -> None:
         self.snapshots: queue.Queue[Run | BaseException | None] = queue.Queue()
@@ -99,19 +101,6 @@ class Watch:
             self.seen.append(item)
         return item
 
-    def until(self, status: RunStatus, timeout: float = TIMEOUT) -> Run:
-        """The first snapshot with ``status``; fails if the run ends without reaching it."""
-        for snapshot in self.seen:
-            if snapshot.status is status:
-                return snapshot
-        deadline = time.monotonic() + timeout
-        while True:
-            snapshot = self._next(deadline)
-            if snapshot is None:
-                raise AssertionError(f"run ended without {status}: {[s.status for s in self.seen]}")
-            if snapshot.status is status:
-                return snapshot
-
     def to_end(self, timeout: float = TIMEOUT) -> list[Run]:
         """Every snapshot until the subscription ends."""
         deadline = time.monotonic() + timeout
@@ -124,7 +113,7 @@ class Watch:
 
 def executing(handle: RunHandle[Any]) -> Run:
     """Block (with a timeout) until the run is EXECUTING; return that snapshot."""
-    return Watch(handle.id).until(S.EXECUTING)
+    return wait_for(has_status(handle.id, S.EXECUTING), "the run to execute", TIMEOUT)
 
 
 @pytest.fixture

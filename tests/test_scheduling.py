@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import nbtasks
-from nbtasks import BatchItem, Queue, Retry, RunStatus, Task, metadata, runs, task
+from nbtasks import BatchItem, Queue, Retry, RunHandle, RunStatus, Task, metadata, runs, task
 
-from conftest import run_script
+from conftest import has_status, run_script, wait_for
 from crashers import sleep_for
 from tasks import add, always_fail
 
@@ -154,7 +154,7 @@ def test_delayed_run_can_be_canceled(nb: object) -> None:
 
 def test_ttl_expires_a_run_stuck_behind_a_busy_queue(nb: object) -> None:
     busy = sleep_for.trigger(1.0, queue=ONE)
-    assert _wait_until(busy.id, RunStatus.EXECUTING)
+    wait_for(has_status(busy.id, RunStatus.EXECUTING), "the sleeping run to execute")
     waiting = add.trigger({"a": 1, "b": 1}, queue=ONE, ttl="150ms")
     result = waiting.wait(timeout=10)
     assert result.status is RunStatus.EXPIRED
@@ -174,7 +174,7 @@ def test_a_run_sent_ahead_to_a_busy_worker_still_expires_unstarted(nb: object) -
     add.trigger_and_wait({"a": 0, "b": 0})  # warm: both workers are up
     busy = [sleep_for.trigger(1.0) for _ in range(2)]
     for handle in busy:
-        assert _wait_until(handle.id, RunStatus.EXECUTING)
+        wait_for(has_status(handle.id, RunStatus.EXECUTING), "the sleeping run to execute")
     late = add.trigger({"a": 1, "b": 1}, ttl="200ms")  # sent ahead to a busy worker
     result = late.wait(timeout=10)
     assert result.status is RunStatus.EXPIRED and result.run.attempt_count == 0
@@ -187,7 +187,7 @@ def test_a_run_sent_ahead_moves_to_a_worker_that_frees_up(nb: object) -> None:
     long = sleep_for.trigger(30)
     short = sleep_for.trigger(0.3)
     for handle in (long, short):
-        assert _wait_until(handle.id, RunStatus.EXECUTING)
+        wait_for(has_status(handle.id, RunStatus.EXECUTING), "the sleeping run to execute")
     queued = [add.trigger({"a": i, "b": 0}) for i in range(3)]  # one goes ahead to each
     assert [h.wait(timeout=10).output for h in queued] == [0, 1, 2]  # not behind `long`
     long.cancel()
@@ -199,7 +199,7 @@ def _sent_ahead() -> dict[int, int]:
 
     eng = get_engine()
     lengths: dict[int, int] = eng.call(
-        lambda fut: fut.set_result({w.pid: len(w.ahead) for w in eng.pool.workers})
+        lambda fut: fut.set_result({w.pid: len(w.ahead) for w in eng.dispatch.workers.values()})
     ).result(10)
     return lengths
 
@@ -209,7 +209,7 @@ def _busy_workers_with_quick_runs_ahead() -> tuple[list[Any], list[Any]]:
     add.batch_trigger_and_wait([{"a": i, "b": 0} for i in range(40)])  # attempts look quick
     busy = [sleep_for.trigger(1.0) for _ in range(2)]
     for handle in busy:
-        assert _wait_until(handle.id, RunStatus.EXECUTING)
+        wait_for(has_status(handle.id, RunStatus.EXECUTING), "the sleeping run to execute")
     quick = [add.trigger({"a": i, "b": 100}) for i in range(8)]
     assert max(_sent_ahead().values()) > 1
     return busy, quick
@@ -301,13 +301,12 @@ def test_key_of_a_failed_run_is_released(nb: object) -> None:
 def test_key_ttl_releases_the_key(nb: object) -> None:
     first = add.trigger_and_wait({"a": 1, "b": 1}, idempotency_key="brief",
                                  idempotency_key_ttl="100ms")  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
+
+    def a_fresh_run() -> RunHandle[Any] | None:
         again = add.trigger({"a": 1, "b": 1}, idempotency_key="brief")
-        if not again.is_cached:
-            break
-        assert time.monotonic() < deadline, "the key never expired"
-        time.sleep(0.05)
+        return None if again.is_cached else again
+
+    again = wait_for(a_fresh_run, "the key to expire", interval=0.05)
     assert again.id != first.id
 
 
@@ -383,10 +382,8 @@ def test_nested_waits_freeze_the_parent_and_link_children(nb: object) -> None:
 
 def test_cancel_cascades_to_a_grandchild(nb: object) -> None:
     handle = top.trigger(None)
-    deadline = time.monotonic() + 10
-    while not runs.list(task="sched-grandchild", status="EXECUTING"):
-        assert time.monotonic() < deadline, "the grandchild never started"
-        time.sleep(0.02)
+    wait_for(lambda: runs.list(task="sched-grandchild", status="EXECUTING"),
+             "the grandchild to start")  # fmt: skip
     handle.cancel()
     for task_id in ("sched-top", "sched-middle", "sched-grandchild"):
         (run,) = runs.list(task=task_id)
@@ -501,7 +498,3 @@ def test_sql_gives_duckdbs_whole_relation_api_in_a_fresh_process(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[('COMPLETED',", "1)]", "DuckDBPyRelation", "True"]
-
-
-def _wait_until(run_id: str, status: RunStatus) -> bool:
-    return any(snapshot.status is status for snapshot in runs.subscribe(run_id))

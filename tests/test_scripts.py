@@ -4,7 +4,8 @@ Each test writes a script, runs it as ``python script.py`` in its own process (t
 and checks what a user would see: the script's printed results, the processes left on the
 machine (psutil), and what a fresh process finds in the same store file afterwards.
 Scripts and tasks talk to the test through small JSON files written atomically and through
-lines printed on stdout; every wait polls for such a condition with an explicit deadline.
+lines printed on stdout. Every wait has a deadline: conditions are polled with
+``conftest.wait_for``, and printed lines are read as they come (``Script.wait_line``).
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
 
-from conftest import run_script, start_script
+from conftest import run_script, start_script, wait_for
 
-T = TypeVar("T")
 DEADLINE_S = 15.0  # generous: every condition below normally holds within well under a second
 
 # Prepended to every script: a publish() helper (atomic JSON file in the script's folder),
-# and wait_for_file() for the script's own polling, with a deadline.
+# and the script's own wait_for()/wait_for_file(). A script runs as ``python script.py`` in
+# a process of its own, where the tests' conftest is neither importable (tests/ is not on
+# its path) nor wanted (it imports pytest and sets up fixtures), so it carries a copy of
+# conftest.wait_for that fails by exiting instead of failing a test.
 PRELUDE = """\
 import json
 import os
@@ -46,12 +49,19 @@ def publish(name, data):
     os.replace(tmp, HERE / name)
 
 
-def wait_for_file(name, timeout=20.0):
+def wait_for(condition, what, timeout=20.0, interval=0.02):
     deadline = time.monotonic() + timeout
-    while not (HERE / name).exists():
+    while True:
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > deadline:
-            sys.exit(f"script: {name} did not appear within {timeout}s")
-        time.sleep(0.02)
+            sys.exit(f"script: timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_file(name):
+    wait_for(lambda: (HERE / name).exists(), name + " to appear")
 
 
 def emit(tag, data):
@@ -88,18 +98,6 @@ def script(body: str) -> str:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_until(condition: Callable[[], T], what: str, timeout: float = DEADLINE_S) -> T:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def tagged(stdout: str, tag: str) -> Any:
@@ -373,11 +371,8 @@ handle = long_one.trigger(None)
 emit("RUN", {"run": handle.id, "completed": {r.id: r.output for r in done}})
 wait_for_file("task.json")
 # Hand over only once the store says EXECUTING, so the kill cannot land before that commit.
-deadline = time.monotonic() + 20
-while handle.id not in [r.id for r in runs.list(status="EXECUTING")]:
-    if time.monotonic() > deadline:
-        sys.exit("script: the run never showed EXECUTING in the store")
-    time.sleep(0.02)
+wait_for(lambda: handle.id in [r.id for r in runs.list(status="EXECUTING")],
+         "the run to show EXECUTING in the store")
 marker = "nbtasks.executor.local.worker"
 workers = [p.pid for p in psutil.Process().children() if marker in " ".join(p.cmdline())]
 publish("workers.json", workers)
@@ -390,7 +385,7 @@ def test_sigkilled_kernel_takes_its_workers_and_leaves_the_run_interrupted(
 ) -> None:
     kernel = start(script(KILLED_KERNEL), tmp_path, reaper, {"NBTASKS_STORE": store_path})
     started = kernel.wait_line("RUN")
-    wait_until(lambda: (tmp_path / "workers.json").exists() or kernel.proc.poll() is not None,
+    wait_for(lambda: (tmp_path / "workers.json").exists() or kernel.proc.poll() is not None,
                "the script to record its workers")  # fmt: skip
     assert kernel.proc.poll() is None, f"the script ended early\n{kernel.output()}"
     task_info = read_json(tmp_path / "task.json")
@@ -406,8 +401,8 @@ def test_sigkilled_kernel_takes_its_workers_and_leaves_the_run_interrupted(
     kernel.wait_exit()
 
     for p in workers:
-        wait_until(lambda p=p: is_gone(p), f"worker {p.pid} to exit after its kernel was killed")
-    wait_until(lambda: is_gone(grandchild), "the task's grandchild `sleep` to be killed")
+        wait_for(lambda p=p: is_gone(p), f"worker {p.pid} to exit after its kernel was killed")
+    wait_for(lambda: is_gone(grandchild), "the task's grandchild `sleep` to be killed")
     left = worker_processes_of(kernel.proc.pid)
     assert not left, f"workers of the killed script still alive: {left}"
 
@@ -463,7 +458,7 @@ def test_script_ending_normally_interrupts_its_run_and_stops_its_workers(
         except psutil.NoSuchProcess:
             continue
         reaper.append(p)
-        wait_until(lambda p=p: is_gone(p), f"process {pid} of the ended script to exit")
+        wait_for(lambda p=p: is_gone(p), f"process {pid} of the ended script to exit")
 
     runs = inspect_store(tmp_path, store_path)
     run = runs[started["run"]]
@@ -507,7 +502,7 @@ def test_ctrl_c_during_a_blocking_wait_cancels_its_runs(
     env = {"NBTASKS_STORE": store_path, "MODE": mode, "NBTASKS_WORKERS": str(max(2, count))}
     kernel = start(script(INTERRUPTED_WAIT), tmp_path, reaper, env)
     files = [tmp_path / f"task-{i}.json" for i in range(count)]
-    wait_until(lambda: all(f.exists() for f in files) or kernel.proc.poll() is not None,
+    wait_for(lambda: all(f.exists() for f in files) or kernel.proc.poll() is not None,
                f"{count} task(s) to start")  # fmt: skip
     assert kernel.proc.poll() is None, f"the script ended early\n{kernel.output()}"
     workers = [process(read_json(f)["worker"]) for f in files]
@@ -518,7 +513,7 @@ def test_ctrl_c_during_a_blocking_wait_cancels_its_runs(
 
     assert statuses == [{"status": "CANCELED", "attempts": ["CANCELED"]}] * count
     for p in workers:  # the kernel is still alive: its engine killed the worker, not atexit
-        wait_until(lambda p=p: is_gone(p), f"worker {p.pid} of a canceled run to be killed")
+        wait_for(lambda p=p: is_gone(p), f"worker {p.pid} of a canceled run to be killed")
     (tmp_path / "release").touch()
     assert kernel.wait_exit() == 0, kernel.output()
 
@@ -758,7 +753,7 @@ def test_cancel_kills_the_process_tree_and_the_pool_recovers(
 ) -> None:
     env = {"NBTASKS_STORE": store_path, "NBTASKS_WORKERS": "1"}
     kernel = start(script(CANCEL_TREE), tmp_path, reaper, env)
-    wait_until(lambda: (tmp_path / "task.json").exists() or kernel.proc.poll() is not None,
+    wait_for(lambda: (tmp_path / "task.json").exists() or kernel.proc.poll() is not None,
                "the task to start")  # fmt: skip
     assert kernel.proc.poll() is None, f"the script ended early\n{kernel.output()}"
     task_info = read_json(tmp_path / "task.json")
@@ -769,8 +764,8 @@ def test_cancel_kills_the_process_tree_and_the_pool_recovers(
     (tmp_path / "cancel").touch()
     canceled = kernel.wait_line("CANCELED")
     assert canceled == {"status": "CANCELED", "attempts": ["CANCELED"]}
-    wait_until(lambda: is_gone(grandchild), "the canceled task's grandchild `sleep` to be killed")
-    wait_until(lambda: is_gone(worker), "the canceled run's worker to be killed")
+    wait_for(lambda: is_gone(grandchild), "the canceled task's grandchild `sleep` to be killed")
+    wait_for(lambda: is_gone(worker), "the canceled run's worker to be killed")
 
     (tmp_path / "release").touch()
     after = kernel.wait_line("AFTER")

@@ -5,17 +5,15 @@ trigger that fails leaves no process behind."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 import nbtasks
-from nbtasks.engine import engine as _engine
 from nbtasks.executor.local import pool as _pool
 
-from conftest import _is_worker, run_script
+from conftest import _is_worker, run_script, wait_for
 from crashers import sleep_for
 
 FIRST_TRIGGER = """
@@ -30,7 +28,8 @@ real_launch = _pool.launch
 def spy():
     launches.append(
         {"engine_loaded": "nbtasks.engine.engine" in sys.modules,
-         "calls_loaded": "nbtasks.client.calls" in sys.modules}
+         "trigger_loaded": "nbtasks.client.triggers" in sys.modules
+                           or "nbtasks.client.specs" in sys.modules}
     )
     return real_launch()
 
@@ -52,32 +51,31 @@ def test_the_first_trigger_starts_a_worker_before_loading_the_engine(tmp_path: P
     assert report["output"] == 42
     # The first worker was launched before the trigger's modules and the engine's loaded;
     # the second one comes from the engine.
-    assert report["launches"][0] == {"engine_loaded": False, "calls_loaded": False}
+    assert report["launches"][0] == {"engine_loaded": False, "trigger_loaded": False}
 
 
 def test_workers_boot_no_more_at_once_than_boot_slots(
     store_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_engine, "boot_slots", lambda: 1)  # as on a two-core machine
+    monkeypatch.setattr(_pool, "boot_slots", lambda: 1)  # as on a two-core machine
     booting_at_spawn: list[int] = []
-    real_spawn = _pool.Pool.spawn
+    real_spawn = _pool.LocalExecutor.spawn
 
-    def spawn(self: _pool.Pool) -> _pool.WorkerProc:
-        booting_at_spawn.append(sum(1 for w in self.workers if not w.ready and not w.dying))
+    def spawn(self: _pool.LocalExecutor) -> int:
+        booting = [w for w in self.workers.values() if not w.ready and not w.dying]
+        booting_at_spawn.append(len(booting))
         return real_spawn(self)
 
-    monkeypatch.setattr(_pool.Pool, "spawn", spawn)
+    monkeypatch.setattr(_pool.LocalExecutor, "spawn", spawn)
     nbtasks.configure(store=store_path, workers=3)
     assert sleep_for.trigger_and_wait(0.0).output == 0.0
     engine = nbtasks.client.config.get_engine()
-    deadline = time.monotonic() + 30
-    while sum(w.ready for w in engine.pool.workers) < 3:
-        assert time.monotonic() < deadline, engine.pool.workers
-        time.sleep(0.01)
+    wait_for(lambda: sum(w.ready for w in engine.dispatch.workers.values()) >= 3,
+             "the three workers to be ready", 30, 0.01)  # fmt: skip
     # The trigger launched the first worker; the engine launched the two others, each
     # once no other worker was booting.
     assert booting_at_spawn == [0, 0]
-    assert len(engine.pool.workers) == 3
+    assert len(engine.dispatch.workers) == 3
 
 
 def test_a_first_trigger_that_fails_leaves_no_worker_behind(store_path: str) -> None:

@@ -15,6 +15,8 @@ cheap: the engine, DuckDB and the widgets are imported only when they are needed
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from nbtasks.core import display as _display
+
 __version__ = "0.1.0"
 
 _WHERE = {
@@ -115,3 +117,14 @@ def load_ipython_extension(shell: object) -> None:
     from nbtasks.ui.magics import load
 
     load(shell)
+
+
+def _install_ui() -> None:
+    """The notebook UI (widgets, the wait pump, the run table), installed on first need:
+    the layers below reach it only through ``core.display``."""
+    from nbtasks.ui.hook import install
+
+    install()
+
+
+_display.set_loader(_install_ui)

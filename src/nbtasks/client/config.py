@@ -1,4 +1,5 @@
-"""Where the store lives, how many workers run, and the engine of this process."""
+"""Where the store lives, how many workers run, and the engine of this process: started on
+first need, given the versions of the tasks defined here, and stopped."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import os
 import re
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nbtasks.client.blocking import block
+from nbtasks.client.registry import registry
+from nbtasks.core import context as _context
 from nbtasks.core.errors import NbtasksError
 
+if TYPE_CHECKING:
+    from nbtasks.client.task import Task
+    from nbtasks.engine.engine import Engine
+    from nbtasks.engine.state import TaskVersion
+
 _lock = threading.Lock()
-_settings: dict[str, Any] = {"store": None, "workers": None}
+_settings: dict[str, Any] = {"store": None, "workers": None, "executor": None}
 _engine: Any = None
 _early: Any = None  # a worker launched before the first engine (``prelaunch``)
 
@@ -69,21 +78,34 @@ def worker_count() -> int:
 
 
 def configure(store: str | os.PathLike[str] | None = None, workers: int | None = None,
-              executor: str | None = None) -> None:  # fmt: skip
-    """Choose the store file and the worker count. Takes effect for the next engine: if one
-    is running, it is shut down first (its executing runs end INTERRUPTED)."""
+              executor: Any = None) -> None:  # fmt: skip
+    """Choose the store file, the worker count and the executor. Takes effect for the next
+    engine: if one is running, it is shut down first (its executing runs end INTERRUPTED).
+
+    ``executor`` is ``"local"`` (worker processes on this machine, the default) or a
+    zero-argument callable returning a new object that implements
+    ``nbtasks.executor.base.Executor`` (one per engine)."""
     if store is not None and not isinstance(store, (str, os.PathLike)):
         raise ValueError(f"store={store!r} is not valid: use a file path")
     if workers is not None:
         workers = _workers_from("workers", workers)
-    if executor not in (None, "local"):
-        raise ValueError(f"executor={executor!r} is not valid: the available executor is 'local'")
+    if executor is not None and executor != "local" and not callable(executor):
+        raise ValueError(
+            f"executor={executor!r} is not valid: use 'local' or a callable that returns an "
+            "executor"
+        )
     with _lock:
         if store is not None:
             _settings["store"] = os.fspath(store)
         if workers is not None:
             _settings["workers"] = workers
+        if executor is not None:
+            _settings["executor"] = executor
     shutdown()
+
+
+def _local() -> bool:
+    return _settings.get("executor") in (None, "local")
 
 
 def prelaunch() -> None:
@@ -93,9 +115,9 @@ def prelaunch() -> None:
     global _early
     if _engine is not None or _early is not None:
         return
-    from nbtasks.core.context import IN_WORKER
-
-    if IN_WORKER or threading.current_thread() is not threading.main_thread():
+    if _context.IN_WORKER or threading.current_thread() is not threading.main_thread():
+        return
+    if not _local():
         return
     from nbtasks.executor.local.pool import launch
 
@@ -112,9 +134,7 @@ def get_engine(spawn: bool = False) -> Any:
     with _lock:
         if _engine is not None and not _engine.closed:
             return _engine
-        from nbtasks.core.context import IN_WORKER
-
-        if IN_WORKER:
+        if _context.IN_WORKER:
             raise NbtasksError(
                 "in a worker process, runs can be triggered and read only by task code "
                 "while it executes"
@@ -123,15 +143,25 @@ def get_engine(spawn: bool = False) -> Any:
         launched = []
         if _early is not None:
             launched, _early = [_early], None
-        elif spawn:  # a first worker boots while the engine's modules (DuckDB...) load
+        elif spawn and _local():  # a first worker boots while DuckDB... load
             from nbtasks.executor.local.pool import launch
 
             launched = [launch()]
         from nbtasks.engine.engine import Engine
 
-        engine = _engine = Engine(path, size, spawn, launched)
-        from nbtasks.client.task import registry
+        if _local():
+            from nbtasks.executor.local.pool import LocalExecutor
 
+            executor = LocalExecutor(launched)
+        else:
+            executor = _settings["executor"]()
+        engine = _engine = Engine(path, size, executor, spawn)
+
+        def own_definition(task_id: str) -> Any:
+            task = registry.get(task_id)
+            return task.shipping(engine.version_for, engine) if task is not None else None
+
+        engine.resolve_task = own_definition
         for task_id in list(engine.waiting_tasks):  # runs an earlier kernel left waiting
             task = registry.get(task_id)
             if task is not None:
@@ -139,11 +169,24 @@ def get_engine(spawn: bool = False) -> Any:
         return engine
 
 
+def engine(spawn: bool = False) -> Engine:
+    """This process's engine, started if needed (``spawn``: for a trigger)."""
+    eng: Engine = get_engine(spawn)
+    return eng
+
+
+def version_of(task: Task[Any, Any], eng: Engine | None = None) -> TaskVersion:
+    """The version of ``task`` to run, registered with ``eng`` (by default this process's
+    engine)."""
+    if _context.IN_WORKER:  # the kernel assigns the version of a task sent from a worker
+        return task.shipping(lambda *args: "")
+    eng = eng or engine(spawn=True)
+    return task.shipping(lambda *args: block(eng.call(eng.register_version, *args)), eng)
+
+
 def deploy(engine: Any, task: Any) -> None:
     """Start the runs of ``engine`` that wait for ``task`` to be defined."""
-    from nbtasks.client.calls import _version, block
-
-    block(engine.call(engine.deploy, _version(task, engine)))
+    block(engine.call(engine.deploy, version_of(task, engine)))
 
 
 def task_defined(task: Any) -> None:
@@ -152,9 +195,7 @@ def task_defined(task: Any) -> None:
     With an engine running, its waiting runs start. Without one, a task defined in
     ``__main__`` (a notebook or script) opens the store if it exists, so runs left waiting
     by an earlier kernel start when their task's cell runs again."""
-    from nbtasks.core.context import IN_WORKER
-
-    if IN_WORKER:
+    if _context.IN_WORKER:
         return
     engine = _engine
     if engine is not None and not engine.closed:

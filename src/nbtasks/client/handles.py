@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any, Generic, TypeVar
 
+from nbtasks.client import control
+from nbtasks.core import display
 from nbtasks.core.models import BatchResult, Result, Run
 
 R = TypeVar("R")
@@ -21,24 +23,17 @@ class RunHandle(Generic[R]):
         self.is_cached = is_cached
 
     def retrieve(self) -> Run:
-        from nbtasks.client.runs import runs
-
-        return runs.retrieve(self.id)
+        return control.retrieve(self.id)
 
     def wait(self, timeout: float | None = None) -> Result[R]:
-        from nbtasks.client.runs import runs
-
-        return runs.wait(self.id, timeout=timeout)
+        (result,) = control.wait_runs([self.id], timeout)
+        return result
 
     def cancel(self) -> Run:
-        from nbtasks.client.runs import runs
-
-        return runs.cancel(self.id)
+        return control.cancel(self.id)
 
     async def await_result(self) -> Result[R]:
-        from nbtasks.client.calls import await_runs
-
-        (result,) = await await_runs([self.id])
+        (result,) = await control.await_runs([self.id])
         return result
 
     def __await__(self) -> Generator[Any, None, Result[R]]:
@@ -46,11 +41,7 @@ class RunHandle(Generic[R]):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """In a notebook: the live run widget; elsewhere, the text."""
-        from nbtasks.ui.widgets import RunWidget, in_notebook
-
-        if not in_notebook():
-            return {"text/plain": repr(self)}
-        return RunWidget(self.id, text=repr(self))._repr_mimebundle_(**kwargs)
+        return display.run_bundle(self.id, repr(self), **kwargs)
 
     def __repr__(self) -> str:
         cached = ", cached" if self.is_cached else ""
@@ -65,14 +56,10 @@ class BatchHandle(Generic[R]):
         self.runs = handles
 
     def wait(self, timeout: float | None = None) -> BatchResult[R]:
-        from nbtasks.client.calls import wait_runs
-
-        return BatchResult(self.id, wait_runs([h.id for h in self.runs], timeout))
+        return BatchResult(self.id, control.wait_runs([h.id for h in self.runs], timeout))
 
     async def await_result(self) -> BatchResult[R]:
-        from nbtasks.client.calls import await_runs
-
-        return BatchResult(self.id, await await_runs([h.id for h in self.runs]))
+        return BatchResult(self.id, await control.await_runs([h.id for h in self.runs]))
 
     def __await__(self) -> Generator[Any, None, BatchResult[R]]:
         return self.await_result().__await__()
@@ -82,18 +69,8 @@ class BatchHandle(Generic[R]):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """In a notebook: the live batch widget; elsewhere, the text."""
-        from nbtasks.ui.widgets import in_notebook
-
-        if not in_notebook():
-            return {"text/plain": repr(self)}
-        return _batch_widget(self)._repr_mimebundle_(**kwargs)
+        task_id = self.runs[0].task_id if self.runs else ""
+        return display.batch_bundle([h.id for h in self.runs], task_id, repr(self), **kwargs)
 
     def __repr__(self) -> str:
         return f"BatchHandle({len(self.runs)} runs)"
-
-
-def _batch_widget(handle: BatchHandle[Any]) -> Any:
-    from nbtasks.ui.widgets import BatchWidget
-
-    task_id = handle.runs[0].task_id if handle.runs else ""
-    return BatchWidget([h.id for h in handle.runs], task_id, repr(handle))

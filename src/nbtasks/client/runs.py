@@ -9,24 +9,27 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from nbtasks.client.calls import block, engine, handles, make_specs, submit, wait_runs
+from nbtasks.client import control
+from nbtasks.client.blocking import block
+from nbtasks.client.config import engine
 from nbtasks.client.handles import RunHandle
-from nbtasks.core.context import call_engine, in_task
+from nbtasks.client.registry import registry
+from nbtasks.client.specs import make_specs
+from nbtasks.client.triggers import handles, submit
+from nbtasks.core import display
 from nbtasks.core.durations import parse_delay, parse_duration
-from nbtasks.core.errors import UnknownRunError
-from nbtasks.core.models import Attempt, Page, Result, Run, run_from_row
+from nbtasks.core.models import Page, Result, Run, run_from_row
 from nbtasks.core.status import RunStatus
 from nbtasks.engine.state import utcnow
-from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS
+from nbtasks.store.schema import RUN_COLUMNS
 
 _LIST_COLUMNS = ", ".join(
     "NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS
 )  # listing never reads (or unpickles) payloads and outputs
-_ALL_COLUMNS = ", ".join(RUN_COLUMNS)
 _SAME: Any = object()  # replay: keep the original payload
 
 
-def _statuses(value: RunStatus | str | Sequence[RunStatus | str]) -> list[str]:
+def status_values(value: RunStatus | str | Sequence[RunStatus | str]) -> list[str]:
     items = [value] if isinstance(value, (str, RunStatus)) else list(value)
     out = []
     for item in items:
@@ -36,19 +39,6 @@ def _statuses(value: RunStatus | str | Sequence[RunStatus | str]) -> list[str]:
             names = ", ".join(s.value for s in RunStatus)
             raise ValueError(f"status={item!r} is not a run status; use one of {names}") from None
     return out
-
-
-def _fetch(run_id: str, what: str) -> Any:
-    """Load one part of a stored run on first access (payload, output, attempts)."""
-    store = engine().store
-    if what == "attempts":
-        rows = store.query(
-            f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE run_id = ? ORDER BY number",
-            [run_id],
-        )
-        return tuple(Attempt.from_row(r) for r in rows)
-    (row,) = store.query(f"SELECT {what} FROM runs WHERE id = ?", [run_id])
-    return row[0]
 
 
 class Runs:
@@ -74,7 +64,7 @@ class Runs:
         params: list[Any] = []
         if status is not None:
             where.append("list_contains(?::VARCHAR[], status)")  # faster than IN (subquery)
-            params.append(_statuses(status))
+            params.append(status_values(status))
         if task is not None:
             where.append("list_contains(?::VARCHAR[], task_id)")
             params.append([task] if isinstance(task, str) else list(task))
@@ -107,43 +97,25 @@ class Runs:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY id DESC LIMIT {limit + 1}"
         rows = engine().store.query(sql, params)
-        items = [run_from_row(r, _fetch) for r in rows[:limit]]
+        items = [run_from_row(r, control.fetch) for r in rows[:limit]]
         return Page(items, items[-1].id if len(rows) > limit else None)
 
     def retrieve(self, run_id: str) -> Run:
         """The run as it is now: live from the engine, or from the store."""
-        if in_task():
-            run: Run = call_engine("retrieve", run_id)
-            return run
-        eng = engine()
-        live = block(eng.call(eng.snapshot, run_id))
-        if live is not None:
-            return live  # type: ignore[no-any-return]
-        rows = eng.store.query(f"SELECT {_ALL_COLUMNS} FROM runs WHERE id = ?", [run_id])
-        if not rows:
-            raise UnknownRunError(run_id)
-        return run_from_row(rows[0], _fetch, _fetch(run_id, "attempts"))
+        return control.retrieve(run_id)
 
     def cancel(self, run_id: str) -> Run:
         """Cancel a run and its descendants (their process trees are killed); a final run
         is left as it is."""
-        if in_task():
-            call_engine("cancel", run_id)
-            return self.retrieve(run_id)
-        eng = engine()
-        eng.require_run(run_id)
-        snapshot = block(eng.call(eng.cancel, run_id))
-        return snapshot if snapshot is not None else self.retrieve(run_id)
+        return control.cancel(run_id)
 
     def wait(self, run_id: str, timeout: float | None = None) -> Result[Any]:
         """Block until the run is final and return its result."""
-        return wait_runs([run_id], timeout)[0]
+        return control.wait_runs([run_id], timeout)[0]
 
     def trigger(self, task_id: str, payload: Any, **options: Any) -> RunHandle[Any]:
         """Trigger a task by id. A task not defined in this kernel yet gets a run that is
         WAITING_FOR_DEPLOY until its definition runs."""
-        from nbtasks.client.task import registry
-
         task = registry.get(task_id)
         if task is not None:
             return task.trigger(payload, **options)
@@ -156,8 +128,6 @@ class Runs:
         """A new run of the same task (its latest version), with the same payload unless
         one is given, the same tags and trigger metadata, and no idempotency key."""
         original = self.retrieve(run_id)
-        from nbtasks.client.task import registry
-
         row = engine().store.query(
             "SELECT payload, trigger_metadata FROM runs WHERE id = ?", [run_id]
         )[0]
@@ -200,9 +170,7 @@ class Runs:
     def table(self, status: str | None = None, task: str | None = None, tag: str | None = None,
               limit: int = 25) -> Any:  # fmt: skip
         """The interactive run table widget (filter, sort, page, cancel/replay, open)."""
-        from nbtasks.ui.table import RunTable
-
-        return RunTable(status=status, task=task, tag=tag, limit=limit)
+        return display.run_table(status=status, task=task, tag=tag, limit=limit)
 
     def subscribe(self, run_id: str) -> Iterator[Run]:
         """Yield a snapshot now and at every change of the run, ending when it is final."""

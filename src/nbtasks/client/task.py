@@ -8,21 +8,21 @@ import inspect
 import json
 import re
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
-from nbtasks.client.config import prelaunch
+from nbtasks.client.blocking import run_in_thread
+from nbtasks.client.config import prelaunch, task_defined
+from nbtasks.client.handles import BatchHandle, RunHandle
+from nbtasks.client.registry import register
 from nbtasks.core.durations import parse_duration, parse_memory
+from nbtasks.core.models import BatchItem, BatchResult, Result
 from nbtasks.core.options import Queue, Retry, coerce_queue, coerce_retry
 from nbtasks.engine.state import TaskVersion
 
 P = TypeVar("P")
 R = TypeVar("R")
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")
-
-registry: dict[str, Task[Any, Any]] = {}  # task id -> latest definition in this process
-_registry_lock = threading.Lock()
 
 
 def _source_of(fn: Callable[..., Any]) -> str:
@@ -58,15 +58,13 @@ class Task(Generic[P, R]):
         (self.retry, self.max_duration_s, self.memory_limit, self.queue, self.ttl_s) = (
             _check_options(task_id, retry, max_duration, memory_limit, queue, ttl)
         )
+        self.memory_limit_text = memory_limit if isinstance(memory_limit, str) else None
         self.source = source if source is not None else _source_of(fn)
         self.code_hash = hashlib.sha256(self.source.encode()).hexdigest()[:32]
         # (store, version shipped, fingerprint of the function then)
         self._shipped: tuple[object, TaskVersion, Any] | None = None
         self._look_like(fn)
-        with _registry_lock:
-            registry[self.id] = self
-        from nbtasks.client.config import task_defined
-
+        register(self)
         task_defined(self)
 
     def _look_like(self, fn: Callable[[P], R]) -> None:
@@ -130,30 +128,31 @@ class Task(Generic[P, R]):
             self.id, version, fn_key, fn_bytes, self.retry, self.memory_limit,
             self.max_duration_s, self.ttl_s, self.queue.name if self.queue else None,
             self.queue.concurrency_limit if self.queue else None,
+            getattr(self, "memory_limit_text", None),
         )  # fmt: skip
         self._shipped = (store, shipped, mark)
         return shipped
 
-    # -- triggering (implemented in _calls) ------------------------------------------------
+    # -- triggering (implemented in client.triggers, loaded after ``prelaunch``) ------------
 
     def trigger(self, payload: P, **options: Any) -> RunHandle[R]:
         """Create a run; returns once it is stored, without waiting for it to execute."""
         prelaunch()
-        from nbtasks.client.calls import trigger
+        from nbtasks.client.triggers import trigger
 
         return trigger(self, payload, options)
 
     def trigger_and_wait(self, payload: P, **options: Any) -> Result[R]:
         """Create a run and block until it is final."""
         prelaunch()
-        from nbtasks.client.calls import trigger_and_wait
+        from nbtasks.client.triggers import trigger_and_wait
 
         return trigger_and_wait(self, payload, options)
 
     def batch_trigger(self, items: Iterable[P | BatchItem], **options: Any) -> BatchHandle[R]:
         """Create one run per item; returns once they are stored."""
         prelaunch()
-        from nbtasks.client.calls import batch_trigger
+        from nbtasks.client.triggers import batch_trigger
 
         return batch_trigger(self, items, options)
 
@@ -162,13 +161,11 @@ class Task(Generic[P, R]):
     ) -> BatchResult[R]:
         """Create one run per item and block until all are final; results in item order."""
         prelaunch()
-        from nbtasks.client.calls import batch_trigger_and_wait
+        from nbtasks.client.triggers import batch_trigger_and_wait
 
         return batch_trigger_and_wait(self, items, options)
 
     async def atrigger(self, payload: P, **options: Any) -> RunHandle[R]:
-        from nbtasks.client.calls import run_in_thread
-
         return await run_in_thread(self.trigger, payload, **options)
 
     async def atrigger_and_wait(self, payload: P, **options: Any) -> Result[R]:
@@ -178,8 +175,6 @@ class Task(Generic[P, R]):
     async def abatch_trigger(
         self, items: Iterable[P | BatchItem], **options: Any
     ) -> BatchHandle[R]:
-        from nbtasks.client.calls import run_in_thread
-
         return await run_in_thread(self.batch_trigger, list(items), **options)
 
     async def abatch_trigger_and_wait(
@@ -250,7 +245,3 @@ def task(fn: Any = None, /, **options: Any) -> Any:
 
     _check_options(**options)  # a mistake points at the decorator line
     return decorate
-
-
-from nbtasks.client.handles import BatchHandle, RunHandle  # noqa: E402
-from nbtasks.core.models import BatchItem, BatchResult, Result  # noqa: E402

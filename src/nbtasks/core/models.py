@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from nbtasks.core import display
 from nbtasks.core.errors import RemoteTraceback, RunError
 from nbtasks.core.status import FINAL, AttemptStatus, RunStatus
 
@@ -156,11 +157,7 @@ class Run:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """In a notebook: the live run widget; elsewhere, the text."""
-        from nbtasks.ui.widgets import RunWidget, in_notebook
-
-        if not in_notebook():
-            return {"text/plain": repr(self)}
-        return RunWidget(self.id, text=repr(self))._repr_mimebundle_(**kwargs)
+        return display.run_bundle(self.id, repr(self), **kwargs)
 
     def __repr__(self) -> str:
         parts = [f"task={self.task_id!r}", f"status={self.status.value}"]
@@ -264,11 +261,8 @@ class BatchResult(Generic[T]):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """In a notebook: the live batch widget; elsewhere, the text."""
-        from nbtasks.ui.widgets import batch_result_widget, in_notebook
-
-        if not in_notebook():
-            return {"text/plain": repr(self)}
-        return batch_result_widget(self)._repr_mimebundle_(**kwargs)
+        task_id = self.runs[0].task_id if self.runs else ""
+        return display.batch_bundle([r.id for r in self.runs], task_id, repr(self), **kwargs)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts().items()))

@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any
 from nbtasks.core.errors import EngineStoppedError, UnknownRunError
 from nbtasks.core.models import Run
 from nbtasks.core.status import FINAL, AttemptStatus, RunStatus, check_transition
+from nbtasks.engine.dispatch import Dispatch
 from nbtasks.engine.loop import LoopThread
 from nbtasks.engine.recovery import load_waiting_runs, reconcile_at_start
 from nbtasks.engine.scheduler import Scheduler
-from nbtasks.engine.state import AttemptState, RunSpec, RunState, error_json, utcnow
-from nbtasks.executor.local.pool import MAX_SPAWN_FAILURES, Pool, WorkerProc, boot_slots
+from nbtasks.engine.state import AttemptState, RunSpec, RunState, TaskVersion, error_json, utcnow
+from nbtasks.executor.base import Event, Executor
 from nbtasks.store.store import Store
 
 S = RunStatus
-AHEAD_BUDGET_S = 0.002  # the work a busy worker is sent ahead, in seconds of recent attempts
-AHEAD_MAX = 16  # and at most this many runs
+TaskResolver = Callable[[str], "TaskVersion | None"]
 Listener = Callable[[Run], None]
 Waiter = Callable[[Run, BaseException | None], None]
 
@@ -43,21 +43,16 @@ class EngineBase:
 
     if TYPE_CHECKING:  # provided by the mixins below
 
-        def _on_message(self, worker: WorkerProc, message: tuple[Any, ...]) -> None: ...
-        def _on_exit(self, worker: WorkerProc, code: int | None, sig: int | None,
-                     log: str) -> None: ...  # fmt: skip
+        def on_event(self, event: Event) -> None: ...
         def _end_attempt(self, run: RunState, attempt: AttemptState, status: AttemptStatus,
                          error: str | None = None) -> None: ...  # fmt: skip
+        def begin(self, run: RunState, attempt: AttemptState) -> None: ...
         def _take_slot(self, run: RunState, attempt: AttemptState) -> None: ...
-        def _release_slot(self, run: RunState, attempt: AttemptState) -> None: ...
-        def _start_attempt(self, run: RunState, worker: WorkerProc) -> None: ...
-        def _send_ahead(self, run: RunState, worker: WorkerProc) -> None: ...
-        def _take_back(self, run: RunState, requeue: bool = False) -> None: ...
-        def _requeue_ahead(self, worker: WorkerProc) -> None: ...
-        def _fail_queued(self, log: str) -> None: ...
-        def _resume_ready(self) -> None: ...
-        def _on_call(self, worker: WorkerProc, attempt: AttemptState, request_id: int,
-                     op: str, args: tuple[Any, ...]) -> None: ...  # fmt: skip
+        def _on_call(self, worker: int, attempt: AttemptState, request_id: int, op: str,
+                     args: tuple[Any, ...]) -> None: ...  # fmt: skip
+        def release_slot(self, attempt: AttemptState) -> None: ...
+        def fail_queued(self, log: str) -> None: ...
+        def resume_ready(self) -> None: ...
         def _create(self, specs: list[RunSpec], parent: RunState | None = None
                     ) -> list[tuple[str, bool]]: ...  # fmt: skip
         def _enter(self, run: RunState) -> None: ...
@@ -65,10 +60,12 @@ class EngineBase:
         def version_for(self, task_id: str, code_hash: str, source: str, fn_bytes: bytes,
                         options: str) -> str: ...  # fmt: skip
 
-    def __init__(self, store_path: str, workers: int, spawn: bool = False,
-                 launched: list[WorkerProc] | None = None) -> None:  # fmt: skip
+    def __init__(self, store_path: str, workers: int, executor: Executor, spawn: bool = False,
+                 resolve_task: TaskResolver | None = None) -> None:  # fmt: skip
         """Open the store and take over what it holds. With ``spawn`` (the engine starts for
-        a trigger), the workers start first, so their boot overlaps opening the store."""
+        a trigger), the workers start first, so their boot overlaps opening the store.
+        ``resolve_task(task_id)`` gives this process's own definition of a task, if any
+        (runs triggered by id from inside tasks prefer it)."""
         self.store_path = store_path
         self.size = workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -77,33 +74,34 @@ class EngineBase:
         self.versions: dict[tuple[str, str], str] = {}  # (task id, code hash) -> version
         self.waiting_tasks: set[str] = set()  # task ids with runs WAITING_FOR_DEPLOY
         self.scheduler = Scheduler()
-        self._idle: list[WorkerProc] = []
-        self._active = 0  # workers executing an attempt that is not frozen
-        self.attempt_s = AHEAD_BUDGET_S  # moving average of how long attempts take
+        self.resolve_task = resolve_task or (lambda task_id: None)
         self._resumable: list[RunState] = []  # FROZEN runs whose children are done
         self._keys: dict[tuple[str, str], str] = {}  # (task id, key) -> live run id
         self._commit_waiters: dict[int, list[Callable[[BaseException | None], None]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
         self._watchers: dict[str, list[Callable[[str, str], None]]] = {}
-        self._spawn_failures = 0
-        self._boot_slots = boot_slots()
         self._thread = LoopThread("nbtasks-engine")
         self.loop: asyncio.AbstractEventLoop = self._thread.loop
         self._loop_thread = self._thread.ident
+        self.executor = executor
+        self.dispatch = Dispatch(self, executor, workers)  # type: ignore[arg-type]
         try:
-            self.pool = Pool(self.loop, self._on_message, self._on_exit)
-            for worker in launched or ():
-                self._thread.call(self.pool.adopt, worker)
-            if spawn:
-                self._thread.call(self._top_up)
+            self._thread.call(self._open_executor, spawn)
             self.store = Store(store_path, self._committed_threadsafe, self.loop.call_soon)
             reconcile_at_start(self.store, utcnow())
             self._thread.call(self._adopt, load_waiting_runs(self.store))
         except BaseException:
             self.closed = True
-            self._thread.call(self.pool.stop_all)
+            self._thread.call(self.executor.close)
             self._thread.stop()
             raise
+
+    def _open_executor(self, spawn: bool) -> None:
+        self.executor.open(self.loop, self.on_event)
+        for worker_id in getattr(self.executor, "workers", ()):  # launched before the engine
+            self.dispatch.add(worker_id)
+        if spawn:
+            self.dispatch.top_up()
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -159,7 +157,7 @@ class EngineBase:
         """The only place a run's status changes."""
         check_transition(run.id, run.status, new)
         if run.prefetched is not None and new is not S.EXECUTING:
-            self._take_back(run)  # canceled, expired...: the worker must not start it
+            self.dispatch.take_back(run)  # canceled, expired...: the worker must not start it
         run.status = new
         watchers = self._watchers.get(run.id)
         if watchers:
@@ -237,68 +235,10 @@ class EngineBase:
     # -- dispatch --------------------------------------------------------------------------
 
     def _top_up(self) -> None:
-        """Keep one worker process for every slot not taken by an executing attempt.
-
-        Workers start at the first trigger (opening a store costs no processes), at most
-        ``boot_slots()`` at a time, the next as one is ready; a FROZEN attempt keeps its
-        process but gives up its slot, so a spare process is started."""
-        starting = sum(1 for w in self.pool.workers if not w.ready and not w.dying)
-        missing = self.size - self._active - len(self._idle) - starting
-        if missing <= 0 or self.closed or self._spawn_failures >= MAX_SPAWN_FAILURES:
-            return  # after workers failed to start, try again at the next trigger
-        try:
-            for _ in range(min(missing, self._boot_slots - starting)):
-                self.pool.spawn()
-        except OSError as exc:
-            self._spawn_failures = MAX_SPAWN_FAILURES
-            self._fail_queued(f"{type(exc).__name__}: {exc}")
+        self.dispatch.top_up()
 
     def _pump(self) -> None:
-        """Resume thawed runs, start queued runs while slots and workers allow, then send
-        busy workers runs ahead (runs of queues with a limit are never sent ahead: they
-        take their slot only when they start)."""
-        self._resume_ready()
-        while self._idle and self._active < self.size:
-            run = self.scheduler.pop() or self._reclaim()
-            if run is None:
-                return
-            self._start_attempt(run, self._idle.pop())
-        if self._idle or self.closed:
-            return
-        depth = self._ahead_depth()
-        for worker in sorted(self.pool.workers, key=lambda w: len(w.ahead)):  # evenly
-            current = worker.attempt
-            if (len(worker.ahead) > depth // 2 or current is None or worker.dying
-                    or not current.holds_slot or current.kill_reason is not None):  # fmt: skip
-                continue
-            while len(worker.ahead) < depth:
-                run = self.scheduler.pop(unlimited_only=True)
-                if run is None:
-                    return
-                self._send_ahead(run, worker)
-
-    def _ahead_depth(self) -> int:
-        """How many runs to send a busy worker ahead: about AHEAD_BUDGET_S of work, so
-        quick runs follow each other without waiting on the kernel, while slow ones stay
-        in the queue for whichever worker frees up first. Topped up at half."""
-        return max(1, min(AHEAD_MAX, int(AHEAD_BUDGET_S / max(self.attempt_s, 1e-6))))
-
-    def _reclaim(self) -> RunState | None:
-        """A run sent ahead to a busy worker, taken back for a worker that is idle now: the
-        last one of the worker with the most."""
-        worker = max(self.pool.workers, key=lambda w: len(w.ahead), default=None)
-        if worker is None or not worker.ahead:
-            return None
-        run: RunState = worker.ahead[-1][0]
-        self._take_back(run)
-        return run
-
-    def _retire_extra(self) -> None:
-        """After a thawed run finished: stop idle workers beyond the pool size."""
-        while self._idle and self._active + len(self._idle) > self.size:
-            worker = self._idle.pop(0)
-            worker.dying = True
-            self.pool.send(worker, ("exit",))
+        self.dispatch.pump()
 
     # -- cancel, wait, read ----------------------------------------------------------------
 
@@ -321,8 +261,7 @@ class EngineBase:
         if attempt is not None:
             attempt.kill_reason = "cancel"
             self._end_attempt(run, attempt, AttemptStatus.CANCELED, text)
-            self._release_slot(run, attempt)
-            self.pool.kill(attempt.worker)
+            self.dispatch.kill(attempt)
         self._transition(run, S.CANCELED, error=text)
         self._pump()
 
@@ -429,8 +368,8 @@ class EngineBase:
             for timer in (run.timer, run.ttl_timer):
                 if timer is not None:
                     timer.cancel()
-        self._idle.clear()
-        self.pool.stop_all()
+        self.dispatch.idle.clear()
+        self.executor.close()
         self._when_durable(lambda _e: fut.set_result(None))
 
 

@@ -57,9 +57,9 @@ class IntakeMixin(_Base):
                     continue
             run = self._new_run(spec, now, parent)
             out.append((run.id, False))
-            if self._idle:  # an idle worker starts the first runs while the rest are made
+            if self.dispatch.idle:  # an idle worker starts the first runs while the rest are made
                 self._pump()
-        self._spawn_failures = 0  # a new trigger tries to start workers again
+        self.dispatch.spawn_failures = 0  # a new trigger tries to start workers again
         self._top_up()
         self._pump()
         return out

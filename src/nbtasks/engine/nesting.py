@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nbtasks.core.errors import UnknownRunError
 from nbtasks.core.status import RunStatus
 from nbtasks.engine.state import AttemptState, RunSpec, RunState
-from nbtasks.executor.local.pool import WorkerProc
+from nbtasks.executor.base import WorkerId
 
 if TYPE_CHECKING:
     from nbtasks.core.models import Run
@@ -29,12 +29,12 @@ S = RunStatus
 
 
 class NestingMixin(_Base):
-    def _on_call(self, worker: WorkerProc, attempt: AttemptState, request_id: int, op: str,
+    def _on_call(self, worker: WorkerId, attempt: AttemptState, request_id: int, op: str,
                  args: tuple[Any, ...]) -> None:  # fmt: skip
         run = self.runs[attempt.run_id]
 
         def reply(ok: bool, value: Any) -> None:
-            self.pool.send(worker, ("reply", request_id, ok, value))
+            self.executor.reply(worker, request_id, ok, value)
 
         try:
             if op == "submit":
@@ -70,11 +70,9 @@ class NestingMixin(_Base):
 
     def _resolve_task(self, spec: RunSpec) -> None:
         """Prefer the kernel's own definition of a task; else the one the worker sent."""
-        from nbtasks.client.task import registry
-
-        task = registry.get(spec.task_id)
-        if task is not None:
-            spec.task = task.shipping(self.version_for, self)
+        own = self.resolve_task(spec.task_id)
+        if own is not None:
+            spec.task = own
         elif spec.task is not None:
             tv = spec.task
             version = self.version_for(tv.task_id, tv.fn_key, "", tv.fn_bytes, "{}")
@@ -100,9 +98,9 @@ class NestingMixin(_Base):
     def _freeze(self, run: RunState, attempt: AttemptState, ids: list[str],
                 reply: Any) -> None:  # fmt: skip
         self._transition(run, S.FROZEN, f"waiting on {len(ids)} run(s)")
-        self._release_slot(run, attempt)
-        if attempt.worker is not None:  # its worker is blocked in this task: give back
-            self._requeue_ahead(attempt.worker)  # what it was sent ahead
+        self.release_slot(attempt)
+        self.dispatch.freeze(attempt)  # its worker is blocked in this task: it gives its
+        # capacity up, and what it was sent ahead goes back
         done: cf.Future[list[Run | None]] = cf.Future()
 
         def thawed(fut: cf.Future[list[Run | None]]) -> None:
@@ -120,20 +118,21 @@ class NestingMixin(_Base):
         self._top_up()
         self._pump()
 
-    def _resume_ready(self) -> None:
+    def resume_ready(self) -> None:
         """Give thawed runs their slots back, oldest first, as slots allow."""
         for run in list(self._resumable):
             if run.status is not S.FROZEN:
                 self._resumable.remove(run)  # canceled or timed out meanwhile
                 continue
-            if self._active >= self.size or not self.scheduler.has_room(run.queue):
+            if not self.dispatch.has_capacity() or not self.scheduler.has_room(run.queue):
                 continue
             self._resumable.remove(run)
             attempt = run.attempt
             assert attempt is not None
             self._take_slot(run, attempt)
+            self.dispatch.thaw(attempt)
             self._transition(run, S.EXECUTING, "children done")
             reply, ok, value = run.resume
             run.resume = None
             reply(ok, value)
-        self._retire_extra()
+        self.dispatch.retire_extra()

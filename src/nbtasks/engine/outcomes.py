@@ -12,10 +12,11 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from nbtasks.core.ids import new_id
 from nbtasks.core.status import AttemptStatus, RunStatus
+from nbtasks.engine.dispatch import MAX_SPAWN_FAILURES, TAKEN_BACK
 from nbtasks.engine.state import AttemptState, RunState, error_json, utcnow
-from nbtasks.executor.local.pool import MAX_SPAWN_FAILURES, WorkerProc
+from nbtasks.executor import base as E
+from nbtasks.executor.base import Event
 
 if TYPE_CHECKING:
     from nbtasks.engine.engine import EngineBase as _Base
@@ -28,34 +29,12 @@ MAX_DISPLAYS = 100  # display(...) bundles kept per attempt
 NOTIFY_EVERY_S = 0.1  # live log updates reach listeners at most this often
 
 
+def _mib(size: int | None) -> str:
+    return f"{(size or 0) / (1 << 20):.0f} MiB"
+
+
 class OutcomesMixin(_Base):
-    def _start_attempt(self, run: RunState, worker: WorkerProc) -> None:
-        """Start the next attempt of ``run`` on an idle worker."""
-        attempt = self._new_attempt(run, worker)
-        worker.attempt = attempt
-        self._begin(run, attempt)
-        self._send(run, worker, attempt, sent_ahead=False)
-
-    def _send_ahead(self, run: RunState, worker: WorkerProc) -> None:
-        """Give a busy worker a run to start once what it has ends, without a round trip
-        through the kernel. The run stays QUEUED until the worker says it started."""
-        attempt = self._new_attempt(run, worker)
-        worker.ahead.append((run, attempt))
-        run.prefetched = worker
-        self._send(run, worker, attempt, sent_ahead=True)
-
-    def _new_attempt(self, run: RunState, worker: WorkerProc) -> AttemptState:
-        return AttemptState(
-            id=new_id("attempt"),
-            run_id=run.id,
-            number=run.attempt_count + 1,
-            status=AttemptStatus.EXECUTING,
-            started_at=utcnow(),
-            pid=worker.pid,
-            worker=worker,
-        )
-
-    def _begin(self, run: RunState, attempt: AttemptState) -> None:
+    def begin(self, run: RunState, attempt: AttemptState) -> None:
         """The attempt runs: the run is EXECUTING, holds its slots, its timers start."""
         now = attempt.started_at = utcnow()
         run.attempts.append(attempt)
@@ -70,133 +49,108 @@ class OutcomesMixin(_Base):
         if run.max_duration_s is not None:
             attempt.timer = self.loop.call_later(run.max_duration_s, self._time_out, run, attempt)
 
-    def _send(self, run: RunState, worker: WorkerProc, attempt: AttemptState,
-              sent_ahead: bool) -> None:  # fmt: skip
-        tv = run.task
-        assert tv is not None
-        fn_bytes = None if tv.fn_key in worker.loaded else tv.fn_bytes
-        worker.loaded.add(tv.fn_key)
-        context = {
-            "run_id": run.id,
-            "task_id": run.task_id,
-            "attempt_number": attempt.number,
-            "version": run.version,
-            "tags": list(run.tags),
-            "metadata": run.metadata,
-        }
-        message = ("run", attempt.id, tv.fn_key, fn_bytes, run.payload, context,
-                   tv.memory_limit, sent_ahead)  # fmt: skip
-        self.pool.send(worker, message, now=not sent_ahead)
-
-    def _on_started(self, worker: WorkerProc, attempt_id: str) -> None:
-        """A worker started the first attempt it was sent ahead."""
-        if not worker.ahead or worker.ahead[0][1].id != attempt_id:
-            # taken back (canceled, expired) but started before the worker heard of it
-            self.pool.kill(worker)
-            return
-        run, attempt = worker.ahead.popleft()
-        run.prefetched = None
-        worker.attempt = attempt
-        self._begin(run, attempt)
-        self._pump()
-
-    def _take_back(self, run: RunState, requeue: bool = False) -> None:
-        """Withdraw the attempt sent ahead for ``run`` (the worker skips it if not started)."""
-        worker = run.prefetched
-        run.prefetched = None
-        if worker is None:
-            return
-        for i, (ahead, attempt) in enumerate(worker.ahead):
-            if ahead is run:
-                del worker.ahead[i]
-                self.pool.send(worker, ("drop", attempt.id))
-                worker.dropping.add(attempt.id)  # no work for it until it says it skipped
-                break
-        if requeue and run.status is S.QUEUED:
-            self.scheduler.push_front(run)
-
-    def _requeue_ahead(self, worker: WorkerProc) -> None:
-        """Take back everything sent ahead to ``worker``, first in line again, in order."""
-        for run, _ in reversed(list(worker.ahead)):
-            self._take_back(run, requeue=True)
-
-    def _make_idle(self, worker: WorkerProc) -> None:
-        if not worker.dying and not self.closed:
-            self._idle.append(worker)
-
     def _take_slot(self, run: RunState, attempt: AttemptState) -> None:
         attempt.holds_slot = True
-        self._active += 1
+        attempt.queue = run.queue
         self.scheduler.started(run)
 
-    def _release_slot(self, run: RunState, attempt: AttemptState) -> None:
+    def release_slot(self, attempt: AttemptState) -> None:
+        """The attempt's body is gone (or FROZEN): its queue slot is free."""
         if attempt.holds_slot:
             attempt.holds_slot = False
-            self._active -= 1
-            self.scheduler.stopped(run)
+            self.scheduler.stopped_queue(attempt.queue)
 
-    # -- messages ------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------
 
-    def _on_message(self, worker: WorkerProc, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        attempt: AttemptState | None = worker.attempt
-        if kind == "started":
-            self._on_started(worker, message[1])
-        elif kind == "dropped":
-            worker.dropping.discard(message[1])
-            if not worker.dropping and worker.attempt is None and not worker.ahead:
-                self._make_idle(worker)
-                self._pump()
-        elif kind == "ready":
-            worker.ready = True
-            self._spawn_failures = 0
-            if not worker.dying and not self.closed:
-                self._idle.append(worker)
-                self._retire_extra()
-                self._top_up()  # the next worker boots
-                self._pump()
-        elif attempt is None or message[1] != attempt.id or attempt.kill_reason:
-            return  # about an attempt that was canceled or timed out meanwhile
-        elif kind == "done":
-            self._on_done(worker, attempt, *message[2:])
-        elif kind == "log":
-            self._on_log(attempt, *message[2:])
-        elif kind == "display":
-            self._on_display(attempt, message[2])
-        elif kind == "metadata":
-            self._on_metadata(attempt, *message[2:])
-        elif kind == "call":
-            self._on_call(worker, attempt, *message[2:])
-        elif kind == "oom":
-            attempt.oom = True
-            attempt.kill_reason = "oom"
+    def on_event(self, event: Event) -> None:
+        """Everything an executor reports comes through here, on the loop thread."""
+        d = self.dispatch
+        if isinstance(event, E.Finished):
+            attempt = d.finished(event.worker, event.attempt_id, event.took)
+            if attempt is not None:
+                self._on_finished(attempt, event)
+            d.retire_extra()
+            d.pump()
+            return
+        if isinstance(event, E.Started):
+            d.on_started(event.worker, event.attempt_id)
+            return
+        if isinstance(event, E.Log):
+            attempt = d.attempt_on(event.worker, event.attempt_id)
+            if attempt is not None:
+                self._on_log(attempt, event.stream, event.text)
+        elif isinstance(event, E.Metadata):
+            attempt = d.attempt_on(event.worker, event.attempt_id)
+            if attempt is not None:
+                self._on_metadata(attempt, event.op, event.key, event.value)
+        elif isinstance(event, E.Display):
+            attempt = d.attempt_on(event.worker, event.attempt_id)
+            if attempt is not None:
+                self._on_display(attempt, event.bundle)
+        elif isinstance(event, E.Call):
+            attempt = d.attempt_on(event.worker, event.attempt_id)
+            if attempt is not None:
+                self._on_call(event.worker, attempt, event.request_id, event.op, event.args)
+        elif isinstance(event, E.Dropped):
+            d.on_dropped(event.worker, event.attempt_id)
+        elif isinstance(event, E.KillDone):
+            d.on_killed(event.worker, event.attempt_id, event.killed)
+        elif isinstance(event, E.OutOfMemory):
+            attempt = d.attempt_on(event.worker, event.attempt_id)
+            if attempt is not None:  # ends once its processes are gone (with exit details)
+                attempt.oom, attempt.peak_rss = True, event.rss
+        elif isinstance(event, E.WorkerReady):
+            d.on_ready(event.worker, event.pid)
+        elif isinstance(event, E.WorkerLost):
+            self._on_lost(event)
 
-    def _on_done(self, worker: WorkerProc, attempt: AttemptState, outcome: str,
-                 output: bytes | None, output_preview: str, error: dict[str, str] | None,
-                 exc: bytes | None, stdout: str, stderr: str, took: float) -> None:  # fmt: skip
-        worker.attempt = None
-        run = self.runs[attempt.run_id]
-        attempt.stdout, attempt.stderr = stdout, stderr
-        self.attempt_s += (took - self.attempt_s) * 0.2  # sizes what workers get sent ahead
-        self._release_slot(run, attempt)
-        if not worker.ahead and not worker.dropping:
-            self._make_idle(worker)  # else it starts what it was sent ahead
-        if outcome == "completed":
+    def _on_finished(self, attempt: AttemptState, ev: E.Finished) -> None:
+        if attempt.kill_reason == TAKEN_BACK:
+            return  # started by a worker for a run that had ended meanwhile: not recorded
+        attempt.stdout, attempt.stderr = ev.stdout, ev.stderr
+        run = self.runs.get(attempt.run_id)
+        if attempt.kill_reason is not None or run is None:  # ended already (canceled...)
+            self.store.stage_attempt(attempt.row())
+            return
+        if ev.outcome == "completed":
             self._end_attempt(run, attempt, AttemptStatus.COMPLETED)
             self._transition(
-                run, S.COMPLETED, output=output, output_preview=output_preview, error=None
+                run, S.COMPLETED, output=ev.output, output_preview=ev.output_preview, error=None
             )
+        elif ev.outcome == "oom":
+            self._out_of_memory(attempt, ev.rss, inside=True)
         else:
-            err = error or {"type": "Error", "message": "", "traceback": ""}
-            failed = outcome != "system_failure"
+            err = ev.error or {"type": "Error", "message": "", "traceback": ""}
+            failed = ev.outcome != "system_failure"
             status = AttemptStatus.FAILED if failed else AttemptStatus.SYSTEM_FAILURE
-            text = error_json(status, err["type"], err["message"], err["traceback"], exc)
+            text = error_json(status, err["type"], err["message"], err["traceback"], ev.exc)
             self._end_attempt(run, attempt, status, text)
-            if outcome == "failed":
+            if ev.outcome == "failed":
                 self._retry_or(run, S.FAILED, text)
             else:
                 self._transition(run, S.FAILED if failed else S.SYSTEM_FAILURE, error=text)
-        self._retire_extra()
+
+    def _out_of_memory(self, attempt: AttemptState, rss: int | None, inside: bool = False
+                       ) -> None:  # fmt: skip
+        """The attempt's tree passed its memory limit (seen from outside, or an allocation
+        refused inside): CRASHED with ``oom``, never retried."""
+        run = self.runs[attempt.run_id]
+        tv = run.task
+        limit = tv.memory_limit if tv else None
+        written = (tv.memory_limit_text if tv else None) or f"{limit} bytes"
+        if inside:
+            message = (f"the attempt ran out of memory: an allocation would have taken it past "
+                       f"its memory_limit={written!r} ({_mib(rss)} in use)")  # fmt: skip
+        else:
+            over = f", {_mib((rss or 0) - (limit or 0))} over it" if limit else ""
+            message = (f"the attempt ran out of memory: its processes used {_mib(rss)}, past "
+                       f"its memory_limit={written!r}{over}, and were killed")  # fmt: skip
+        attempt.oom = True
+        attempt.kill_reason = "oom"
+        attempt.peak_rss = rss
+        text = error_json(AttemptStatus.CRASHED, "OutOfMemory", message)
+        self._end_attempt(run, attempt, AttemptStatus.CRASHED, text)
+        self._transition(run, S.CRASHED, error=text)
         self._pump()
 
     def _on_log(self, attempt: AttemptState, stream: str, text: str) -> None:
@@ -228,21 +182,14 @@ class OutcomesMixin(_Base):
 
     # -- ends of attempts ------------------------------------------------------------------
 
-    def _on_exit(self, worker: WorkerProc, exit_code: int | None, sig: int | None,
-                 log: str) -> None:  # fmt: skip
-        if worker in self._idle:
-            self._idle.remove(worker)
-        attempt: AttemptState | None = worker.attempt
-        worker.attempt = None
-        self._requeue_ahead(worker)  # never started: first in line again, in order
+    def _on_lost(self, ev: E.WorkerLost) -> None:
+        _, attempt = self.dispatch.lost(ev.worker)
         if attempt is not None:
-            self._worker_died(attempt, exit_code, sig)
-        if not worker.ready and not worker.dying:
-            self._spawn_failures += 1
+            self._worker_died(attempt, ev.exit_code, ev.signal)
         if self.closed:
             return
-        if self._spawn_failures >= MAX_SPAWN_FAILURES:
-            self._fail_queued(log)
+        if self.dispatch.spawn_failures >= MAX_SPAWN_FAILURES:
+            self.fail_queued(ev.log)
         else:
             self._top_up()
         self._pump()
@@ -250,29 +197,24 @@ class OutcomesMixin(_Base):
     def _worker_died(self, attempt: AttemptState, exit_code: int | None, sig: int | None) -> None:
         if attempt.timer is not None:
             attempt.timer.cancel()
+        if attempt.kill_reason == TAKEN_BACK:
+            return
         attempt.exit_code, attempt.signal = exit_code, sig
         run = self.runs.get(attempt.run_id)
-        if run is not None:
-            self._release_slot(run, attempt)
-        if attempt.kill_reason in ("cancel", "timeout", "shutdown") or run is None:
-            self.store.stage_attempt(attempt.row())  # exit details of a run already final
+        if attempt.kill_reason is not None or run is None:
+            self.store.stage_attempt(attempt.row())  # exit details of an attempt ended already
+            return
+        if attempt.oom:
+            self._out_of_memory(attempt, attempt.peak_rss)
             return
         how = f"signal {signal.Signals(sig).name} ({sig})" if sig else f"exit code {exit_code}"
-        frozen = run.status is S.FROZEN
-        if attempt.oom:
-            limit = run.task.memory_limit if run.task else None
-            message = f"the worker ran out of memory (memory_limit={limit} bytes) and was killed"
-            text = error_json(AttemptStatus.CRASHED, "OutOfMemory", message)
-            self._end_attempt(run, attempt, AttemptStatus.CRASHED, text)
+        message = f"the worker process died with {how}"
+        text = error_json(AttemptStatus.CRASHED, "WorkerCrashed", message)
+        self._end_attempt(run, attempt, AttemptStatus.CRASHED, text)
+        if run.status is S.FROZEN:
             self._transition(run, S.CRASHED, error=text)
         else:
-            message = f"the worker process died with {how}"
-            text = error_json(AttemptStatus.CRASHED, "WorkerCrashed", message)
-            self._end_attempt(run, attempt, AttemptStatus.CRASHED, text)
-            if frozen:
-                self._transition(run, S.CRASHED, error=text)
-            else:
-                self._retry_or(run, S.CRASHED, text)
+            self._retry_or(run, S.CRASHED, text)
 
     def _end_attempt(self, run: RunState, attempt: AttemptState, status: AttemptStatus,
                      error: str | None = None) -> None:  # fmt: skip
@@ -301,7 +243,7 @@ class OutcomesMixin(_Base):
             self._enter(run)
             self._pump()
 
-    def _fail_queued(self, log: str) -> None:
+    def fail_queued(self, log: str) -> None:
         text = error_json(
             S.SYSTEM_FAILURE,
             "WorkerStartError",
@@ -321,7 +263,6 @@ class OutcomesMixin(_Base):
         for child in [r for r in self.runs.values() if r.parent_id == run.id]:
             self._cancel(child)
         self._end_attempt(run, attempt, AttemptStatus.TIMED_OUT, text)
-        self._release_slot(run, attempt)
+        self.dispatch.kill(attempt)
         self._transition(run, S.TIMED_OUT, error=text)
-        self.pool.kill(attempt.worker)
         self._pump()

@@ -53,6 +53,9 @@ class Scheduler:
     def stopped(self, run: RunState) -> None:
         self.executing[run.queue] -= 1
 
+    def stopped_queue(self, queue: str | None) -> None:
+        self.executing[queue] -= 1
+
     def queued(self) -> list[RunState]:
         return [r for ready in self._ready.values() for r in ready if r.status is RunStatus.QUEUED]
 

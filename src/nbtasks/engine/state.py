@@ -33,6 +33,7 @@ class TaskVersion:
     ttl_s: float | None = None
     queue: str | None = None
     concurrency_limit: int | None = None
+    memory_limit_text: str | None = None  # as the user wrote it (for messages)
 
 
 @dataclass(slots=True, eq=False)
@@ -76,7 +77,9 @@ class AttemptState:
     stdout: str = ""
     stderr: str = ""
     displays: list[dict[str, Any]] = field(default_factory=list)  # MIME bundles
-    worker: Any = None  # the WorkerProc executing it
+    worker: Any = None  # the id of the worker executing it (executor.base.WorkerId)
+    queue: str | None = None  # the queue whose slot it holds
+    peak_rss: int | None = None  # out of memory: the bytes in use when caught
     kill_reason: str | None = None  # "cancel" | "timeout" | "oom" | "shutdown"
     timer: Any = None
     holds_slot: bool = False  # counts against the pool size and its queue's limit

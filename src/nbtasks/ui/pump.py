@@ -15,28 +15,12 @@ simply does not pump.
 from __future__ import annotations
 
 import asyncio
-import sys
-import threading
 from typing import Any
+
+from nbtasks.core.display import kernel
 
 _COMM = frozenset({"comm_open", "comm_msg", "comm_close"})
 _pending: set[asyncio.Future[Any]] = set()  # re-dispatched messages, until they are handled
-
-
-def kernel(main_thread_only: bool = True) -> Any:
-    """The Jupyter kernel this process runs, or None; with ``main_thread_only``, None
-    also when called off the kernel's main thread (the one that runs cells)."""
-    if "ipykernel" not in sys.modules:
-        return None
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    found = getattr(shell, "kernel", None) if shell is not None else None
-    if main_thread_only and threading.current_thread() is not threading.main_thread():
-        return None
-    return found
 
 
 class Pump:

@@ -10,7 +10,9 @@ from typing import Any
 
 import traitlets
 
-from nbtasks.ui.widgets import _FINAL_VALUES, _asset, _LiveWidget, _module, run_state
+from nbtasks.client.config import engine
+from nbtasks.client.runs import runs, status_values
+from nbtasks.ui.base import FINAL_VALUES, LiveWidget, asset, esm, run_state
 
 _SORTS = {
     "created": "id",
@@ -21,11 +23,11 @@ _SORTS = {
 }
 
 
-class RunTable(_LiveWidget):
+class RunTable(LiveWidget):
     """The runs of the store: filter, sort, page, live refresh, cancel/replay selected, open."""
 
-    _esm = _module("table.js")
-    _css = _asset("nbtasks.css").read_text()
+    _esm = esm("table.js")
+    _css = asset("nbtasks.css").read_text()
     rows: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
     filters = traitlets.Dict().tag(sync=True)
     sort = traitlets.Dict({"col": "created", "desc": True}).tag(sync=True)
@@ -37,10 +39,8 @@ class RunTable(_LiveWidget):
     def __init__(self, status: str | None = None, task: str | None = None,
                  tag: str | None = None, limit: int = 25) -> None:  # fmt: skip
         super().__init__()
-        from nbtasks.client.runs import _statuses
-
         if status is not None:
-            _statuses(status)  # a bad status names itself now
+            status_values(status)  # a bad status names itself now
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError(f"limit={limit!r} is not valid: use an integer from 1 to 1000")
         self.page_size = limit
@@ -52,8 +52,6 @@ class RunTable(_LiveWidget):
 
     def refresh(self) -> None:
         """Load the current page; keep refreshing every second while it shows live runs."""
-        from nbtasks.client.calls import engine
-
         f = self.filters
         where, params = [], []
         if f.get("status"):
@@ -90,16 +88,14 @@ class RunTable(_LiveWidget):
             self.rows = out[: self.page_size]
         if self.detail.get("id"):
             self._open(self.detail["id"])
-        live = any(r["status"] not in _FINAL_VALUES for r in self.rows)
+        live = any(r["status"] not in FINAL_VALUES for r in self.rows)
         if live and not self._refreshing:
             self._refreshing = True
             threading.Thread(target=self._keep_fresh, daemon=True).start()
 
     def _keep_fresh(self) -> None:
         try:
-            while self.comm is not None and any(
-                r["status"] not in _FINAL_VALUES for r in self.rows
-            ):
+            while self.comm is not None and any(r["status"] not in FINAL_VALUES for r in self.rows):
                 time.sleep(1.0)
                 self.refresh_quietly()
         finally:
@@ -113,13 +109,9 @@ class RunTable(_LiveWidget):
             pass
 
     def _open(self, run_id: str) -> None:
-        from nbtasks.client.runs import runs
-
         self.detail = run_state(runs.retrieve(run_id))
 
     def _act(self, content: dict[str, Any]) -> str | None:
-        from nbtasks.client.runs import runs
-
         action = content["action"]
         if action == "filter":
             self.filters = {k: str(content.get(k) or "") for k in ("status", "task", "tag")}

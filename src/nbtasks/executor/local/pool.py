@@ -1,53 +1,80 @@
-"""The warm pool of worker processes, driven from the engine's event loop thread.
+"""The local executor: a warm pool of worker processes on this machine.
 
-Workers are spawned (never forked from the kernel) as ``python -c ...`` in a new session, so
-each is the leader of a process group; killing the group kills what its task started. Two
-pipes per worker carry framed messages (``_protocol``); the loop watches the event pipe with
+Workers are spawned (never forked from the kernel) as ``python -c ...`` in a new session,
+each a child subreaper leading its own process group (see ``worker.py``). Two pipes per
+worker carry framed messages (``protocol.py``); the loop watches the event pipe with
 ``add_reader``, and end of file on it means the worker is gone.
+
+How a kill hits only its attempt (I3): the kernel stops the worker (SIGSTOP), waits until
+it is stopped, and reads its control block (``control.py``): the attempt executing and the
+last one taken up. If the attempt to kill is executing, or not yet taken up, the worker is
+marked doomed (it will take nothing more up) and its whole tree is killed; if it had ended
+already, the worker is let go on (SIGCONT) and the kill is answered ``killed=False``.
+
+How nothing escapes a kill (I5): the worker is a subreaper, so every descendant, in its own
+session or double-forked, is its descendant; the kernel keeps the worker stopped, asks the
+descendants to exit (SIGTERM), and after ``KILL_GRACE_S`` (at once if none is left) kills
+the frozen tree with SIGKILL. Every process a worker starts carries a token in its
+environment; a worker that died on its own is followed by a sweep for processes with its
+token, since its orphans were re-parented away from it.
+
+Memory (the attempt's ``memory_limit``, for its whole tree): the kernel samples each tree
+running a limited attempt every ``MEMORY_EVERY_S`` from outside the worker, so an
+allocation holding the worker's GIL cannot hide from it; over the limit, the worker is
+stopped, the attempt and the measure checked again, and the tree killed (``OutOfMemory``).
+Inside the worker a soft ``RLIMIT_DATA`` fails one huge allocation at once.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
-from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nbtasks.executor.local import protocol as _protocol
+from nbtasks.executor import base as E
+from nbtasks.executor.local import proctree
+from nbtasks.executor.local import protocol as P
+from nbtasks.executor.local.control import Control
 
 if TYPE_CHECKING:
     import asyncio
 
-MAX_SPAWN_FAILURES = 3  # workers in a row dying before ready: the queued runs fail
-KILL_GRACE_S = 1.0  # between SIGTERM and SIGKILL when killing a worker's process group
+KILL_GRACE_S = 1.0  # between SIGTERM to an attempt's descendants and SIGKILL of its tree
+MEMORY_EVERY_S = 0.02  # how often trees running a limited attempt are measured
+STOP_WAIT_S = 0.002  # how long a kill waits on the loop for a worker to stop, per try
+TOKEN_ENV = "NBTASKS_WORKER_TOKEN"
 _BOOT = "import sys; from nbtasks.executor.local.worker import main; main(sys.argv)"
 _PACKAGE_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+PRELOAD = ["nbtasks.client.task"]  # what unpickling a task needs, imported at boot
 
 
 class WorkerProc:
     """The kernel's side of one worker process."""
 
     def __init__(self, popen: subprocess.Popen[bytes], cmd_fd: int, event_fd: int,
-                 boot_log: Any) -> None:  # fmt: skip
+                 boot_log: Any, control: Control, token: str) -> None:  # fmt: skip
+        self.id: E.WorkerId = popen.pid
         self.popen = popen
         self.pid = popen.pid
         self.cmd_fd = cmd_fd
         self.event_fd = event_fd
         self.boot_log = boot_log
-        self.reader = _protocol.FrameReader()
+        self.control = control
+        self.token = token
+        self.reader = P.reader_for_kernel()
         self.ready = False
-        self.dying = False
-        self.attempt: Any = None  # the engine's AttemptState while one runs here
-        # (run, attempt) pairs sent ahead, in the order the worker starts them
-        self.ahead: deque[tuple[Any, Any]] = deque()
-        self.dropping: set[str] = set()  # attempts taken back, until it says it skipped them
+        self.dying = False  # a kill was decided: it takes nothing more up
+        self.closed = False  # its pipes are closed
+        self.seq = 0  # the sequence number of the last attempt sent
+        self.sent: dict[str, tuple[int, int | None]] = {}  # attempt id -> (seq, limit)
         self.loaded: set[str] = set()  # function keys this worker already holds
         self.outbox: list[bytes] = []  # frames written at the end of the loop's step
-        self.closed = False  # its pipes are closed
+        self.oom: tuple[str, int] | None = None  # (attempt id, rss) caught over its limit
 
     def __repr__(self) -> str:
         return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"
@@ -70,14 +97,18 @@ def launch() -> WorkerProc:
     worker dies with the thread that started it, so not from a short-lived one."""
     cmd_r, cmd_w = os.pipe()
     event_r, event_w = os.pipe()
+    control = Control.create()
+    token = secrets.token_hex(8)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env[TOKEN_ENV] = token
     env.pop("NBTASKS_STORE", None)
     boot_log = tempfile.TemporaryFile()
     try:
+        args = [str(cmd_r), str(event_w), str(os.getpid()), str(control.fd)]
         popen = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(cmd_r), str(event_w), str(os.getpid())],
-            pass_fds=(cmd_r, event_w),
+            [sys.executable, "-c", _BOOT, *args],
+            pass_fds=(cmd_r, event_w, control.fd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=boot_log,
@@ -87,51 +118,205 @@ def launch() -> WorkerProc:
     except BaseException:
         for fd in (cmd_r, cmd_w, event_r, event_w):
             os.close(fd)
+        control.close()
         boot_log.close()
         raise
     os.close(cmd_r)
     os.close(event_w)
-    worker = WorkerProc(popen, cmd_w, event_r, boot_log)
-    _protocol.write_all(cmd_w, _protocol.encode(("init", list(sys.path), os.getcwd())))
+    worker = WorkerProc(popen, cmd_w, event_r, boot_log, control, token)
+    P.write_all(cmd_w, P.encode(P.Init(list(sys.path), os.getcwd(), PRELOAD)))
     return worker
 
 
 def discard(worker: WorkerProc) -> None:
     """Kill a launched worker that no pool took charge of, and let go of its pipes."""
-    try:
-        os.killpg(worker.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    proctree.kill_tree(worker.pid)
     worker.popen.wait()
     os.close(worker.cmd_fd)
     os.close(worker.event_fd)
+    worker.control.close()
     worker.boot_log.close()
 
 
-class Pool:
-    """Spawns, feeds and reaps workers; reports their messages and deaths to the engine."""
+def sweep(token: str) -> int:
+    """Kill every process of this user whose environment carries ``token``: what a worker
+    that died on its own left behind, re-parented away from it. Returns how many."""
+    needle = f"{TOKEN_ENV}={token}".encode()
+    me = os.getuid()
+    found = 0
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != me:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            proctree.kill_tree(int(name))
+            found += 1
+        except OSError:
+            continue
+    return found
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[WorkerProc, tuple[Any, ...]], None],
-        on_exit: Callable[[WorkerProc, int | None, int | None, str], None],
-    ) -> None:
+
+class LocalExecutor:
+    """Runs attempts in worker processes on this machine (the default executor)."""
+
+    capabilities = frozenset({"pid", "exit_code", "signal"})
+
+    def __init__(self, launched: list[WorkerProc] | None = None) -> None:
+        self.workers: dict[E.WorkerId, WorkerProc] = {}
+        self._launched = list(launched or ())
+        self.loop: asyncio.AbstractEventLoop
+        self.sink: E.Sink
+        self._sampling = False
+
+    def open(self, loop: asyncio.AbstractEventLoop, sink: E.Sink) -> None:
         self.loop = loop
-        self.on_message = on_message
-        self.on_exit = on_exit
-        self.workers: list[WorkerProc] = []
+        self.sink = sink
+        for worker in self._launched:
+            self._adopt(worker)
+        self._launched.clear()
 
-    def spawn(self) -> WorkerProc:
-        return self.adopt(launch())
+    def boot_slots(self) -> int:
+        return boot_slots()
 
-    def adopt(self, worker: WorkerProc) -> WorkerProc:
-        """Take charge of a launched worker: watch its events from the loop."""
-        self.workers.append(worker)
+    def launched(self) -> list[E.WorkerId]:
+        """The workers launched before the engine (booting)."""
+        return list(self.workers)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def spawn(self) -> E.WorkerId:
+        return self._adopt(launch()).id
+
+    def _adopt(self, worker: WorkerProc) -> WorkerProc:
+        self.workers[worker.id] = worker
         self.loop.add_reader(worker.event_fd, self._readable, worker)
         return worker
 
-    def send(self, worker: WorkerProc, message: tuple[Any, ...], now: bool = False) -> None:
+    def start(self, worker_id: E.WorkerId, attempt: E.AttemptSpec, ahead: bool = False) -> None:
+        worker = self.workers[worker_id]
+        fn_bytes = None if attempt.fn_key in worker.loaded else attempt.fn_bytes
+        worker.loaded.add(attempt.fn_key)
+        worker.seq += 1
+        worker.sent[attempt.attempt_id] = (worker.seq, attempt.memory_limit)
+        message = P.Run(attempt.attempt_id, worker.seq, attempt.fn_key, fn_bytes,
+                        attempt.payload, attempt.run_id, attempt.task_id, attempt.number,
+                        attempt.version, list(attempt.tags), attempt.metadata,
+                        attempt.memory_limit, ahead)  # fmt: skip
+        self._send(worker, message, now=not ahead)
+        if attempt.memory_limit is not None and not self._sampling:
+            self._sampling = True
+            self.loop.call_later(MEMORY_EVERY_S, self._sample)
+
+    def take_back(self, worker_id: E.WorkerId, attempt_id: str) -> None:
+        self._send(self.workers[worker_id], P.Drop(attempt_id))
+
+    def reply(self, worker_id: E.WorkerId, request_id: int, ok: bool, value: Any) -> None:
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an exception that cannot travel: its text does
+            ok, data = False, pickle.dumps(RuntimeError(f"{type(value).__name__}: {exc}"))
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            self._send(worker, P.Reply(request_id, ok, data))
+
+    def retire(self, worker_id: E.WorkerId) -> None:
+        worker = self.workers[worker_id]
+        worker.dying = True
+        self._send(worker, P.Exit())
+
+    def kill(self, worker_id: E.WorkerId, attempt_id: str) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is None or attempt_id not in worker.sent:
+            self.sink(E.KillDone(worker_id, attempt_id, killed=False))
+            return
+        if worker.dying:  # already being killed (for this attempt or one before it)
+            self.sink(E.KillDone(worker_id, attempt_id, killed=True))
+            return
+        proctree.stop(worker.pid)
+        self._decide_kill(worker, attempt_id, 0)
+
+    def _decide_kill(self, worker: WorkerProc, attempt_id: str, tries: int) -> None:
+        """With the worker stopped: kill it if ``attempt_id`` is executing or not yet taken
+        up; else let it go on."""
+        if worker.closed:
+            self.sink(E.KillDone(worker.id, attempt_id, killed=True))  # WorkerLost came
+            return
+        if not proctree.wait_stopped(worker.pid, STOP_WAIT_S):
+            proctree.stop(worker.pid)  # not scheduled yet (or in an uninterruptible sleep)
+            self.loop.call_later(0.005 if tries < 20 else 0.05, self._decide_kill, worker,
+                                 attempt_id, tries + 1)  # fmt: skip
+            return
+        seq = worker.sent.get(attempt_id, (0, None))[0]
+        running, started = worker.control.read()
+        if seq and (running == seq or started < seq):
+            self._tear_down(worker)
+            self.sink(E.KillDone(worker.id, attempt_id, killed=True))
+        else:
+            proctree.resume(worker.pid)
+            self.sink(E.KillDone(worker.id, attempt_id, killed=False))
+
+    def _tear_down(self, worker: WorkerProc) -> None:
+        """Kill a stopped worker's tree: SIGTERM to its descendants, SIGKILL to the whole
+        tree after the grace (at once when it has no descendants). The worker stays
+        stopped throughout, so it starts nothing, and its orphans stay its own."""
+        worker.dying = True
+        worker.control.doom()
+        if proctree.terminate_tree(worker.pid, include_root=False):
+            self.loop.call_later(KILL_GRACE_S, self._kill_hard, worker)
+        else:
+            self._kill_hard(worker)
+
+    def _kill_hard(self, worker: WorkerProc) -> None:
+        if not worker.closed or worker.popen.poll() is None:
+            proctree.kill_tree(worker.pid)
+
+    def close(self) -> None:
+        """Kill every worker's tree at once (shutdown); the kernel does not wait on grace."""
+        for worker in list(self.workers.values()):
+            worker.dying = True
+            proctree.kill_tree(worker.pid, timeout=1.0)
+
+    # -- memory ------------------------------------------------------------------------
+
+    def _sample(self) -> None:
+        """Measure each tree running an attempt with a memory limit; kill it past it."""
+        limited = False
+        for worker in list(self.workers.values()):
+            if worker.dying or worker.closed:
+                continue
+            running, _ = worker.control.read()  # a hint: checked again once stopped
+            for attempt_id, (seq, limit) in worker.sent.items():
+                if limit is None:
+                    continue
+                limited = True
+                if seq == running and proctree.tree_rss(worker.pid) > limit:
+                    self._check_memory(worker, attempt_id, seq, limit)
+                break
+        self._sampling = limited
+        if limited:
+            self.loop.call_later(MEMORY_EVERY_S, self._sample)
+
+    def _check_memory(self, worker: WorkerProc, attempt_id: str, seq: int, limit: int) -> None:
+        proctree.stop(worker.pid)
+        if not proctree.wait_stopped(worker.pid, 0.05):
+            proctree.resume(worker.pid)  # measured again at the next sample
+            return
+        running, _ = worker.control.read()
+        rss = proctree.tree_rss(worker.pid)
+        if running == seq and rss > limit:
+            worker.oom = (attempt_id, rss)
+            self._tear_down(worker)
+            self.sink(E.OutOfMemory(worker.id, attempt_id, rss))
+        else:
+            proctree.resume(worker.pid)
+
+    # -- messages and ends -------------------------------------------------------------
+
+    def _send(self, worker: WorkerProc, message: P.ToWorker, now: bool = False) -> None:
         """Queue a message; a worker's messages of one loop step go out in one write, once
         the step is over, or at once with ``now`` (a worker waiting for it). A dead worker
         shows up as end of file on its event pipe."""
@@ -139,7 +324,7 @@ class Pool:
             return
         if not worker.outbox and not now:
             self.loop.call_soon(self._flush, worker)
-        worker.outbox.append(_protocol.encode(message))
+        worker.outbox.append(P.encode(message))
         if now:
             self._flush(worker)
 
@@ -149,20 +334,40 @@ class Pool:
         if worker.closed or not data:
             return
         try:
-            _protocol.write_all(worker.cmd_fd, data)
+            P.write_all(worker.cmd_fd, data)
         except OSError:  # the worker died; its end of file is on the way
             pass
 
     def _readable(self, worker: WorkerProc) -> None:
         try:
-            data = os.read(worker.event_fd, _protocol.READ_BYTES)
+            data = os.read(worker.event_fd, P.READ_BYTES)
         except OSError:
             data = b""
         if not data:
             self._closed(worker)
             return
-        for message in worker.reader.feed(data):
-            self.on_message(worker, message)
+        sink, wid = self.sink, worker.id
+        for m in worker.reader.feed(data):
+            if isinstance(m, P.Done):
+                worker.sent.pop(m.attempt_id, None)
+                sink(E.Finished(wid, m.attempt_id, m.outcome, m.output, m.output_preview,
+                                m.error, m.exc, m.stdout, m.stderr, m.took, m.rss))  # fmt: skip
+            elif isinstance(m, P.Started):
+                sink(E.Started(wid, m.attempt_id))
+            elif isinstance(m, P.Log):
+                sink(E.Log(wid, m.attempt_id, m.stream, m.text))
+            elif isinstance(m, P.Dropped):
+                worker.sent.pop(m.attempt_id, None)
+                sink(E.Dropped(wid, m.attempt_id))
+            elif isinstance(m, P.Meta):
+                sink(E.Metadata(wid, m.attempt_id, m.op, m.key, m.value))
+            elif isinstance(m, P.Show):
+                sink(E.Display(wid, m.attempt_id, m.bundle))
+            elif isinstance(m, P.Ask):
+                sink(E.Call(wid, m.attempt_id, m.request_id, m.op, pickle.loads(m.args)))
+            elif isinstance(m, P.Ready):
+                worker.ready = True
+                sink(E.WorkerReady(wid, m.pid))
 
     def _closed(self, worker: WorkerProc) -> None:
         worker.closed = True
@@ -178,10 +383,15 @@ class Pool:
             self.loop.call_later(0.005 if tries < 20 else 0.05, self._reap, worker, tries + 1)
             return
         if code is None:  # still alive after ~10 s without its pipe: make sure
-            self._signal(worker, signal.SIGKILL)
+            proctree.kill_tree(worker.pid)
             code = worker.popen.wait()
-        self.workers.remove(worker)
-        self._signal(worker, signal.SIGKILL)  # no process of this worker's group outlives it
+        del self.workers[worker.id]
+        try:  # no process of this worker's group outlives it, nor one it left elsewhere
+            os.killpg(worker.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        sweep(worker.token)
+        worker.control.close()
         exit_code, sig = (None, -code) if code < 0 else (code, None)
         log = ""
         try:
@@ -189,27 +399,4 @@ class Pool:
             log = worker.boot_log.read()[-4000:].decode("utf-8", "replace")
         finally:
             worker.boot_log.close()
-        self.on_exit(worker, exit_code, sig, log)
-
-    def _signal(self, worker: WorkerProc, sig: int) -> None:
-        try:
-            os.killpg(worker.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def kill(self, worker: WorkerProc, grace: float = KILL_GRACE_S) -> None:
-        """SIGTERM the worker's process group, then SIGKILL it after ``grace`` seconds."""
-        if worker.dying:
-            return
-        worker.dying = True
-        self._signal(worker, signal.SIGTERM)
-        self.loop.call_later(grace, self._kill_hard, worker)
-
-    def _kill_hard(self, worker: WorkerProc) -> None:
-        self._signal(worker, signal.SIGKILL)  # also children that outlived their worker
-
-    def stop_all(self) -> None:
-        """Kill every worker group at once (shutdown); the kernel does not wait on grace."""
-        for worker in list(self.workers):
-            worker.dying = True
-            self._signal(worker, signal.SIGKILL)
+        self.sink(E.WorkerLost(worker.id, exit_code, sig, log))

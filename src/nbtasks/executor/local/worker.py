@@ -1,25 +1,34 @@
-"""A worker process: executes one attempt at a time for the kernel that spawned it.
+"""A local worker process: executes one attempt at a time for the kernel that spawned it.
 
-Started by the pool (``executor/local/pool.py``) with CMD_FD EVENT_FD PARENT_PID in a new
-session, so the worker is the leader of a process group holding everything its tasks start;
-the kernel kills that group to cancel or time out an attempt. The worker kills its own group
-when the kernel goes away (the command pipe reaches end of file, or the parent-death signal fires).
+Started by the pool (``pool.py``) in a new session, with its command and event pipes and a
+small control block shared with the kernel (``control.py``). The worker is a child
+subreaper, so every process its attempts start, even one that double-forks or calls
+``setsid()``, stays its descendant and is found and killed with it.
+
+- An attempt sent ahead is answered once: ``Dropped`` if the kernel took it back before the
+  worker got to it, else ``Started``; the choice is made under one lock (``_claim``).
+- While an attempt's body runs, its sequence number is in the control block, so the kernel
+  can tell, with the worker stopped, whether a kill still hits that attempt.
+- An attempt's leftover processes are killed when it ends, so nothing of one attempt
+  outlives it into the next.
+- A ``memory_limit`` is enforced from outside: the kernel samples the whole tree's resident
+  memory. Inside, a soft ``RLIMIT_DATA`` of the data in use plus twice the limit is a
+  backstop, so one huge allocation fails with ``MemoryError`` at once (reported as out of
+  memory) before it is even touched.
+- When the kernel goes away (the command pipe ends, or the parent-death signal fires) the
+  worker kills its whole tree, itself last.
 """
 
 from __future__ import annotations
 
-import base64
 import builtins
-import codecs
 import ctypes
-import io
-import itertools
 import json
 import os
+import pickle
 import queue
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -27,130 +36,33 @@ from typing import Any
 
 from nbtasks.core import context as _context
 from nbtasks.core.errors import AbortRun
-from nbtasks.executor.local import protocol as _protocol
+from nbtasks.executor.local import proctree
+from nbtasks.executor.local import protocol as P
+from nbtasks.executor.local.capture import Capture, mime_bundle
+from nbtasks.executor.local.control import Control
 
-OUTPUT_CAP = 256 * 1024  # bytes of stdout / stderr kept per attempt (the tail)
-LOG_EVERY_S = 0.1  # how often output written by a running attempt is streamed
 DISPLAY_CAP = 1 << 20  # bytes of one display(...) bundle
+BACKSTOP = 2  # RLIMIT_DATA: the data in use at the start plus this many times memory_limit
 _PR_SET_PDEATHSIG = 1
 
 
-def _kill_group(*_: object) -> None:
-    os.killpg(os.getpgrp(), signal.SIGKILL)
+def _kill_tree_and_exit(*_: object) -> None:
+    """The kernel is gone: kill everything this worker's attempts started, then itself."""
+    try:
+        proctree.kill_tree(os.getpid(), include_root=False, timeout=2.0)
+    finally:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    signal.signal(signal.SIGUSR2, _kill_group)
+    signal.signal(signal.SIGUSR2, _kill_tree_and_exit)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR2, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the pipe watch below still applies
         pass
     if os.getppid() != parent_pid:
-        _kill_group()
-
-
-class _Capture:
-    """Redirects file descriptors 1 and 2 (so subprocess output is caught too) to files,
-    and streams what an attempt writes to the kernel while it runs."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.attempt_id: str | None = None
-        self.offsets = [0, 0]
-        self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
-        self.files = []
-        for fd in (1, 2):
-            f = tempfile.TemporaryFile()
-            os.dup2(f.fileno(), fd)
-            self.files.append(f)
-        sys.stdout = io.TextIOWrapper(
-            os.fdopen(1, "wb", closefd=False), line_buffering=True, errors="backslashreplace"
-        )
-        sys.stderr = io.TextIOWrapper(
-            os.fdopen(2, "wb", closefd=False), line_buffering=True, errors="backslashreplace"
-        )
-
-    def reset(self, attempt_id: str) -> None:
-        with self.lock:
-            for fd in (1, 2):
-                if os.lseek(fd, 0, os.SEEK_CUR):  # something was written since the last reset
-                    os.ftruncate(fd, 0)
-                    os.lseek(fd, 0, os.SEEK_SET)
-            self.attempt_id = attempt_id
-            self.offsets = [0, 0]
-            for decoder in self.decoders:
-                decoder.reset()
-
-    def collect(self) -> tuple[str, str]:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        with self.lock:
-            self.attempt_id = None
-            return _tail(1), _tail(2)
-
-    def stream(self, send: Any) -> None:
-        """Forever: every LOG_EVERY_S, send what the running attempt wrote since."""
-        while True:
-            time.sleep(LOG_EVERY_S)
-            with self.lock:
-                if self.attempt_id is None:
-                    continue
-                for i, (fd, name) in enumerate(((1, "stdout"), (2, "stderr"))):
-                    size = os.fstat(fd).st_size
-                    start = max(self.offsets[i], size - OUTPUT_CAP)
-                    if size > start:
-                        data = os.pread(fd, size - start, start)
-                        self.offsets[i] = size
-                        text = self.decoders[i].decode(data)
-                        if text:
-                            send(("log", self.attempt_id, name, text))
-
-
-def _tail(fd: int) -> str:
-    # Writes to fd 1 and 2 (this process's, and its children's: they share the open file)
-    # move its offset; an attempt that wrote nothing costs one lseek.
-    if not os.lseek(fd, 0, os.SEEK_CUR):
-        return ""
-    size = os.fstat(fd).st_size
-    start = max(0, size - OUTPUT_CAP)
-    data = os.pread(fd, size - start, start)
-    text = data.decode("utf-8", errors="replace")
-    if start:
-        text = f"[... {start} earlier bytes not kept ...]\n" + text
-    return text
-
-
-class _MemoryWatch(threading.Thread):
-    """Kills the worker's process group when its tree's resident memory passes a limit."""
-
-    def __init__(self, limit: int, attempt_id: str, send: Any) -> None:
-        super().__init__(daemon=True, name="nbtasks-memory-watch")
-        self.limit = limit
-        self.attempt_id = attempt_id
-        self.send = send
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self.stopped.wait(0.02):
-            try:
-                rss = me.memory_info().rss
-                for child in me.children(recursive=True):
-                    try:
-                        rss += child.memory_info().rss
-                    except psutil.Error:
-                        pass
-            except psutil.Error:
-                continue
-            if rss > self.limit:
-                self.send(("oom", self.attempt_id, rss))
-                _kill_group()
+        _kill_tree_and_exit()
 
 
 def _error_info(exc: BaseException) -> dict[str, str]:
@@ -181,56 +93,37 @@ def _exc_bytes(exc: BaseException) -> bytes | None:
         return None
 
 
-_MIME_METHODS = (
-    ("text/html", "_repr_html_"),
-    ("text/markdown", "_repr_markdown_"),
-    ("image/svg+xml", "_repr_svg_"),
-    ("image/png", "_repr_png_"),
-    ("image/jpeg", "_repr_jpeg_"),
-    ("application/json", "_repr_json_"),
-    ("text/latex", "_repr_latex_"),
-)
-
-
-def mime_bundle(obj: object) -> dict[str, Any]:
-    """The MIME bundle of an object, the way Jupyter's formatters build one."""
-    bundle: dict[str, Any] = {}
-    method = getattr(obj, "_repr_mimebundle_", None)
-    if callable(method):
-        try:
-            data = method()
-            bundle.update(data[0] if isinstance(data, tuple) else data or {})
-        except Exception:
-            pass
-    for mime, name in _MIME_METHODS:
-        method = getattr(obj, name, None)
-        if mime in bundle or not callable(method) or isinstance(obj, type):
-            continue
-        try:
-            value = method()
-        except Exception:
-            continue
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode("ascii")
-        if value is not None:
-            bundle[mime] = value
-    bundle["text/plain"] = repr(obj)
-    return bundle
-
-
 class Worker:
-    def __init__(self, cmd_fd: int, event_fd: int) -> None:
+    def __init__(self, cmd_fd: int, event_fd: int, control: Control) -> None:
         self.cmd_fd = cmd_fd
         self.event_fd = event_fd
+        self.control = control
         self.write_lock = threading.Lock()
         self.functions: dict[str, Any] = {}
-        self.inbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self.replies: dict[int, tuple[bool, Any]] = {}
+        self.inbox: queue.SimpleQueue[P.ToWorker | None] = queue.SimpleQueue()
+        self.replies: dict[int, tuple[bool, bytes]] = {}
         self.replies_cv = threading.Condition()
-        self.request_ids = itertools.count(1)
-        self.dropped: set[str] = set()  # attempts sent ahead that the kernel took back
-        self.capture = _Capture()
+        self.request_ids = 0
+        # attempts sent ahead and not yet taken up, and those the kernel took back: an
+        # attempt leaves ``waiting`` exactly once, started (_claim) or dropped (_drop)
+        self.claim_lock = threading.Lock()
+        self.waiting: set[str] = set()
+        self.dropped: set[str] = set()
+        self.capture = Capture()
+        self.subreaper = proctree.become_subreaper()
+        self.attempt_id = ""  # of the attempt executing, for messages from task code
         builtins.display = self.display  # type: ignore[attr-defined]
+
+    # -- messages to the kernel ------------------------------------------------------------
+
+    def send(self, message: P.ToKernel) -> None:
+        self.send_all([message])
+
+    def send_all(self, messages: list[P.ToKernel]) -> None:
+        """Send messages in one write (the kernel reads them in one wake-up)."""
+        data = b"".join(P.encode(m) for m in messages)
+        with self.write_lock:
+            P.write_all(self.event_fd, data)
 
     def display(self, *objs: object, **_: object) -> None:
         """``display(obj)`` in task code: the object's MIME bundle goes to the attempt."""
@@ -242,89 +135,127 @@ class Worker:
             bundle = mime_bundle(obj)
             if len(json.dumps(bundle, default=str)) > DISPLAY_CAP:
                 bundle = {"text/plain": bundle["text/plain"][:DISPLAY_CAP]}
-            self.send(("display", current.ctx.attempt_id, bundle))
+            self.send(P.Show(current.ctx.attempt_id, json.loads(json.dumps(bundle, default=str))))
+
+    def _send_context(self, message: tuple[Any, ...]) -> None:
+        """What ``nbtasks.metadata`` sends: ("metadata", attempt_id, op, key, value)."""
+        _, attempt_id, op, key, value = message
+        self.send(P.Meta(attempt_id, op, key, value))
 
     def call(self, op: str, args: tuple[Any, ...]) -> Any:
         """Send a call to the kernel's engine and block until its reply."""
         current = _context._current
         assert current is not None
-        request_id = next(self.request_ids)
-        self.send(("call", current.ctx.attempt_id, request_id, op, args))
+        with self.replies_cv:
+            self.request_ids += 1
+            request_id = self.request_ids
+        data = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        self.send(P.Ask(current.ctx.attempt_id, request_id, op, data))
         with self.replies_cv:
             while request_id not in self.replies:
                 self.replies_cv.wait()
             ok, value = self.replies.pop(request_id)
+        result = pickle.loads(value)
         if not ok:
-            raise value
-        return value
+            raise result
+        return result
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        self.send_all([message])
-
-    def send_all(self, messages: list[tuple[Any, ...]]) -> None:
-        """Send messages in one write (the kernel reads them in one wake-up)."""
-        data = b"".join(_protocol.encode(m) for m in messages)
-        with self.write_lock:
-            _protocol.write_all(self.event_fd, data)
+    # -- commands from the kernel ------------------------------------------------------------
 
     def _read_commands(self) -> None:
-        reader = _protocol.FrameReader()
+        reader = P.reader_for_worker()
         try:
-            while data := os.read(self.cmd_fd, _protocol.READ_BYTES):
+            while data := os.read(self.cmd_fd, P.READ_BYTES):
                 for message in reader.feed(data):  # the kernel writes several at once
-                    if message[0] == "reply":
+                    if isinstance(message, P.Reply):
                         with self.replies_cv:
-                            self.replies[message[1]] = (message[2], message[3])
+                            self.replies[message.request_id] = (message.ok, message.value)
                             self.replies_cv.notify_all()
-                    elif message[0] == "drop":
-                        self.dropped.add(message[1])
+                    elif isinstance(message, P.Drop):
+                        self._drop(message.attempt_id)
                     else:
+                        if isinstance(message, P.Run) and message.ahead:
+                            with self.claim_lock:
+                                self.waiting.add(message.attempt_id)
                         self.inbox.put(message)
         except OSError:
             pass
-        _kill_group()  # the kernel is gone: take every process of this worker with us
+        _kill_tree_and_exit()  # the kernel is gone: take every process of this worker along
+
+    def _drop(self, attempt_id: str) -> None:
+        """The kernel takes back an attempt sent ahead: answered at once if it is still
+        waiting (the main loop then skips it); else it started, and said so already."""
+        with self.claim_lock:
+            if attempt_id not in self.waiting:
+                return
+            self.waiting.discard(attempt_id)
+            self.dropped.add(attempt_id)
+        self.send(P.Dropped(attempt_id))
+
+    def _claim(self, run: P.Run) -> bool:
+        """Take up an attempt: False if it was dropped. A kill decided for this worker
+        (the control block's ``doomed``) means no attempt starts any more."""
+        if self.control.doomed:
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # the kernel is killing this worker
+        with self.claim_lock:
+            if run.attempt_id in self.dropped:
+                self.dropped.discard(run.attempt_id)
+                return False
+            self.waiting.discard(run.attempt_id)
+            self.control.start(run.seq)
+            return True
+
+    # -- the main loop ---------------------------------------------------------------------
 
     def serve(self) -> None:
         threading.Thread(target=self._read_commands, daemon=True, name="nbtasks-cmd").start()
         threading.Thread(
-            target=self.capture.stream, args=(self.send,), daemon=True, name="nbtasks-logs"
+            target=self.capture.stream, args=(self._send_log,), daemon=True, name="nbtasks-logs"
         ).start()
-        self.send(("ready", os.getpid()))
-        taken: tuple[Any, ...] | None = None  # a message taken early, to handle next
-        announced = ""  # the attempt sent ahead whose start was already reported
+        self.send(P.Ready(os.getpid()))
+        taken: P.ToWorker | None = None  # a message taken early, to handle next
+        claimed = ""  # the attempt sent ahead already taken up (its Started sent)
         while (message := taken or self.inbox.get()) is not None:
             taken = None
-            kind = message[0]
-            if kind == "run":
-                attempt_id, sent_ahead = message[1], message[7]
-                if attempt_id in self.dropped:
-                    self.dropped.discard(attempt_id)
-                    try:  # the kernel counts on this worker knowing the function now
-                        self.learn_function(message[2], message[3])
-                    except Exception:
-                        pass  # the next attempt of it reports the failure
-                    self.send(("dropped", attempt_id))
+            if isinstance(message, P.Run):
+                run = message
+                if run.attempt_id != claimed and not self._claim(run):
+                    self._learn_quietly(run)
                     continue
-                if sent_ahead and attempt_id != announced:
-                    self.send(("started", attempt_id))
-                result = self.run_attempt(*message[1:7])
+                if run.ahead and run.attempt_id != claimed:
+                    self.send(P.Started(run.attempt_id))
+                done = self.run_attempt(run)
                 # The next attempt is often here already (sent ahead): report this one's
                 # end and that one's start in one write, so the kernel wakes once.
                 try:
                     taken = self.inbox.get_nowait()
                 except queue.Empty:
                     taken = None
-                if (taken is not None and taken[0] == "run" and taken[7]
-                        and taken[1] not in self.dropped):  # fmt: skip
-                    announced = taken[1]
-                    self.send_all([result, ("started", announced)])
-                else:
-                    self.send(result)
-            elif kind == "init":
-                sys.path[:] = message[1]
-                os.chdir(message[2])
-            elif kind == "exit":
+                if isinstance(taken, P.Run) and taken.ahead:
+                    if self._claim(taken):
+                        claimed = taken.attempt_id
+                        self.send_all([done, P.Started(claimed)])
+                        continue
+                    self._learn_quietly(taken)  # dropped: skipped
+                    taken = None
+                self.send(done)
+            elif isinstance(message, P.Init):
+                sys.path[:] = message.sys_path
+                os.chdir(message.cwd)
+                for name in message.preload:
+                    __import__(name)
+            elif isinstance(message, P.Exit):
                 return
+
+    def _send_log(self, attempt_id: str, stream: str, text: str) -> None:
+        self.send(P.Log(attempt_id, stream, text))
+
+    def _learn_quietly(self, run: P.Run) -> None:
+        """A dropped attempt: the kernel counts on this worker knowing its function now."""
+        try:
+            self.learn_function(run.fn_key, run.fn_bytes)
+        except Exception:
+            pass  # the next attempt of it reports the failure
 
     def learn_function(self, fn_key: str, fn_bytes: bytes | None) -> None:
         """Keep a task function sent with an attempt; later attempts come without it."""
@@ -333,17 +264,19 @@ class Worker:
 
             self.functions[fn_key] = loads(fn_bytes)
 
-    def run_attempt(
-        self,
-        attempt_id: str,
-        fn_key: str,
-        fn_bytes: bytes | None,
-        payload_bytes: bytes,
-        ctx: dict[str, Any],
-        memory_limit: int | None,
-    ) -> tuple[Any, ...]:
-        """Execute one attempt; return its ``done`` message (the caller sends it)."""
+    def _end_attempt(self) -> None:
+        """Kill what the attempt left running (nothing of it outlives it), reap, and clear
+        the control block: from now on a kill of this attempt finds it ended."""
+        if proctree.children(os.getpid()):
+            proctree.kill_tree(os.getpid(), include_root=False)
+            proctree.reap_children()
+        self.control.end()
+
+    def run_attempt(self, run: P.Run) -> P.Done:
+        """Execute one attempt; return its ``Done`` message (the caller sends it)."""
         from nbtasks.core.serialize import dumps, loads, preview
+
+        attempt_id = run.attempt_id
 
         def done(
             outcome: str,
@@ -351,23 +284,25 @@ class Worker:
             out_preview: str = "",
             error: dict[str, str] | None = None,
             exc: bytes | None = None,
-        ) -> tuple[Any, ...]:
+            rss: int | None = None,
+        ) -> P.Done:
+            self._end_attempt()
             stdout, stderr = self.capture.collect()
             took = time.perf_counter() - began
-            return ("done", attempt_id, outcome, output, out_preview, error, exc, stdout, stderr,
-                    took)  # fmt: skip
+            return P.Done(attempt_id, outcome, output, out_preview, error, exc, stdout, stderr,
+                          took, rss)  # fmt: skip
 
         began = time.perf_counter()  # reset once the function and payload are loaded
         self.capture.reset(attempt_id)
         try:
-            self.learn_function(fn_key, fn_bytes)
-            fn = self.functions[fn_key]
+            self.learn_function(run.fn_key, run.fn_bytes)
+            fn = self.functions[run.fn_key]
         except BaseException as exc:
             info = _error_info(exc)
             info["message"] = f"the worker could not load the task function: {info['message']}"
             return done("system_failure", error=info)
         try:
-            payload = loads(payload_bytes)
+            payload = loads(run.payload)
         except BaseException as exc:
             info = _error_info(exc)
             info["message"] = f"the worker could not load the payload: {info['message']}"
@@ -375,28 +310,33 @@ class Worker:
 
         began = time.perf_counter()
         task_ctx = _context.TaskContext(
-            run_id=ctx["run_id"],
-            task_id=ctx["task_id"],
-            attempt_number=ctx["attempt_number"],
-            version=ctx["version"],
-            tags=tuple(ctx.get("tags") or ()),
+            run_id=run.run_id,
+            task_id=run.task_id,
+            attempt_number=run.number,
+            version=run.version or "",
+            tags=tuple(run.tags),
             attempt_id=attempt_id,
         )
         _context._install(
-            _context._Current(task_ctx, dict(ctx.get("metadata") or {}), self.send, self.call)
+            _context._Current(task_ctx, dict(run.metadata), self._send_context, self.call)
         )
-        watch = _MemoryWatch(memory_limit, attempt_id, self.send) if memory_limit else None
-        if watch:
-            watch.start()
+        # The backstop leaves room (reserved, untouched memory counts against it, thread
+        # stacks say): the kernel's sampling of resident memory is the limit itself.
+        limit = proctree.limit_data(BACKSTOP * run.memory_limit) if run.memory_limit else None
         try:
             result = fn(payload)
         except AbortRun as exc:
             return done("aborted", error=_error_info(exc), exc=_exc_bytes(exc))
+        except MemoryError as exc:
+            if limit is None:
+                return done("failed", error=_error_info(exc), exc=_exc_bytes(exc))
+            limit()
+            return done("oom", error=_error_info(exc), rss=proctree.tree_rss(os.getpid()))
         except BaseException as exc:
             return done("failed", error=_error_info(exc), exc=_exc_bytes(exc))
         finally:
-            if watch:
-                watch.stopped.set()
+            if limit is not None:
+                limit()
             _context._install(None)
         try:
             output = dumps(result)
@@ -411,15 +351,14 @@ class Worker:
 
 
 def main(argv: list[str]) -> None:
-    cmd_fd, event_fd, parent_pid = (int(a) for a in argv[1:4])
-    os.set_inheritable(cmd_fd, False)
-    os.set_inheritable(event_fd, False)
+    cmd_fd, event_fd, parent_pid, control_fd = (int(a) for a in argv[1:5])
+    for fd in (cmd_fd, event_fd, control_fd):
+        os.set_inheritable(fd, False)
     _die_with_parent(parent_pid)
     _context.IN_WORKER = True
-    from nbtasks.client import task as _task  # noqa: F401  (what loading a task needs)
-    from nbtasks.core import serialize as _serialize  # noqa: F401
+    from nbtasks.core import serialize as _serialize  # noqa: F401  (loads task functions)
 
-    Worker(cmd_fd, event_fd).serve()
+    Worker(cmd_fd, event_fd, Control.attach(control_fd)).serve()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""Runs by id, live in the engine or stored: retrieve, cancel, wait for their end.
+
+Inside a task (in a worker) these go to the kernel's engine through the worker's pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from nbtasks.client.blocking import block, run_in_thread
+from nbtasks.client.config import engine
+from nbtasks.core import context as _context
+from nbtasks.core.errors import UnknownRunError
+from nbtasks.core.models import Attempt, Result, Run, run_from_row
+from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS
+
+_ALL_COLUMNS = ", ".join(RUN_COLUMNS)
+
+
+def fetch(run_id: str, what: str) -> Any:
+    """Load one part of a stored run on first access (payload, output, attempts)."""
+    store = engine().store
+    if what == "attempts":
+        rows = store.query(
+            f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE run_id = ? ORDER BY number",
+            [run_id],
+        )
+        return tuple(Attempt.from_row(r) for r in rows)
+    (row,) = store.query(f"SELECT {what} FROM runs WHERE id = ?", [run_id])
+    return row[0]
+
+
+def retrieve(run_id: str) -> Run:
+    """The run as it is now: live from the engine, or from the store."""
+    if _context.in_task():
+        run: Run = _context.call_engine("retrieve", run_id)
+        return run
+    eng = engine()
+    live = block(eng.call(eng.snapshot, run_id))
+    if live is not None:
+        return live  # type: ignore[no-any-return]
+    rows = eng.store.query(f"SELECT {_ALL_COLUMNS} FROM runs WHERE id = ?", [run_id])
+    if not rows:
+        raise UnknownRunError(run_id)
+    return run_from_row(rows[0], fetch, fetch(run_id, "attempts"))
+
+
+def cancel(run_id: str) -> Run:
+    """Cancel a run and its descendants (their process trees are killed); a final run is
+    left as it is."""
+    if _context.in_task():
+        _context.call_engine("cancel", run_id)
+        return retrieve(run_id)
+    eng = engine()
+    eng.require_run(run_id)
+    snapshot = block(eng.call(eng.cancel, run_id))
+    return snapshot if snapshot is not None else retrieve(run_id)
+
+
+def cancel_all(ids: list[str]) -> None:
+    """Cancel what a wait started, when the wait is stopped."""
+    for run_id in ids:
+        try:
+            cancel(run_id)
+        except Exception:
+            pass
+
+
+def results(ids: list[str], snapshots: list[Run | None]) -> list[Result[Any]]:
+    """The results of final runs, from their snapshots, or the store where there is none."""
+    return [
+        Result(s if s is not None else retrieve(i)) for i, s in zip(ids, snapshots, strict=True)
+    ]
+
+
+def wait_runs(ids: list[str], timeout: float | None = None) -> list[Result[Any]]:
+    """Block until the runs are final (they need not be live in this kernel)."""
+    if _context.in_task():
+        return [Result(s) for s in _context.call_engine("wait", list(ids))]
+    eng = engine()
+    for run_id in ids:
+        eng.require_run(run_id)
+    futs = [eng.call(eng.wait, run_id) for run_id in ids]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    snapshots = []
+    for fut in futs:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        snapshots.append(block(fut, left))
+    return results(ids, snapshots)
+
+
+async def await_runs(ids: list[str]) -> list[Result[Any]]:
+    """The async twin of ``wait_runs``; cancelling the await cancels the runs."""
+    if _context.in_task():
+        return await run_in_thread(wait_runs, ids)
+    eng = engine()
+    futs = [eng.call(eng.wait, run_id) for run_id in ids]
+    try:
+        snapshots = [await asyncio.wrap_future(f) for f in futs]
+    except asyncio.CancelledError:
+        await run_in_thread(cancel_all, ids)
+        raise
+    return await run_in_thread(results, ids, snapshots)

@@ -1,0 +1,84 @@
+"""Triggering: the calls behind ``Task.trigger*`` and ``runs.trigger``/``runs.replay``.
+
+Inside a task (in a worker) runs are created by the kernel's engine, through the worker's
+pipe.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from nbtasks.client.blocking import block
+from nbtasks.client.config import engine
+from nbtasks.client.control import cancel_all, results
+from nbtasks.client.handles import BatchHandle, RunHandle
+from nbtasks.client.specs import make_specs
+from nbtasks.core import context as _context
+from nbtasks.core import display
+from nbtasks.core.ids import new_id
+from nbtasks.core.models import BatchResult, Result, Run
+from nbtasks.engine.state import RunSpec
+
+if TYPE_CHECKING:
+    from nbtasks.client.task import Task
+
+T = TypeVar("T")
+
+
+def submit(specs: list[RunSpec]) -> list[tuple[str, bool]]:
+    """Create the runs; return ``(run_id, is_cached)`` each, once they are committed."""
+    if _context.in_task():
+        created: list[tuple[str, bool]] = _context.call_engine("submit", specs, False)
+    else:
+        eng = engine()
+        created = block(eng.call(eng.submit, specs))
+    return created
+
+
+def submit_and_wait(specs: list[RunSpec]) -> list[Result[Any]]:
+    """Create the runs and block until they are final; in a notebook, their live view shows
+    meanwhile, and the stop button cancels them."""
+    if _context.in_task():
+        return [Result(s) for s in _context.call_engine("submit", specs, True)]
+    eng = engine()
+    final: cf.Future[list[Run | None]] = cf.Future()
+    ids = [s.id for s in specs]
+    try:
+        created = block(eng.call(eng.submit, specs, final))
+        ids = [run_id for run_id, _ in created]
+        if specs:
+            display.show_wait(ids, specs[0].task_id, batch=specs[0].batch_id is not None)
+        snapshots = block(final)
+    except KeyboardInterrupt:  # the stop button: cancel what this wait started
+        cancel_all(ids)
+        raise
+    return results(ids, snapshots)
+
+
+def handles(task_id: str, created: list[tuple[str, bool]]) -> list[RunHandle[Any]]:
+    return [RunHandle(run_id, task_id, cached) for run_id, cached in created]
+
+
+def trigger(task: Task[Any, T], payload: Any, options: dict[str, Any]) -> RunHandle[T]:
+    (handle,) = handles(task.id, submit(make_specs(task, [payload], options)))
+    return handle
+
+
+def trigger_and_wait(task: Task[Any, T], payload: Any, options: dict[str, Any]) -> Result[T]:
+    return submit_and_wait(make_specs(task, [payload], options))[0]
+
+
+def batch_trigger(task: Task[Any, T], items: Iterable[Any],
+                  options: dict[str, Any]) -> BatchHandle[T]:  # fmt: skip
+    batch_id = new_id("batch")
+    specs = make_specs(task, list(items), options, batch_id)
+    return BatchHandle(batch_id, handles(task.id, submit(specs)))
+
+
+def batch_trigger_and_wait(task: Task[Any, T], items: Iterable[Any],
+                           options: dict[str, Any]) -> BatchResult[T]:  # fmt: skip
+    batch_id = new_id("batch")
+    specs = make_specs(task, list(items), options, batch_id)
+    return BatchResult(batch_id, submit_and_wait(specs))

@@ -1,0 +1,335 @@
+"""Dispatch: which attempt runs on which worker, and when. The one owner of worker state.
+
+It knows workers only as the executor reports them (ready, lost) and drives them only
+through the executor seam (``executor/base.py``). What it holds, per worker: the attempt
+it executes (which holds capacity until ``Finished`` or ``WorkerLost``: an attempt being
+killed still counts), the attempts sent ahead to it, and those being taken back. Every
+take-back and kill is answered by the executor; nothing here assumes the answer.
+
+Invariants (checked by ``tests/test_engine_model.py`` after every step of random
+interleavings, and by the real pool's stress test):
+
+- I1: an attempt's body starts at most once, and a run never has two bodies running: a
+  run sent ahead stays bound to its worker (``run.prefetched``) until the worker says
+  ``Started`` or ``Dropped`` (or is lost without saying ``Started``); only then can it go
+  anywhere else.
+- I2: never more attempts executing than ``size``, nor than a queue's limit: capacity and
+  queue slots are released only once the executor reports the body gone.
+- I3: a kill only ever hits the attempt it was meant for (the executor checks which one
+  executes before it kills).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nbtasks.core.ids import new_id
+from nbtasks.core.status import AttemptStatus, RunStatus
+from nbtasks.engine.state import AttemptState, RunState, utcnow
+from nbtasks.executor.base import AttemptSpec, Executor, WorkerId
+
+if TYPE_CHECKING:
+    from nbtasks.engine.engine import Engine
+
+S = RunStatus
+AHEAD_BUDGET_S = 0.002  # the work a busy worker is sent ahead, in seconds of recent attempts
+AHEAD_MAX = 16  # and at most this many runs
+MAX_SPAWN_FAILURES = 3  # workers in a row dying before ready: the queued runs fail
+TAKEN_BACK = "taken back"  # the kill reason of an attempt that started after its run ended
+
+
+@dataclass(eq=False)
+class WorkerView:
+    """What dispatch knows of one worker."""
+
+    id: WorkerId
+    pid: int | None = None
+    ready: bool = False
+    dying: bool = False  # retiring, or a kill was asked: nothing more is sent to it
+    attempt: AttemptState | None = None  # holds capacity until Finished / WorkerLost
+    frozen: bool = False  # its attempt is FROZEN: it gives its capacity up
+    ahead: deque[tuple[RunState, AttemptState]] = field(default_factory=deque)
+    taking_back: dict[str, tuple[RunState, AttemptState]] = field(default_factory=dict)
+
+    @property
+    def holds_capacity(self) -> bool:
+        if self.attempt is not None:
+            return not self.frozen
+        return bool(self.ahead or self.taking_back)
+
+    @property
+    def free(self) -> bool:
+        """Idle: nothing executing, nothing sent ahead or awaiting an answer."""
+        return self.attempt is None and not self.ahead and not self.taking_back
+
+
+class Dispatch:
+    def __init__(self, engine: Engine, executor: Executor, size: int) -> None:
+        self.engine = engine
+        self.executor = executor
+        self.size = size
+        self.workers: dict[WorkerId, WorkerView] = {}
+        self.idle: list[WorkerView] = []
+        self.attempt_s = AHEAD_BUDGET_S  # moving average of how long attempts take
+        self.spawn_failures = 0
+        self.boot_slots = executor.boot_slots()
+
+    # -- capacity ----------------------------------------------------------------------
+
+    @property
+    def executing(self) -> int:
+        """Workers that hold capacity: executing an attempt that is not FROZEN (or being
+        killed), or holding attempts sent ahead that may start any moment (between one
+        attempt's ``Finished`` and the next one's ``Started``, say)."""
+        return sum(1 for w in self.workers.values() if w.holds_capacity)
+
+    def add(self, worker_id: WorkerId) -> WorkerView:
+        view = self.workers[worker_id] = WorkerView(worker_id)
+        return view
+
+    def top_up(self) -> None:
+        """Keep one worker for every unit of capacity not taken by an executing attempt.
+
+        At most ``boot_slots`` boot at a time, the next as one is ready; a FROZEN attempt
+        keeps its worker but gives up its capacity, so a spare worker is started."""
+        e = self.engine
+        starting = sum(1 for w in self.workers.values() if not w.ready and not w.dying)
+        # a frozen attempt's worker holds ahead nothing (it gave it back): not counted
+        missing = self.size - self.executing - len(self.idle) - starting
+        if missing <= 0 or e.closed or self.spawn_failures >= MAX_SPAWN_FAILURES:
+            return  # after workers failed to start, try again at the next trigger
+        try:
+            for _ in range(min(missing, self.boot_slots - starting)):
+                self.add(self.executor.spawn())
+        except OSError as exc:
+            self.spawn_failures = MAX_SPAWN_FAILURES
+            e.fail_queued(f"{type(exc).__name__}: {exc}")
+
+    def retire_extra(self) -> None:
+        """After a thawed run finished: stop idle workers beyond the pool size."""
+        while self.idle and self.executing + len(self.idle) > self.size:
+            view = self.idle.pop(0)
+            view.dying = True
+            self.executor.retire(view.id)
+
+    def make_idle(self, view: WorkerView) -> None:
+        usable = view.free and view.ready and not view.dying and not self.engine.closed
+        if usable and view not in self.idle:
+            self.idle.append(view)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Resume thawed runs, start queued runs while capacity and workers allow, then send
+        busy workers runs ahead (runs of queues with a limit are never sent ahead: they
+        take their slot only when they start)."""
+        e = self.engine
+        e.resume_ready()
+        while self.idle and self.executing < self.size:
+            run = e.scheduler.pop()
+            if run is None:
+                self._reclaim()
+                return
+            self.start(run, self.idle.pop())
+        if self.idle or e.closed:
+            return
+        depth = self._ahead_depth()
+        for view in sorted(self.workers.values(), key=lambda w: len(w.ahead)):  # evenly
+            current = view.attempt
+            if (len(view.ahead) > depth // 2 or current is None or view.dying or view.frozen
+                    or current.kill_reason is not None):  # fmt: skip
+                continue
+            while len(view.ahead) < depth:
+                run = e.scheduler.pop(unlimited_only=True)
+                if run is None:
+                    return
+                self._send_ahead(run, view)
+
+    def _ahead_depth(self) -> int:
+        """How many runs to send a busy worker ahead: about AHEAD_BUDGET_S of work, so
+        quick runs follow each other without waiting on the kernel, while slow ones stay
+        in the queue for whichever worker frees up first. Topped up at half."""
+        return max(1, min(AHEAD_MAX, int(AHEAD_BUDGET_S / max(self.attempt_s, 1e-6))))
+
+    def _reclaim(self) -> None:
+        """Idle workers and nothing queued: take back runs sent ahead to busy workers (the
+        last of whoever holds most), to start them on the idle ones once the executor
+        says they were dropped."""
+        wanted = len(self.idle) - sum(len(w.taking_back) for w in self.workers.values())
+        for _ in range(wanted):
+            view = max(self.workers.values(), key=lambda w: len(w.ahead), default=None)
+            if view is None or not view.ahead:
+                return
+            self.take_back(view.ahead[-1][0])
+
+    def new_attempt(self, run: RunState, view: WorkerView) -> AttemptState:
+        return AttemptState(
+            id=new_id("attempt"),
+            run_id=run.id,
+            number=run.attempt_count + 1,
+            status=AttemptStatus.EXECUTING,
+            started_at=utcnow(),
+            pid=view.pid,
+            worker=view.id,
+        )
+
+    def start(self, run: RunState, view: WorkerView) -> None:
+        """Start the next attempt of ``run`` on an idle worker."""
+        attempt = self.new_attempt(run, view)
+        view.attempt = attempt
+        self.engine.begin(run, attempt)
+        self.executor.start(view.id, self._spec(run, attempt), ahead=False)
+
+    def _send_ahead(self, run: RunState, view: WorkerView) -> None:
+        """Give a busy worker a run to start once what it has ends, without a round trip
+        through the kernel. The run stays QUEUED, bound to that worker, until it says."""
+        attempt = self.new_attempt(run, view)
+        view.ahead.append((run, attempt))
+        run.prefetched = view.id
+        self.executor.start(view.id, self._spec(run, attempt), ahead=True)
+
+    def _spec(self, run: RunState, attempt: AttemptState) -> AttemptSpec:
+        tv = run.task
+        assert tv is not None
+        return AttemptSpec(
+            attempt_id=attempt.id, run_id=run.id, task_id=run.task_id, number=attempt.number,
+            version=run.version, fn_key=tv.fn_key, fn_bytes=tv.fn_bytes, payload=run.payload,
+            tags=run.tags, metadata=run.metadata, memory_limit=tv.memory_limit,
+            memory_limit_text=tv.memory_limit_text,
+        )  # fmt: skip
+
+    # -- taking back and killing ---------------------------------------------------------
+
+    def take_back(self, run: RunState) -> None:
+        """Ask for the attempt sent ahead for ``run`` back. The run stays bound to the
+        worker until it answers (``dropped`` / ``started``)."""
+        view = self.workers.get(run.prefetched) if run.prefetched is not None else None
+        if view is None:
+            return
+        for i, (ahead, attempt) in enumerate(view.ahead):
+            if ahead is run:
+                del view.ahead[i]
+                view.taking_back[attempt.id] = (run, attempt)
+                self.executor.take_back(view.id, attempt.id)
+                return
+
+    def take_back_all(self, view: WorkerView) -> None:
+        for run, _ in reversed(list(view.ahead)):
+            self.take_back(run)
+
+    def kill(self, attempt: AttemptState) -> None:
+        """Kill an executing attempt (its run already moved on); capacity stays held
+        until the executor reports the body gone."""
+        view = self.workers.get(attempt.worker)
+        if view is None:
+            return
+        if view.attempt is attempt:
+            view.dying = True  # nothing more goes to it unless the kill finds it ended
+            self.take_back_all(view)
+        self.executor.kill(view.id, attempt.id)
+
+    # -- what the executor reports -------------------------------------------------------
+
+    def on_ready(self, worker_id: WorkerId, pid: int | None) -> None:
+        view = self.workers.get(worker_id) or self.add(worker_id)
+        view.ready, view.pid = True, pid
+        self.spawn_failures = 0
+        self.make_idle(view)
+        self.retire_extra()
+        self.top_up()  # the next worker boots
+        self.pump()
+
+    def on_started(self, worker_id: WorkerId, attempt_id: str) -> None:
+        """A worker started an attempt sent ahead (perhaps one being taken back)."""
+        view = self.workers[worker_id]
+        if view.ahead and view.ahead[0][1].id == attempt_id:
+            run, attempt = view.ahead.popleft()
+        else:
+            run, attempt = view.taking_back.pop(attempt_id)
+        run.prefetched = None
+        view.attempt = attempt
+        if run.status is S.QUEUED:
+            self.engine.begin(run, attempt)
+        else:  # canceled or expired meanwhile: it must not go on
+            attempt.kill_reason = TAKEN_BACK
+            self.kill(attempt)
+        self.pump()
+
+    def on_dropped(self, worker_id: WorkerId, attempt_id: str) -> None:
+        view = self.workers[worker_id]
+        run, _ = view.taking_back.pop(attempt_id)
+        self._unbind(run)
+        self.make_idle(view)
+        self.pump()
+
+    def _unbind(self, run: RunState) -> None:
+        """A run sent ahead that never started: first in line again if still QUEUED."""
+        run.prefetched = None
+        if run.status is S.QUEUED:
+            self.engine.scheduler.push_front(run)
+
+    def on_killed(self, worker_id: WorkerId, attempt_id: str, killed: bool) -> None:
+        view = self.workers.get(worker_id)
+        if view is not None and not killed and view.attempt is None:
+            view.dying = False  # the attempt had ended: the worker goes on
+            self.make_idle(view)
+            self.pump()
+        elif view is not None and not killed:
+            view.dying = False
+
+    def finished(self, worker_id: WorkerId, attempt_id: str, took: float) -> AttemptState | None:
+        """The body ended: free the worker's capacity; the attempt, if it is the one."""
+        view = self.workers[worker_id]
+        attempt = view.attempt
+        if attempt is None or attempt.id != attempt_id:
+            return None
+        view.attempt = None
+        view.frozen = False
+        self.attempt_s += (took - self.attempt_s) * 0.2  # sizes what workers get sent ahead
+        self.engine.release_slot(attempt)
+        self.make_idle(view)
+        return attempt
+
+    def lost(self, worker_id: WorkerId) -> tuple[WorkerView, AttemptState | None]:
+        """The worker and its processes are gone: what it held ahead never started."""
+        view = self.workers.pop(worker_id)
+        if view in self.idle:
+            self.idle.remove(view)
+        for run, _ in reversed(list(view.taking_back.values())):
+            self._unbind(run)
+        for run, _ in reversed(list(view.ahead)):
+            self._unbind(run)
+        view.taking_back.clear()
+        view.ahead.clear()
+        attempt, view.attempt = view.attempt, None
+        if attempt is not None:
+            self.engine.release_slot(attempt)
+        if not view.ready and not view.dying:
+            self.spawn_failures += 1
+        return view, attempt
+
+    def attempt_on(self, worker_id: WorkerId, attempt_id: str) -> AttemptState | None:
+        """The live attempt a message from a worker is about, unless it ended meanwhile."""
+        view = self.workers.get(worker_id)
+        attempt = view.attempt if view is not None else None
+        if attempt is None or attempt.id != attempt_id or attempt.kill_reason:
+            return None
+        return attempt
+
+    def freeze(self, attempt: AttemptState) -> None:
+        """Its attempt waits on children: the worker gives its capacity up (a spare one is
+        started) and what it was sent ahead goes back."""
+        view = self.workers.get(attempt.worker)
+        if view is not None:
+            view.frozen = True
+            self.take_back_all(view)
+
+    def thaw(self, attempt: AttemptState) -> None:
+        view = self.workers.get(attempt.worker)
+        if view is not None:
+            view.frozen = False
+
+    def has_capacity(self) -> bool:
+        return self.executing < self.size

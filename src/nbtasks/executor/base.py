@@ -1,0 +1,194 @@
+"""The executor seam: what the engine asks of whatever executes attempts, and what it hears.
+
+The engine owns every run and decides what runs where and when; an executor only runs
+attempts on its workers and reports what happened, as typed events, on the engine's loop
+thread. Every request that can race with the worker is answered, and the engine never
+assumes the answer:
+
+- ``start(worker, attempt, ahead=False)`` on an idle worker: the attempt starts unless the
+  worker is lost first. With ``ahead=True`` on a busy worker, the worker starts it once
+  what it has ends, and says so with ``Started``.
+- ``take_back(worker, attempt_id)`` for an attempt sent ahead: answered by exactly one of
+  ``Dropped`` (it never starts) or ``Started`` (it started before the worker heard), or by
+  ``WorkerLost`` without a ``Started`` before it (it never started).
+- ``kill(worker, attempt_id)``: answered by ``KillDone(killed=True)`` when the attempt was
+  running or not yet started (the worker and everything its attempt started are then torn
+  down; ``WorkerLost`` follows once they are gone), or ``KillDone(killed=False)`` when the
+  attempt had already ended (its ``Finished`` is on the way or came already; the worker
+  goes on). A kill never hits anything but that attempt.
+- A worker's capacity is held from a start until ``Finished`` or ``WorkerLost``: an attempt
+  being killed still counts until its processes are gone.
+
+The local process pool (``executor.local``) is the first executor behind this seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+WorkerId = int
+
+
+@dataclass(slots=True)
+class AttemptSpec:
+    """Everything a worker needs to execute one attempt."""
+
+    attempt_id: str
+    run_id: str
+    task_id: str
+    number: int
+    version: str | None
+    fn_key: str  # a worker loads each function key once
+    fn_bytes: bytes
+    payload: bytes
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    memory_limit: int | None = None  # bytes, for the attempt's whole process tree
+    memory_limit_text: str | None = None  # as the user wrote it, for messages
+
+
+# -- events, executor -> engine ---------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WorkerReady:
+    worker: WorkerId
+    pid: int | None
+
+
+@dataclass(slots=True)
+class WorkerLost:
+    """The worker and every process its attempts started are gone."""
+
+    worker: WorkerId
+    exit_code: int | None
+    signal: int | None
+    log: str  # the end of what the worker wrote itself (why it failed to boot, say)
+
+
+@dataclass(slots=True)
+class Started:
+    """An attempt sent ahead started (its body runs, or is about to)."""
+
+    worker: WorkerId
+    attempt_id: str
+
+
+@dataclass(slots=True)
+class Dropped:
+    """An attempt taken back will never start."""
+
+    worker: WorkerId
+    attempt_id: str
+
+
+@dataclass(slots=True)
+class KillDone:
+    worker: WorkerId
+    attempt_id: str
+    killed: bool  # False: the attempt had ended already
+
+
+@dataclass(slots=True)
+class Finished:
+    """An attempt's body returned or raised (or could not be loaded)."""
+
+    worker: WorkerId
+    attempt_id: str
+    outcome: str  # "completed" | "failed" | "aborted" | "system_failure" | "oom"
+    output: bytes | None
+    output_preview: str
+    error: dict[str, str] | None
+    exc: bytes | None  # the pickled exception, when it can be rebuilt
+    stdout: str
+    stderr: str
+    took: float  # seconds the body ran
+    rss: int | None = None  # "oom": the memory in use when the limit was hit
+
+
+@dataclass(slots=True)
+class OutOfMemory:
+    """The attempt's process tree passed its memory limit; it is being killed."""
+
+    worker: WorkerId
+    attempt_id: str
+    rss: int  # resident bytes of the tree when it was caught
+
+
+@dataclass(slots=True)
+class Log:
+    worker: WorkerId
+    attempt_id: str
+    stream: str  # "stdout" | "stderr"
+    text: str
+
+
+@dataclass(slots=True)
+class Display:
+    worker: WorkerId
+    attempt_id: str
+    bundle: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Metadata:
+    worker: WorkerId
+    attempt_id: str
+    op: str
+    key: str
+    value: Any
+
+
+@dataclass(slots=True)
+class Call:
+    """Task code calls the engine (a nested trigger, a wait...); answered with ``reply``."""
+
+    worker: WorkerId
+    attempt_id: str
+    request_id: int
+    op: str
+    args: tuple[Any, ...]
+
+
+Event = (
+    WorkerReady | WorkerLost | Started | Dropped | KillDone | Finished | OutOfMemory | Log
+    | Display | Metadata | Call
+)  # fmt: skip
+Sink = Callable[[Event], None]
+
+
+class Executor(Protocol):
+    """Runs attempts on workers; every method is called on the engine's loop thread, and
+    events are delivered there through the sink given to ``open``."""
+
+    #: what attempts report about their process: "pid", "exit_code", "signal"
+    capabilities: frozenset[str]
+
+    def open(self, loop: asyncio.AbstractEventLoop, sink: Sink) -> None: ...
+
+    def boot_slots(self) -> int:
+        """How many workers may boot at once."""
+        ...
+
+    def spawn(self) -> WorkerId:
+        """Start a worker: ``WorkerReady`` follows, or ``WorkerLost`` if it fails."""
+        ...
+
+    def start(self, worker: WorkerId, attempt: AttemptSpec, ahead: bool = False) -> None: ...
+
+    def take_back(self, worker: WorkerId, attempt_id: str) -> None: ...
+
+    def kill(self, worker: WorkerId, attempt_id: str) -> None: ...
+
+    def reply(self, worker: WorkerId, request_id: int, ok: bool, value: Any) -> None: ...
+
+    def retire(self, worker: WorkerId) -> None:
+        """Stop an idle worker (``WorkerLost`` follows)."""
+        ...
+
+    def close(self) -> None:
+        """Kill every worker at once (shutdown); no events follow."""
+        ...
