@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from nbtasks.executor.local import proctree
+from nbtasks.executor.local import proctree, treekill
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -33,7 +33,7 @@ T = TypeVar("T")
 # Put in front of every script: helpers to report, and to double fork.
 PRELUDE = """\
 import json, os, subprocess, sys, threading, time
-from nbtasks.executor.local import proctree
+from nbtasks.executor.local import memlimit, proctree, treekill
 
 OUT = sys.argv[1]
 
@@ -176,7 +176,7 @@ class Procs:
         for proc in self.started:
             if proc.poll() is None:
                 try:
-                    proctree.kill_tree(proc.pid)
+                    treekill.kill_tree(proc.pid)
                 finally:
                     proc.kill()
             proc.wait(timeout=30)
@@ -270,7 +270,7 @@ def test_subreaper_keeps_escapers_in_the_tree_and_kill_tree_kills_them_all(
     thread_file = Path(f"/proc/{parent.pid}/task/{r['tid']}/children").read_text().split()
     assert str(r["d"]) not in main_file and str(r["d"]) in thread_file
 
-    assert proctree.kill_tree(parent.pid) == 5
+    assert treekill.kill_tree(parent.pid) == 5
     # The descendants are dead when kill_tree returns; the root is left to its parent.
     assert [p.pid for p in tracked if not p.dead()] == []
     assert parent.wait(timeout=20) == -signal.SIGKILL
@@ -288,7 +288,7 @@ def test_without_subreaper_a_double_forked_grandchild_escapes(procs: Procs) -> N
     assert found == {r["a"], r["c"], r["d"]}
     assert r["b"] not in found
 
-    assert proctree.kill_tree(parent.pid) == 4
+    assert treekill.kill_tree(parent.pid) == 4
     assert [p.pid for p in others if not p.dead()] == []
     assert not escaped.dead()  # still running: only the fixture's clean-up will get it
 
@@ -296,7 +296,7 @@ def test_without_subreaper_a_double_forked_grandchild_escapes(procs: Procs) -> N
 def test_kill_tree_can_spare_the_root(procs: Procs) -> None:
     parent, r = spawn_escapers(procs, "subreaper")
     tracked = [Proc(r[k]) for k in "abcd"]
-    assert proctree.kill_tree(parent.pid, include_root=False) == 4
+    assert treekill.kill_tree(parent.pid, include_root=False) == 4
     assert [p.pid for p in tracked if not p.dead()] == []
     # The root lives on, and is not left stopped by the freeze.
     assert parent.poll() is None
@@ -338,7 +338,7 @@ def test_kill_tree_kills_a_tree_that_keeps_forking(procs: Procs) -> None:
         lambda: len(proctree.descendants(parent.pid, live_only=True)) >= 60,
         what="the tree to grow",
     )
-    signalled = proctree.kill_tree(parent.pid)
+    signalled = treekill.kill_tree(parent.pid)
     assert signalled >= 60
     assert proctree.descendants(parent.pid, live_only=True) == []
     assert parent.wait(timeout=20) == -signal.SIGKILL
@@ -379,7 +379,7 @@ def test_kill_tree_freezes_first_so_a_forking_tree_cannot_escape(procs: Procs) -
         lambda: len(proctree.descendants(parent.pid, live_only=True)) >= 60,
         what="the tree to grow",
     )
-    assert proctree.kill_tree(parent.pid) >= 60
+    assert treekill.kill_tree(parent.pid) >= 60
     assert parent.wait(timeout=20) == -signal.SIGKILL
     assert procs.tagged_alive() == []
 
@@ -390,7 +390,7 @@ def test_descendants_of_a_gone_process_is_empty(procs: Procs) -> None:
     assert proctree.children(proc.pid) == []
     assert proctree.descendants(proc.pid) == []
     assert proctree.tree_rss(proc.pid) == 0
-    assert proctree.kill_tree(proc.pid) == 0
+    assert treekill.kill_tree(proc.pid) == 0
 
 
 # ----------------------------------------------------------------------------- memory
@@ -454,7 +454,7 @@ def test_limit_data_turns_big_allocations_into_memory_error(procs: Procs) -> Non
 
         before = resource.getrlimit(resource.RLIMIT_DATA)
         base_rss, base_data = proctree.rss_self(), proctree.vm_data()
-        restore = proctree.limit_data(300 << 20)
+        restore = memlimit.limit_data(300 << 20)
         limited = resource.getrlimit(resource.RLIMIT_DATA)
         results = {}
         try:
@@ -472,7 +472,7 @@ def test_limit_data_turns_big_allocations_into_memory_error(procs: Procs) -> Non
         restore()  # harmless
         restored = resource.getrlimit(resource.RLIMIT_DATA)
         big = b"x" * (500 << 20)
-        with proctree.limit_data(50 << 20) as limit:
+        with memlimit.limit_data(50 << 20) as limit:
             try:
                 b"x" * (100 << 20)
                 results["with_block"] = "allocated"
@@ -533,39 +533,39 @@ def test_stop_wait_stopped_resume(procs: Procs) -> None:
     assert progresses()
     wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) == 2, what="the second thread")
     # Nobody stops a busy process: wait_stopped gives up.
-    assert proctree.wait_stopped(proc.pid, 0.05) is False
+    assert treekill.wait_stopped(proc.pid, 0.05) is False
 
-    assert proctree.stop(proc.pid) is True
-    assert proctree.wait_stopped(proc.pid, 20) is True
+    assert treekill.stop(proc.pid) is True
+    assert treekill.wait_stopped(proc.pid, 20) is True
     assert thread_states(proc.pid) == ["T", "T"]
     drain()
     assert not select.select([fd], [], [], 0.2)[0]  # a stopped process writes nothing
-    assert proctree.wait_stopped(proc.pid, 0) is True
+    assert treekill.wait_stopped(proc.pid, 0) is True
 
-    assert proctree.resume(proc.pid) is True
+    assert treekill.resume(proc.pid) is True
     assert progresses()
     assert "T" not in thread_states(proc.pid)
 
     proc.kill()
     wait_for(lambda: is_dead(proc.pid), what="the zombie")
     # a zombie is not running, once its last thread has exited too
-    wait_for(lambda: proctree.wait_stopped(proc.pid, 0), what="every thread to have exited")
+    wait_for(lambda: treekill.wait_stopped(proc.pid, 0), what="every thread to have exited")
     proc.wait(timeout=20)
-    assert proctree.wait_stopped(proc.pid, 0) is True  # nor is a gone process
-    assert proctree.stop(proc.pid) is False
-    assert proctree.resume(proc.pid) is False
+    assert treekill.wait_stopped(proc.pid, 0) is True  # nor is a gone process
+    assert treekill.stop(proc.pid) is False
+    assert treekill.resume(proc.pid) is False
 
 
 def test_terminate_tree_reaches_stopped_processes(procs: Procs) -> None:
     parent, r = spawn_escapers(procs, "subreaper")
     tracked = [Proc(r[k]) for k in "abcd"]
-    assert proctree.stop(r["a"])
-    assert proctree.wait_stopped(r["a"], 20)
-    assert proctree.terminate_tree(parent.pid, include_root=False) == 4
+    assert treekill.stop(r["a"])
+    assert treekill.wait_stopped(r["a"], 20)
+    assert treekill.terminate_tree(parent.pid, include_root=False) == 4
     # sleep(1) dies of SIGTERM; the stopped one too, because it was continued.
     wait_for(lambda: all(p.dead() for p in tracked), what="the descendants to exit")
     assert parent.poll() is None
-    assert proctree.terminate_tree(parent.pid) == 1
+    assert treekill.terminate_tree(parent.pid) == 1
     assert parent.wait(timeout=20) == -signal.SIGTERM
 
 
@@ -605,7 +605,7 @@ def test_kill_tree_with_another_signal_sends_it_once_to_each(procs: Procs) -> No
     wait_for(lambda: all(Path(f"{c}.ready").exists() for c in counts), what="the counters to start")
     assert os.getpgid(r["member"]) == r["leader"] == os.getpgid(r["leader"])
 
-    assert proctree.kill_tree(proc.pid, signal.SIGRTMIN, include_root=False) == 2
+    assert treekill.kill_tree(proc.pid, signal.SIGRTMIN, include_root=False) == 2
     for pid in pids:
         os.kill(pid, signal.SIGRTMIN + 1)
     wait_for(lambda: all(c.exists() for c in counts), what="the counts")
@@ -633,10 +633,10 @@ def test_reap_children_collects_zombies_of_adopted_orphans(procs: Procs) -> None
         zombies = [state(p) for p in orphans]
         listed = sorted(proctree.children(me))
         live = proctree.descendants(me, live_only=True)
-        reaped = proctree.reap_children()
+        reaped = treekill.reap_children()
         report(orphans=sorted(orphans), zombies=zombies, listed=listed, live=live,
                reaped=reaped, after=[state(p) for p in orphans],
-               again=proctree.reap_children())
+               again=treekill.reap_children())
         """
     )
     assert proc.wait(timeout=60) == 0

@@ -25,13 +25,13 @@ from nbtasks.executor.local import pool as _pool
 launches = []
 real_launch = _pool.launch
 
-def spy():
+def spy(*args):
     launches.append(
         {"engine_loaded": "nbtasks.engine.engine" in sys.modules,
          "trigger_loaded": "nbtasks.client.triggers" in sys.modules
                            or "nbtasks.client.specs" in sys.modules}
     )
-    return real_launch()
+    return real_launch(*args)
 
 _pool.launch = spy
 

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from nbtasks.engine.state import TaskVersion
 
 _lock = threading.Lock()
+# What local workers import while they boot: unpickling a task needs its class.
+WORKER_PRELOAD = ("nbtasks.client.task",)
 _settings: dict[str, Any] = {"store": None, "workers": None, "executor": None}
 _engine: Any = None
 _early: Any = None  # a worker launched before the first engine (``prelaunch``)
@@ -123,7 +125,7 @@ def prelaunch() -> None:
 
     with _lock:
         if _engine is None and _early is None:
-            _early = launch()
+            _early = launch(WORKER_PRELOAD)
 
 
 def get_engine(spawn: bool = False) -> Any:
@@ -146,13 +148,13 @@ def get_engine(spawn: bool = False) -> Any:
         elif spawn and _local():  # a first worker boots while DuckDB... load
             from nbtasks.executor.local.pool import launch
 
-            launched = [launch()]
+            launched = [launch(WORKER_PRELOAD)]
         from nbtasks.engine.engine import Engine
 
         if _local():
             from nbtasks.executor.local.pool import LocalExecutor
 
-            executor = LocalExecutor(launched)
+            executor = LocalExecutor(launched, WORKER_PRELOAD)
         else:
             executor = _settings["executor"]()
         engine = _engine = Engine(path, size, executor, spawn)

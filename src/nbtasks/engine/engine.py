@@ -97,9 +97,8 @@ class EngineBase:
             raise
 
     def _open_executor(self, spawn: bool) -> None:
-        self.executor.open(self.loop, self.on_event)
-        for worker_id in getattr(self.executor, "workers", ()):  # launched before the engine
-            self.dispatch.add(worker_id)
+        for worker_id in self.executor.open(self.loop, self.on_event) or ():
+            self.dispatch.add(worker_id)  # launched before the engine: booting
         if spawn:
             self.dispatch.top_up()
 

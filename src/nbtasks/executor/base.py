@@ -167,7 +167,10 @@ class Executor(Protocol):
     #: what attempts report about their process: "pid", "exit_code", "signal"
     capabilities: frozenset[str]
 
-    def open(self, loop: asyncio.AbstractEventLoop, sink: Sink) -> None: ...
+    def open(self, loop: asyncio.AbstractEventLoop, sink: Sink) -> list[WorkerId]:
+        """Bind to the engine's loop; return the workers already booting (launched before
+        the engine existed): ``WorkerReady`` follows for each."""
+        ...
 
     def boot_slots(self) -> int:
         """How many workers may boot at once."""

@@ -37,7 +37,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.executor import base as E
-from nbtasks.executor.local import proctree
+from nbtasks.executor.local import proctree, treekill
 from nbtasks.executor.local import protocol as P
 from nbtasks.executor.local.control import Control
 
@@ -50,7 +50,6 @@ STOP_WAIT_S = 0.002  # how long a kill waits on the loop for a worker to stop, p
 TOKEN_ENV = "NBTASKS_WORKER_TOKEN"
 _BOOT = "import sys; from nbtasks.executor.local.worker import main; main(sys.argv)"
 _PACKAGE_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-PRELOAD = ["nbtasks.client.task"]  # what unpickling a task needs, imported at boot
 
 
 class WorkerProc:
@@ -91,10 +90,11 @@ def boot_slots() -> int:
     return max(1, cores - 1)
 
 
-def launch() -> WorkerProc:
+def launch(preload: tuple[str, ...] = ()) -> WorkerProc:
     """Start a worker process. Callable from any long-lived thread, before an engine exists
     (the first trigger starts workers first, so they boot while the engine loads); the
-    worker dies with the thread that started it, so not from a short-lived one."""
+    worker dies with the thread that started it, so not from a short-lived one. The worker
+    imports the ``preload`` modules while it boots (what unpickling tasks needs)."""
     cmd_r, cmd_w = os.pipe()
     event_r, event_w = os.pipe()
     control = Control.create()
@@ -124,13 +124,13 @@ def launch() -> WorkerProc:
     os.close(cmd_r)
     os.close(event_w)
     worker = WorkerProc(popen, cmd_w, event_r, boot_log, control, token)
-    P.write_all(cmd_w, P.encode(P.Init(list(sys.path), os.getcwd(), PRELOAD)))
+    P.write_all(cmd_w, P.encode(P.Init(list(sys.path), os.getcwd(), list(preload))))
     return worker
 
 
 def discard(worker: WorkerProc) -> None:
     """Kill a launched worker that no pool took charge of, and let go of its pipes."""
-    proctree.kill_tree(worker.pid)
+    treekill.kill_tree(worker.pid)
     worker.popen.wait()
     os.close(worker.cmd_fd)
     os.close(worker.event_fd)
@@ -153,7 +153,7 @@ def sweep(token: str) -> int:
             with open(f"/proc/{name}/environ", "rb") as f:
                 if needle not in f.read().split(b"\0"):
                     continue
-            proctree.kill_tree(int(name))
+            treekill.kill_tree(int(name))
             found += 1
         except OSError:
             continue
@@ -165,31 +165,28 @@ class LocalExecutor:
 
     capabilities = frozenset({"pid", "exit_code", "signal"})
 
-    def __init__(self, launched: list[WorkerProc] | None = None) -> None:
+    def __init__(self, launched: list[WorkerProc] | None = None,
+                 preload: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.preload = preload
         self.workers: dict[E.WorkerId, WorkerProc] = {}
         self._launched = list(launched or ())
         self.loop: asyncio.AbstractEventLoop
         self.sink: E.Sink
         self._sampling = False
 
-    def open(self, loop: asyncio.AbstractEventLoop, sink: E.Sink) -> None:
+    def open(self, loop: asyncio.AbstractEventLoop, sink: E.Sink) -> list[E.WorkerId]:
         self.loop = loop
         self.sink = sink
-        for worker in self._launched:
-            self._adopt(worker)
-        self._launched.clear()
+        launched, self._launched = self._launched, []
+        return [self._adopt(worker).id for worker in launched]
 
     def boot_slots(self) -> int:
         return boot_slots()
 
-    def launched(self) -> list[E.WorkerId]:
-        """The workers launched before the engine (booting)."""
-        return list(self.workers)
-
     # -- requests ----------------------------------------------------------------------
 
     def spawn(self) -> E.WorkerId:
-        return self._adopt(launch()).id
+        return self._adopt(launch(self.preload)).id
 
     def _adopt(self, worker: WorkerProc) -> WorkerProc:
         self.workers[worker.id] = worker
@@ -236,7 +233,7 @@ class LocalExecutor:
         if worker.dying:  # already being killed (for this attempt or one before it)
             self.sink(E.KillDone(worker_id, attempt_id, killed=True))
             return
-        proctree.stop(worker.pid)
+        treekill.stop(worker.pid)
         self._decide_kill(worker, attempt_id, 0)
 
     def _decide_kill(self, worker: WorkerProc, attempt_id: str, tries: int) -> None:
@@ -245,8 +242,8 @@ class LocalExecutor:
         if worker.closed:
             self.sink(E.KillDone(worker.id, attempt_id, killed=True))  # WorkerLost came
             return
-        if not proctree.wait_stopped(worker.pid, STOP_WAIT_S):
-            proctree.stop(worker.pid)  # not scheduled yet (or in an uninterruptible sleep)
+        if not treekill.wait_stopped(worker.pid, STOP_WAIT_S):
+            treekill.stop(worker.pid)  # not scheduled yet (or in an uninterruptible sleep)
             self.loop.call_later(0.005 if tries < 20 else 0.05, self._decide_kill, worker,
                                  attempt_id, tries + 1)  # fmt: skip
             return
@@ -256,7 +253,7 @@ class LocalExecutor:
             self._tear_down(worker)
             self.sink(E.KillDone(worker.id, attempt_id, killed=True))
         else:
-            proctree.resume(worker.pid)
+            treekill.resume(worker.pid)
             self.sink(E.KillDone(worker.id, attempt_id, killed=False))
 
     def _tear_down(self, worker: WorkerProc) -> None:
@@ -265,20 +262,20 @@ class LocalExecutor:
         stopped throughout, so it starts nothing, and its orphans stay its own."""
         worker.dying = True
         worker.control.doom()
-        if proctree.terminate_tree(worker.pid, include_root=False):
+        if treekill.terminate_tree(worker.pid, include_root=False):
             self.loop.call_later(KILL_GRACE_S, self._kill_hard, worker)
         else:
             self._kill_hard(worker)
 
     def _kill_hard(self, worker: WorkerProc) -> None:
         if not worker.closed or worker.popen.poll() is None:
-            proctree.kill_tree(worker.pid)
+            treekill.kill_tree(worker.pid)
 
     def close(self) -> None:
         """Kill every worker's tree at once (shutdown); the kernel does not wait on grace."""
         for worker in list(self.workers.values()):
             worker.dying = True
-            proctree.kill_tree(worker.pid, timeout=1.0)
+            treekill.kill_tree(worker.pid, timeout=1.0)
 
     # -- memory ------------------------------------------------------------------------
 
@@ -301,9 +298,9 @@ class LocalExecutor:
             self.loop.call_later(MEMORY_EVERY_S, self._sample)
 
     def _check_memory(self, worker: WorkerProc, attempt_id: str, seq: int, limit: int) -> None:
-        proctree.stop(worker.pid)
-        if not proctree.wait_stopped(worker.pid, 0.05):
-            proctree.resume(worker.pid)  # measured again at the next sample
+        treekill.stop(worker.pid)
+        if not treekill.wait_stopped(worker.pid, 0.05):
+            treekill.resume(worker.pid)  # measured again at the next sample
             return
         running, _ = worker.control.read()
         rss = proctree.tree_rss(worker.pid)
@@ -312,7 +309,7 @@ class LocalExecutor:
             self._tear_down(worker)
             self.sink(E.OutOfMemory(worker.id, attempt_id, rss))
         else:
-            proctree.resume(worker.pid)
+            treekill.resume(worker.pid)
 
     # -- messages and ends -------------------------------------------------------------
 
@@ -383,7 +380,7 @@ class LocalExecutor:
             self.loop.call_later(0.005 if tries < 20 else 0.05, self._reap, worker, tries + 1)
             return
         if code is None:  # still alive after ~10 s without its pipe: make sure
-            proctree.kill_tree(worker.pid)
+            treekill.kill_tree(worker.pid)
             code = worker.popen.wait()
         del self.workers[worker.id]
         try:  # no process of this worker's group outlives it, nor one it left elsewhere

@@ -36,7 +36,7 @@ from typing import Any
 
 from nbtasks.core import context as _context
 from nbtasks.core.errors import AbortRun
-from nbtasks.executor.local import proctree
+from nbtasks.executor.local import memlimit, proctree, treekill
 from nbtasks.executor.local import protocol as P
 from nbtasks.executor.local.capture import Capture, mime_bundle
 from nbtasks.executor.local.control import Control
@@ -49,7 +49,7 @@ _PR_SET_PDEATHSIG = 1
 def _kill_tree_and_exit(*_: object) -> None:
     """The kernel is gone: kill everything this worker's attempts started, then itself."""
     try:
-        proctree.kill_tree(os.getpid(), include_root=False, timeout=2.0)
+        treekill.kill_tree(os.getpid(), include_root=False, timeout=2.0)
     finally:
         os.killpg(os.getpgrp(), signal.SIGKILL)
 
@@ -268,8 +268,8 @@ class Worker:
         """Kill what the attempt left running (nothing of it outlives it), reap, and clear
         the control block: from now on a kill of this attempt finds it ended."""
         if proctree.children(os.getpid()):
-            proctree.kill_tree(os.getpid(), include_root=False)
-            proctree.reap_children()
+            treekill.kill_tree(os.getpid(), include_root=False)
+            treekill.reap_children()
         self.control.end()
 
     def run_attempt(self, run: P.Run) -> P.Done:
@@ -322,7 +322,7 @@ class Worker:
         )
         # The backstop leaves room (reserved, untouched memory counts against it, thread
         # stacks say): the kernel's sampling of resident memory is the limit itself.
-        limit = proctree.limit_data(BACKSTOP * run.memory_limit) if run.memory_limit else None
+        limit = memlimit.limit_data(BACKSTOP * run.memory_limit) if run.memory_limit else None
         try:
             result = fn(payload)
         except AbortRun as exc:
