@@ -12,16 +12,17 @@ marked doomed (it will take nothing more up) and its whole tree is killed; if it
 already, the worker is let go on (SIGCONT) and the kill is answered ``killed=False``.
 
 How nothing escapes a kill (I5): the worker is a subreaper, so every descendant, in its own
-session or double-forked, is its descendant; the kernel keeps the worker stopped, asks the
-descendants to exit (SIGTERM), and after ``KILL_GRACE_S`` (at once if none is left) kills
-the frozen tree with SIGKILL. Every process a worker starts carries a token in its
-environment; a worker that died on its own is followed by a sweep for processes with its
-token, since its orphans were re-parented away from it.
+session or double-forked, is its descendant; the kernel asks the whole tree to exit
+(SIGTERM) and after ``KILL_GRACE_S`` freezes and kills what is left with SIGKILL. Every
+process a worker starts carries a token in its environment, and a worker that is gone is
+followed by a sweep for processes with its token: what it orphaned when it died (of a
+crash, or of that SIGTERM) was re-parented away from it.
 
 Memory (the attempt's ``memory_limit``, for its whole tree): the kernel samples each tree
 running a limited attempt every ``MEMORY_EVERY_S`` from outside the worker, so an
 allocation holding the worker's GIL cannot hide from it; over the limit, the worker is
-stopped, the attempt and the measure checked again, and the tree killed (``OutOfMemory``).
+stopped, the attempt and the measure checked again, and the tree killed at once
+(``OutOfMemory``).
 Inside the worker a soft ``RLIMIT_DATA`` fails one huge allocation at once.
 """
 
@@ -73,7 +74,6 @@ class WorkerProc:
         self.sent: dict[str, tuple[int, int | None]] = {}  # attempt id -> (seq, limit)
         self.loaded: set[str] = set()  # function keys this worker already holds
         self.outbox: list[bytes] = []  # frames written at the end of the loop's step
-        self.oom: tuple[str, int] | None = None  # (attempt id, rss) caught over its limit
 
     def __repr__(self) -> str:
         return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"
@@ -256,13 +256,16 @@ class LocalExecutor:
             treekill.resume(worker.pid)
             self.sink(E.KillDone(worker.id, attempt_id, killed=False))
 
-    def _tear_down(self, worker: WorkerProc) -> None:
-        """Kill a stopped worker's tree: SIGTERM to its descendants, SIGKILL to the whole
-        tree after the grace (at once when it has no descendants). The worker stays
-        stopped throughout, so it starts nothing, and its orphans stay its own."""
+    def _tear_down(self, worker: WorkerProc, graceful: bool = True) -> None:
+        """Kill a stopped worker's tree. The worker is doomed first (it takes nothing more
+        up), so it can be let go on: gracefully, the whole tree gets SIGTERM (and SIGCONT)
+        and, after ``KILL_GRACE_S``, the frozen tree SIGKILL; else SIGKILL at once (out of
+        memory: the tree must not grow any more). Descendants a worker dying of SIGTERM
+        orphans are found by its token when it is reaped (``sweep``)."""
         worker.dying = True
         worker.control.doom()
-        if treekill.terminate_tree(worker.pid, include_root=False):
+        if graceful:
+            treekill.terminate_tree(worker.pid)
             self.loop.call_later(KILL_GRACE_S, self._kill_hard, worker)
         else:
             self._kill_hard(worker)
@@ -292,7 +295,7 @@ class LocalExecutor:
                 limited = True
                 if seq == running and proctree.tree_rss(worker.pid) > limit:
                     self._check_memory(worker, attempt_id, seq, limit)
-                break
+                    break
         self._sampling = limited
         if limited:
             self.loop.call_later(MEMORY_EVERY_S, self._sample)
@@ -305,8 +308,7 @@ class LocalExecutor:
         running, _ = worker.control.read()
         rss = proctree.tree_rss(worker.pid)
         if running == seq and rss > limit:
-            worker.oom = (attempt_id, rss)
-            self._tear_down(worker)
+            self._tear_down(worker, graceful=False)
             self.sink(E.OutOfMemory(worker.id, attempt_id, rss))
         else:
             treekill.resume(worker.pid)
