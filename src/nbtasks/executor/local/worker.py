@@ -267,7 +267,11 @@ class Worker:
     def _end_attempt(self) -> None:
         """Kill what the attempt left running (nothing of it outlives it), reap, and clear
         the control block: from now on a kill of this attempt finds it ended."""
-        if proctree.children(os.getpid()):
+        try:  # one system call tells whether this worker has any child at all
+            os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        else:
             treekill.kill_tree(os.getpid(), include_root=False)
             treekill.reap_children()
         self.control.end()
