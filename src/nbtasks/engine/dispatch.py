@@ -318,6 +318,19 @@ class Dispatch:
             return None
         return attempt
 
+    def sent(self, worker_id: WorkerId, attempt_id: str) -> AttemptState | None:
+        """An attempt sent to this worker: executing, or sent ahead (its ``Started`` may
+        still be on the way), unless it ended meanwhile."""
+        view = self.workers.get(worker_id)
+        if view is None:
+            return None
+        candidates = [view.attempt] if view.attempt is not None else []
+        candidates += [a for _, a in view.ahead] + [a for _, a in view.taking_back.values()]
+        for attempt in candidates:
+            if attempt.id == attempt_id and attempt.kill_reason is None:
+                return attempt
+        return None
+
     def freeze(self, attempt: AttemptState) -> None:
         """Its attempt waits on children: the worker gives its capacity up (a spare one is
         started) and what it was sent ahead goes back."""

@@ -96,8 +96,10 @@ class OutcomesMixin(_Base):
         elif isinstance(event, E.KillDone):
             d.on_killed(event.worker, event.attempt_id, event.killed)
         elif isinstance(event, E.OutOfMemory):
-            attempt = d.attempt_on(event.worker, event.attempt_id)
-            if attempt is not None:  # ends once its processes are gone (with exit details)
+            # It ends once its processes are gone (with exit details); its Started may
+            # still be on the way: the executor measured the attempt it executes.
+            attempt = d.sent(event.worker, event.attempt_id)
+            if attempt is not None:
                 attempt.oom, attempt.peak_rss = True, event.rss
         elif isinstance(event, E.WorkerReady):
             d.on_ready(event.worker, event.pid)
