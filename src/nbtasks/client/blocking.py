@@ -3,14 +3,15 @@ handled meanwhile; and ``run_in_thread`` for async callers of blocking calls."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures as cf
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbtasks.core import display
+
+if TYPE_CHECKING:
+    import concurrent.futures as cf
 
 T = TypeVar("T")
 _POLL_S = 0.05  # a blocking wait wakes this often, to stay interruptible
@@ -25,6 +26,8 @@ def block(fut: cf.Future[T], timeout: float | None = None,
     pump, see ``core.display``)."""
     if fut.done():
         return fut.result()
+    from concurrent.futures import TimeoutError as WaitTimeout  # loaded with the engine
+
     deadline = None if timeout is None else time.monotonic() + timeout
     pump = display.start_pump()
     poll = _POLL_S if pump is None else _PUMP_POLL_S
@@ -35,7 +38,7 @@ def block(fut: cf.Future[T], timeout: float | None = None,
                 raise TimeoutError(f"the wait did not finish within {timeout:g}s")
             try:
                 return fut.result(timeout=left)
-            except cf.TimeoutError:
+            except WaitTimeout:
                 if pump is not None:
                     pump()
     except KeyboardInterrupt:
@@ -48,5 +51,7 @@ def block(fut: cf.Future[T], timeout: float | None = None,
 
 
 async def run_in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    import asyncio  # about 35 ms to import: only for async callers
+
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))

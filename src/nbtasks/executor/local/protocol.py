@@ -1,7 +1,10 @@
 """The messages between the kernel and its local workers: one codec of typed messages.
 
-A frame is a 4-byte big-endian length and a msgpack body decoded straight into one of the
-``msgspec`` structs below (a tagged union per direction), never into positional tuples.
+A frame is a 4-byte big-endian length and a pickled message, one of the typed named tuples
+below: code reads their fields by name, never by position. (``msgspec`` structs were
+measured too: as fast to code and decode, but importing msgspec cost each worker's boot,
+and the kernel's first trigger, about 20 ms.) Both ends are the same installation of
+nbtasks, and a worker runs the user's own code: the pipe carries nothing from elsewhere.
 dill'd functions, payloads, outputs and exceptions ride inside as opaque ``bytes``, so the
 kernel never unpickles a task's output unless asked to; values of calls from task code
 (nested triggers, their replies) are pickled by the side that makes them.
@@ -17,10 +20,9 @@ decides once, under one lock, when it takes the attempt up or when the drop arri
 from __future__ import annotations
 
 import os
+import pickle
 import struct
-from typing import Any
-
-import msgspec
+from typing import Any, NamedTuple
 
 _HEADER = struct.Struct(">I")
 # What one read of a pipe asks for: a pipe's capacity. Larger buffers are allocated with
@@ -28,13 +30,13 @@ _HEADER = struct.Struct(">I")
 READ_BYTES = 1 << 16
 
 
-class Init(msgspec.Struct, tag=True, array_like=True):
+class Init(NamedTuple):
     sys_path: list[str]
     cwd: str
     preload: list[str]  # modules to import before the first attempt
 
 
-class Run(msgspec.Struct, tag=True, array_like=True):
+class Run(NamedTuple):
     attempt_id: str
     seq: int  # this worker's attempts are numbered 1, 2, ... in the order they are sent
     fn_key: str
@@ -50,33 +52,33 @@ class Run(msgspec.Struct, tag=True, array_like=True):
     ahead: bool  # sent to a busy worker: it says Started (or Dropped) when it gets there
 
 
-class Drop(msgspec.Struct, tag=True, array_like=True):
+class Drop(NamedTuple):
     attempt_id: str
 
 
-class Reply(msgspec.Struct, tag=True, array_like=True):
+class Reply(NamedTuple):
     request_id: int
     ok: bool
     value: bytes  # pickled
 
 
-class Exit(msgspec.Struct, tag=True, array_like=True):
-    pass
+class Exit(NamedTuple):
+    reason: str = "retire"
 
 
-class Ready(msgspec.Struct, tag=True, array_like=True):
+class Ready(NamedTuple):
     pid: int
 
 
-class Started(msgspec.Struct, tag=True, array_like=True):
+class Started(NamedTuple):
     attempt_id: str
 
 
-class Dropped(msgspec.Struct, tag=True, array_like=True):
+class Dropped(NamedTuple):
     attempt_id: str
 
 
-class Done(msgspec.Struct, tag=True, array_like=True):
+class Done(NamedTuple):
     attempt_id: str
     outcome: str  # "completed" | "failed" | "aborted" | "system_failure" | "oom"
     output: bytes | None
@@ -89,25 +91,25 @@ class Done(msgspec.Struct, tag=True, array_like=True):
     rss: int | None = None
 
 
-class Log(msgspec.Struct, tag=True, array_like=True):
+class Log(NamedTuple):
     attempt_id: str
     stream: str
     text: str
 
 
-class Show(msgspec.Struct, tag=True, array_like=True):
+class Show(NamedTuple):
     attempt_id: str
     bundle: dict[str, Any]
 
 
-class Meta(msgspec.Struct, tag=True, array_like=True):
+class Meta(NamedTuple):
     attempt_id: str
     op: str
     key: str
     value: Any  # JSON-like (the worker normalises it)
 
 
-class Ask(msgspec.Struct, tag=True, array_like=True):
+class Ask(NamedTuple):
     attempt_id: str
     request_id: int
     op: str
@@ -117,11 +119,9 @@ class Ask(msgspec.Struct, tag=True, array_like=True):
 ToWorker = Init | Run | Drop | Reply | Exit
 ToKernel = Ready | Started | Dropped | Done | Log | Show | Meta | Ask
 
-_encoder = msgspec.msgpack.Encoder()
-
 
 def encode(message: ToWorker | ToKernel) -> bytes:
-    body = _encoder.encode(message)
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _HEADER.pack(len(body)) + body
 
 
@@ -135,33 +135,30 @@ def write_all(fd: int, data: bytes) -> None:
 class FrameReader:
     """Accumulates bytes read from a pipe and yields the complete messages, decoded."""
 
-    def __init__(self, kind: Any) -> None:
+    def __init__(self) -> None:
         self._buf = bytearray()
-        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(kind)
 
     def feed(self, data: bytes) -> list[Any]:
         self._buf += data
         messages = []
         pos = 0
         buf = self._buf
-        view = memoryview(buf)
-        try:
-            while len(buf) - pos >= 4:
-                (size,) = _HEADER.unpack_from(buf, pos)
-                if len(buf) - pos - 4 < size:
-                    break
-                messages.append(self._decoder.decode(view[pos + 4 : pos + 4 + size]))
-                pos += 4 + size
-        finally:
-            view.release()
+        while len(buf) - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - 4 < size:
+                break
+            messages.append(pickle.loads(buf[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
         if pos:
             del buf[:pos]
         return messages
 
 
 def reader_for_kernel() -> FrameReader:
-    return FrameReader(ToKernel)
+    """Reads ``ToKernel`` messages."""
+    return FrameReader()
 
 
 def reader_for_worker() -> FrameReader:
-    return FrameReader(ToWorker)
+    """Reads ``ToWorker`` messages."""
+    return FrameReader()
