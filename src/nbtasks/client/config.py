@@ -121,7 +121,7 @@ def prelaunch() -> None:
         return
     if not _local():
         return
-    from nbtasks.executor.local.pool import launch
+    from nbtasks.executor.local.launch import launch
 
     with _lock:
         if _engine is None and _early is None:
@@ -146,7 +146,7 @@ def get_engine(spawn: bool = False) -> Any:
         if _early is not None:
             launched, _early = [_early], None
         elif spawn and _local():  # a first worker boots while DuckDB... load
-            from nbtasks.executor.local.pool import launch
+            from nbtasks.executor.local.launch import launch
 
             launched = [launch(WORKER_PRELOAD)]
         from nbtasks.engine.engine import Engine
@@ -220,7 +220,7 @@ def shutdown() -> None:
     if engine is not None:
         engine.close()
     if early is not None:  # launched by a first trigger that failed before the engine
-        from nbtasks.executor.local.pool import discard
+        from nbtasks.executor.local.launch import discard
 
         discard(early)
 

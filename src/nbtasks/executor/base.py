@@ -1,5 +1,8 @@
 """The executor seam: what the engine asks of whatever executes attempts, and what it hears.
 
+Requests are methods of ``Executor``; what it hears back are typed events (named tuples:
+cheap to make, one per message of a worker).
+
 The engine owns every run and decides what runs where and when; an executor only runs
 attempts on its workers and reports what happened, as typed events, on the engine's loop
 thread. Every request that can race with the worker is answered, and the engine never
@@ -24,16 +27,16 @@ The local process pool (``executor.local``) is the first executor behind this se
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:  # asyncio costs 35 ms of imports, on the way to a first worker's launch
+    import asyncio
 
 WorkerId = int
 
 
-@dataclass(slots=True)
-class AttemptSpec:
+class AttemptSpec(NamedTuple):
     """Everything a worker needs to execute one attempt."""
 
     attempt_id: str
@@ -45,7 +48,7 @@ class AttemptSpec:
     fn_bytes: bytes
     payload: bytes
     tags: tuple[str, ...] = ()
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
     memory_limit: int | None = None  # bytes, for the attempt's whole process tree
     memory_limit_text: str | None = None  # as the user wrote it, for messages
 
@@ -53,14 +56,12 @@ class AttemptSpec:
 # -- events, executor -> engine ---------------------------------------------------------
 
 
-@dataclass(slots=True)
-class WorkerReady:
+class WorkerReady(NamedTuple):
     worker: WorkerId
     pid: int | None
 
 
-@dataclass(slots=True)
-class WorkerLost:
+class WorkerLost(NamedTuple):
     """The worker and every process its attempts started are gone."""
 
     worker: WorkerId
@@ -69,31 +70,27 @@ class WorkerLost:
     log: str  # the end of what the worker wrote itself (why it failed to boot, say)
 
 
-@dataclass(slots=True)
-class Started:
+class Started(NamedTuple):
     """An attempt sent ahead started (its body runs, or is about to)."""
 
     worker: WorkerId
     attempt_id: str
 
 
-@dataclass(slots=True)
-class Dropped:
+class Dropped(NamedTuple):
     """An attempt taken back will never start."""
 
     worker: WorkerId
     attempt_id: str
 
 
-@dataclass(slots=True)
-class KillDone:
+class KillDone(NamedTuple):
     worker: WorkerId
     attempt_id: str
     killed: bool  # False: the attempt had ended already
 
 
-@dataclass(slots=True)
-class Finished:
+class Finished(NamedTuple):
     """An attempt's body returned or raised (or could not be loaded)."""
 
     worker: WorkerId
@@ -109,8 +106,7 @@ class Finished:
     rss: int | None = None  # "oom": the memory in use when the limit was hit
 
 
-@dataclass(slots=True)
-class OutOfMemory:
+class OutOfMemory(NamedTuple):
     """The attempt's process tree passed its memory limit; it is being killed."""
 
     worker: WorkerId
@@ -118,23 +114,20 @@ class OutOfMemory:
     rss: int  # resident bytes of the tree when it was caught
 
 
-@dataclass(slots=True)
-class Log:
+class Log(NamedTuple):
     worker: WorkerId
     attempt_id: str
     stream: str  # "stdout" | "stderr"
     text: str
 
 
-@dataclass(slots=True)
-class Display:
+class Display(NamedTuple):
     worker: WorkerId
     attempt_id: str
     bundle: dict[str, Any]
 
 
-@dataclass(slots=True)
-class Metadata:
+class Metadata(NamedTuple):
     worker: WorkerId
     attempt_id: str
     op: str
@@ -142,8 +135,7 @@ class Metadata:
     value: Any
 
 
-@dataclass(slots=True)
-class Call:
+class Call(NamedTuple):
     """Task code calls the engine (a nested trigger, a wait...); answered with ``reply``."""
 
     worker: WorkerId

@@ -30,17 +30,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import secrets
 import signal
-import subprocess
-import sys
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.executor import base as E
 from nbtasks.executor.local import proctree, treekill
 from nbtasks.executor.local import protocol as P
-from nbtasks.executor.local.control import Control
+from nbtasks.executor.local.launch import TOKEN_ENV, WorkerProc, launch
 
 if TYPE_CHECKING:
     import asyncio
@@ -48,35 +44,6 @@ if TYPE_CHECKING:
 KILL_GRACE_S = 1.0  # between SIGTERM to an attempt's descendants and SIGKILL of its tree
 MEMORY_EVERY_S = 0.02  # how often trees running a limited attempt are measured
 STOP_WAIT_S = 0.002  # how long a kill waits on the loop for a worker to stop, per try
-TOKEN_ENV = "NBTASKS_WORKER_TOKEN"
-_BOOT = "import sys; from nbtasks.executor.local.worker import main; main(sys.argv)"
-_PACKAGE_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-
-
-class WorkerProc:
-    """The kernel's side of one worker process."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], cmd_fd: int, event_fd: int,
-                 boot_log: Any, control: Control, token: str) -> None:  # fmt: skip
-        self.id: E.WorkerId = popen.pid
-        self.popen = popen
-        self.pid = popen.pid
-        self.cmd_fd = cmd_fd
-        self.event_fd = event_fd
-        self.boot_log = boot_log
-        self.control = control
-        self.token = token
-        self.reader = P.reader_for_kernel()
-        self.ready = False
-        self.dying = False  # a kill was decided: it takes nothing more up
-        self.closed = False  # its pipes are closed
-        self.seq = 0  # the sequence number of the last attempt sent
-        self.sent: dict[str, tuple[int, int | None]] = {}  # attempt id -> (seq, limit)
-        self.loaded: set[str] = set()  # function keys this worker already holds
-        self.outbox: list[bytes] = []  # frames written at the end of the loop's step
-
-    def __repr__(self) -> str:
-        return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"
 
 
 def boot_slots() -> int:
@@ -88,54 +55,6 @@ def boot_slots() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 2
     return max(1, cores - 1)
-
-
-def launch(preload: tuple[str, ...] = ()) -> WorkerProc:
-    """Start a worker process. Callable from any long-lived thread, before an engine exists
-    (the first trigger starts workers first, so they boot while the engine loads); the
-    worker dies with the thread that started it, so not from a short-lived one. The worker
-    imports the ``preload`` modules while it boots (what unpickling tasks needs)."""
-    cmd_r, cmd_w = os.pipe()
-    event_r, event_w = os.pipe()
-    control = Control.create()
-    token = secrets.token_hex(8)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    env[TOKEN_ENV] = token
-    env.pop("NBTASKS_STORE", None)
-    boot_log = tempfile.TemporaryFile()
-    try:
-        args = [str(cmd_r), str(event_w), str(os.getpid()), str(control.fd)]
-        popen = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, *args],
-            pass_fds=(cmd_r, event_w, control.fd),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=boot_log,
-            start_new_session=True,
-            env=env,
-        )
-    except BaseException:
-        for fd in (cmd_r, cmd_w, event_r, event_w):
-            os.close(fd)
-        control.close()
-        boot_log.close()
-        raise
-    os.close(cmd_r)
-    os.close(event_w)
-    worker = WorkerProc(popen, cmd_w, event_r, boot_log, control, token)
-    P.write_all(cmd_w, P.encode(P.Init(list(sys.path), os.getcwd(), list(preload))))
-    return worker
-
-
-def discard(worker: WorkerProc) -> None:
-    """Kill a launched worker that no pool took charge of, and let go of its pipes."""
-    treekill.kill_tree(worker.pid)
-    worker.popen.wait()
-    os.close(worker.cmd_fd)
-    os.close(worker.event_fd)
-    worker.control.close()
-    worker.boot_log.close()
 
 
 def sweep(token: str) -> int:
@@ -201,7 +120,7 @@ class LocalExecutor:
         worker.sent[attempt.attempt_id] = (worker.seq, attempt.memory_limit)
         message = P.Run(attempt.attempt_id, worker.seq, attempt.fn_key, fn_bytes,
                         attempt.payload, attempt.run_id, attempt.task_id, attempt.number,
-                        attempt.version, list(attempt.tags), attempt.metadata,
+                        attempt.version, list(attempt.tags), attempt.metadata or {},
                         attempt.memory_limit, ahead)  # fmt: skip
         self._send(worker, message, now=not ahead)
         if attempt.memory_limit is not None and not self._sampling:

@@ -45,7 +45,6 @@ every function here tolerates vanished processes. All functions take thread-grou
 
 from __future__ import annotations
 
-import ctypes
 import os
 from types import TracebackType
 
@@ -174,6 +173,8 @@ def become_subreaper() -> bool:
     across ``execve``. Returns False where unsupported (not Linux, or the call failed).
     """
     try:
+        import ctypes  # only workers call this: the kernel measures trees without it
+
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
@@ -183,6 +184,8 @@ def become_subreaper() -> bool:
 def is_subreaper() -> bool:
     """Whether the calling process is a child subreaper (False where unsupported)."""
     try:
+        import ctypes  # only workers call this: the kernel measures trees without it
+
         libc = ctypes.CDLL(None, use_errno=True)
         flag = ctypes.c_int(0)
         ok = libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0
