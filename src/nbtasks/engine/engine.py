@@ -5,10 +5,13 @@ the loop with ``Engine.call``; the loop changes run state only through ``_transi
 which checks the transition table, records an event and stages the row for the store's
 next group commit. Callers that need durability wait for that commit.
 
-The class is split by topic: this module schedules, cancels and settles runs; ``_intake``
-creates them (keys, delays, TTL, deploys, versions); ``_outcomes`` handles what workers
-report (results, crashes, timeouts, retries, runs sent ahead); ``_nesting`` serves runs
-triggered and awaited from inside tasks (FROZEN parents).
+``Engine(store_path, workers, executor)``: the engine drives an executor only through the
+seam of ``executor/base.py``. Which worker runs what, and when, is ``Dispatch``'s
+(``dispatch.py``), the one owner of worker state. The run lifecycle class is split by
+topic: this module cancels, waits on and settles runs; ``intake`` creates them (keys,
+delays, TTL, deploys, versions); ``outcomes`` takes what the executor reports (results,
+crashes, out of memory, timeouts, retries); ``nesting`` serves runs triggered and awaited
+from inside tasks (FROZEN parents).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""The engine's side of attempts: starting them, and what workers report back.
+"""The engine's side of attempts: beginning them, and what the executor reports back.
 
-A mixin of ``Engine``; every method runs on the engine's loop thread. A worker reports a
-result (``done``), live logs, displays and metadata, and calls from task code; its end of
-file means the process is gone, which ends its attempt CRASHED unless the engine killed
-it on purpose (cancel, timeout, out of memory, shutdown).
+A mixin of ``Engine``; every method runs on the engine's loop thread. Every event of the
+executor seam (``executor/base.py``) comes through ``on_event``: dispatch (``dispatch.py``)
+updates what it knows of the worker, and the run's lifecycle moves on here: a result
+(``Finished``), live logs, displays and metadata, calls from task code, out of memory, and
+a worker lost, which ends its attempt CRASHED unless the engine ended it on purpose
+(cancel, timeout, shutdown) or it ran out of memory.
 """
 
 from __future__ import annotations
