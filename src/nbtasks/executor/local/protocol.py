@@ -120,8 +120,16 @@ ToWorker = Init | Run | Drop | Reply | Exit
 ToKernel = Ready | Started | Dropped | Done | Log | Show | Meta | Ask
 
 
+# On the wire a message is (its kind's number, its fields as a plain tuple): pickle codes
+# a plain tuple in C, where a named tuple would cost a Python-level reduce each way.
+_KINDS: tuple[type[Any], ...] = (
+    Init, Run, Drop, Reply, Exit, Ready, Started, Dropped, Done, Log, Show, Meta, Ask
+)  # fmt: skip
+_NUMBER = {kind: i for i, kind in enumerate(_KINDS)}
+
+
 def encode(message: ToWorker | ToKernel) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    body = pickle.dumps((_NUMBER[type(message)], tuple(message)), pickle.HIGHEST_PROTOCOL)
     return _HEADER.pack(len(body)) + body
 
 
@@ -147,7 +155,8 @@ class FrameReader:
             (size,) = _HEADER.unpack_from(buf, pos)
             if len(buf) - pos - 4 < size:
                 break
-            messages.append(pickle.loads(buf[pos + 4 : pos + 4 + size]))
+            kind, fields = pickle.loads(buf[pos + 4 : pos + 4 + size])
+            messages.append(tuple.__new__(_KINDS[kind], fields))
             pos += 4 + size
         if pos:
             del buf[:pos]
