@@ -212,8 +212,11 @@ class Worker:
         threading.Thread(
             target=self.capture.stream, args=(self._send_log,), daemon=True, name="nbtasks-logs"
         ).start()
+        taken: P.ToWorker | None = self.inbox.get()  # Init, sent with the launch
+        if isinstance(taken, P.Init):  # set up and import before saying ready, so that
+            self._init(taken)  # a second worker's boot does not compete with this
+            taken = None
         self.send(P.Ready(os.getpid()))
-        taken: P.ToWorker | None = None  # a message taken early, to handle next
         claimed = ""  # the attempt sent ahead already taken up (its Started sent)
         while (message := taken or self.inbox.get()) is not None:
             taken = None
@@ -240,12 +243,15 @@ class Worker:
                     taken = None
                 self.send(done)
             elif isinstance(message, P.Init):
-                sys.path[:] = message.sys_path
-                os.chdir(message.cwd)
-                for name in message.preload:
-                    __import__(name)
+                self._init(message)
             elif isinstance(message, P.Exit):
                 return
+
+    def _init(self, init: P.Init) -> None:
+        sys.path[:] = init.sys_path
+        os.chdir(init.cwd)
+        for name in init.preload:
+            __import__(name)
 
     def _send_log(self, attempt_id: str, stream: str, text: str) -> None:
         self.send(P.Log(attempt_id, stream, text))
