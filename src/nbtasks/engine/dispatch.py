@@ -83,7 +83,12 @@ class Dispatch:
         """Workers that hold capacity: executing an attempt that is not FROZEN (or being
         killed), or holding attempts sent ahead that may start any moment (between one
         attempt's ``Finished`` and the next one's ``Started``, say)."""
-        return sum(1 for w in self.workers.values() if w.holds_capacity)
+        return sum(
+            1
+            for w in self.workers.values()
+            if (w.attempt is not None and not w.frozen)
+            or (w.attempt is None and (w.ahead or w.taking_back))
+        )  # holds_capacity, inline: this is counted several times per run
 
     def add(self, worker_id: WorkerId) -> WorkerView:
         view = self.workers[worker_id] = WorkerView(worker_id)
@@ -157,6 +162,8 @@ class Dispatch:
         """Idle workers and nothing queued: take back runs sent ahead to busy workers (the
         last of whoever holds most), to start them on the idle ones once the executor
         says they were dropped."""
+        if not any(w.ahead for w in self.workers.values()):
+            return
         wanted = len(self.idle) - sum(len(w.taking_back) for w in self.workers.values())
         for _ in range(wanted):
             view = max(self.workers.values(), key=lambda w: len(w.ahead), default=None)
