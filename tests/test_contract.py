@@ -289,3 +289,24 @@ def test_idempotency_and_delay_are_the_engines(executor: str) -> None:
     delayed = double.trigger(6, delay="0.3s")
     assert nbtasks.runs.retrieve(delayed.id).status is RunStatus.DELAYED
     assert delayed.wait(timeout=30).output == 12
+
+
+def test_configure_takes_a_factory_of_executors(store_path: str) -> None:
+    """``configure(executor=...)`` with a callable: each engine gets a new executor from it."""
+    from nbtasks.executor.local.pool import LocalExecutor
+
+    made: list[LocalExecutor] = []
+
+    def factory() -> LocalExecutor:
+        made.append(LocalExecutor())
+        return made[-1]
+
+    nbtasks.configure(store=store_path, workers=1, executor=factory)
+    try:
+        assert double.trigger_and_wait(4).output == 8
+        nbtasks.shutdown()
+        assert double.trigger_and_wait(5).output == 10
+        assert len(made) == 2 and made[0] is not made[1]
+    finally:
+        nbtasks.shutdown()
+        nbtasks.configure(executor="local")

@@ -54,12 +54,6 @@ class WorkerView:
     taking_back: dict[str, tuple[RunState, AttemptState]] = field(default_factory=dict)
 
     @property
-    def holds_capacity(self) -> bool:
-        if self.attempt is not None:
-            return not self.frozen
-        return bool(self.ahead or self.taking_back)
-
-    @property
     def free(self) -> bool:
         """Idle: nothing executing, nothing sent ahead or awaiting an answer."""
         return self.attempt is None and not self.ahead and not self.taking_back
@@ -88,7 +82,7 @@ class Dispatch:
             for w in self.workers.values()
             if (w.attempt is not None and not w.frozen)
             or (w.attempt is None and (w.ahead or w.taking_back))
-        )  # holds_capacity, inline: this is counted several times per run
+        )  # inline rather than a property of the view: counted several times per run
 
     def add(self, worker_id: WorkerId) -> WorkerView:
         view = self.workers[worker_id] = WorkerView(worker_id)

@@ -60,7 +60,7 @@ class OutcomesMixin(_Base):
         """The attempt's body is gone (or FROZEN): its queue slot is free."""
         if attempt.holds_slot:
             attempt.holds_slot = False
-            self.scheduler.stopped_queue(attempt.queue)
+            self.scheduler.stopped(attempt.queue)
 
     # -- events ------------------------------------------------------------------------------
 

@@ -50,10 +50,8 @@ class Scheduler:
     def started(self, run: RunState) -> None:
         self.executing[run.queue] += 1
 
-    def stopped(self, run: RunState) -> None:
-        self.executing[run.queue] -= 1
-
-    def stopped_queue(self, queue: str | None) -> None:
+    def stopped(self, queue: str | None) -> None:
+        """A run of ``queue`` stopped executing (its body is gone, or it is FROZEN)."""
         self.executing[queue] -= 1
 
     def queued(self) -> list[RunState]:
