@@ -12,10 +12,13 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbtasks.executor.local import protocol as P
 from nbtasks.executor.local.control import Control
+
+if TYPE_CHECKING:
+    from nbtasks.executor.local.proctree import TreeMeter
 
 TOKEN_ENV = "NBTASKS_WORKER_TOKEN"
 _BOOT = "import sys; from nbtasks.executor.local.worker import main; main(sys.argv)"
@@ -43,6 +46,7 @@ class WorkerProc:
         self.sent: dict[str, tuple[int, int | None]] = {}  # attempt id -> (seq, limit)
         self.loaded: set[str] = set()  # function keys this worker already holds
         self.outbox: list[bytes] = []  # frames written at the end of the loop's step
+        self.meter: TreeMeter | None = None  # measures its tree, once a limit applies
 
     def __repr__(self) -> str:
         return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"

@@ -198,6 +198,8 @@ class LocalExecutor:
         for worker in list(self.workers.values()):
             worker.dying = True
             treekill.kill_tree(worker.pid, timeout=1.0)
+            if worker.meter is not None:
+                worker.meter.close()
 
     # -- memory ------------------------------------------------------------------------
 
@@ -212,12 +214,20 @@ class LocalExecutor:
                 if limit is None:
                     continue
                 limited = True
-                if seq == running and proctree.tree_rss(worker.pid) > limit:
+                if seq == running and self._tree_rss(worker) > limit:
                     self._check_memory(worker, attempt_id, seq, limit)
                     break
         self._sampling = limited
         if limited:
             self.loop.call_later(MEMORY_EVERY_S, self._sample)
+
+    def _tree_rss(self, worker: WorkerProc) -> int:
+        """The worker tree's resident bytes, through a meter that keeps the worker's /proc
+        files open between samples (cheaper, and 0 once the worker is gone, whoever gets
+        its pid next)."""
+        if worker.meter is None:
+            worker.meter = proctree.TreeMeter(worker.pid)
+        return worker.meter.rss()
 
     def _check_memory(self, worker: WorkerProc, attempt_id: str, seq: int, limit: int) -> None:
         treekill.stop(worker.pid)
@@ -225,7 +235,7 @@ class LocalExecutor:
             treekill.resume(worker.pid)  # measured again at the next sample
             return
         running, _ = worker.control.read()
-        rss = proctree.tree_rss(worker.pid)
+        rss = self._tree_rss(worker)
         if running == seq and rss > limit:
             self._tear_down(worker, graceful=False)
             self.sink(E.OutOfMemory(worker.id, attempt_id, rss))
@@ -310,6 +320,8 @@ class LocalExecutor:
             pass
         sweep(worker.token)
         worker.control.close()
+        if worker.meter is not None:
+            worker.meter.close()
         exit_code, sig = (None, -code) if code < 0 else (code, None)
         log = ""
         try:
