@@ -733,8 +733,8 @@ def _batch_with_event(name: str) -> Batch:
     return batch
 
 
-def _names(frames: list[tuple[int, Batch]]) -> list[tuple[int, str]]:
-    return [(seq, batch.events[0][0]) for seq, batch in frames]
+def _names(frames: list[tuple[int, bytes]]) -> list[tuple[int, str]]:
+    return [(seq, Batch.loads(body).events[0][0]) for seq, body in frames]
 
 
 def test_the_journal_file_reads_back_only_whole_frames_that_follow_on(tmp_path: Path) -> None:

@@ -38,27 +38,25 @@ def reconcile_at_start(store: Store, now: datetime) -> None:
         check_transition("(reconcile)", status, RunStatus.INTERRUPTED)
     check_transition("(reconcile)", RunStatus.QUEUED, RunStatus.WAITING_FOR_DEPLOY)
     text = error_json(RunStatus.INTERRUPTED, "Interrupted", "the kernel that owned the run stopped")
-    cur = store.cursor()
-    try:
-        cur.begin()
-        running = [s.value for s in _LEFT_RUNNING]
-        ids = [r[0] for r in cur.execute(
+    running = [s.value for s in _LEFT_RUNNING]
+
+    def settle(cur: object) -> None:
+        ids = [r[0] for r in cur.execute(  # type: ignore[attr-defined]
             "SELECT id FROM runs WHERE status IN (SELECT unnest(?::VARCHAR[]))", [running]
         ).fetchall()]  # fmt: skip
-        cur.execute(  # no engine executes anything in this store now
+        cur.execute(  # type: ignore[attr-defined]  # no engine executes anything here now
             "UPDATE attempts SET status = ?, finished_at = ?, error = ? WHERE status = ?",
             [AttemptStatus.INTERRUPTED.value, now, text, AttemptStatus.EXECUTING.value],
         )
         if ids:
             _move(cur, ids, RunStatus.INTERRUPTED, now, ", finished_at = ?, error = ?",
                   [now, text])  # fmt: skip
-        queued = [r[0] for r in cur.execute(
+        queued = [r[0] for r in cur.execute(  # type: ignore[attr-defined]
             "SELECT id FROM runs WHERE status = 'QUEUED'").fetchall()]  # fmt: skip
         if queued:
             _move(cur, queued, RunStatus.WAITING_FOR_DEPLOY, now, "", [])
-        cur.commit()
-    finally:
-        cur.close()
+
+    store.write(settle)
 
 
 def load_waiting_runs(store: Store) -> list[RunState]:

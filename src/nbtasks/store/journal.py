@@ -2,29 +2,40 @@
 
 Committing a batch to DuckDB costs about a millisecond of CPU and two of wall time here,
 however small it is (an Appender flush per table, each with its indexes, then the commit).
-The hot path instead appends the pickled batch to ``<store>.journal``, a frame with its
-sequence number and CRC, and calls ``fdatasync``: about 0.2 ms. The store later *folds* the
-journal into DuckDB: it merges the batches, so a run created and finished in between is
-written once with its final state, writes them to ``runs``, ``attempts`` and ``run_events``
-in bulk, records the last folded sequence number in ``journal_state`` in the same
-transaction, then empties the file. After a hard exit the next store to open the file folds
-the frames past that number; a torn last frame (never acknowledged) is dropped.
+The hot path instead appends the batch to ``<store>.journal``, a frame with its sequence
+number and CRC, and calls ``fdatasync``: about 0.2 ms. The store later *folds* the journal
+into DuckDB: it merges the batches, so a run created and finished in between is written once
+with its final state, writes them to ``runs``, ``attempts`` and ``run_events`` in bulk,
+records the last folded sequence number in ``journal_state`` in the same transaction, then
+empties the file. After a hard exit the next store to open the file folds the frames past
+that number; a torn last frame (never acknowledged) is dropped.
+
+A frame's body is MessagePack (msgspec): data only, so decoding one can never run code,
+whoever wrote the file. A frame is checked before it is decoded (its length, its CRC, and
+that its sequence number follows on), and what it decodes to is checked against the tables'
+columns before anything of it is written.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
+import stat
 import struct
+import warnings
 import zlib
 from typing import Any
 
-from nbtasks.store.schema import RUN_COLUMNS, RUN_UPDATE_COLUMNS
+import msgspec
+
+from nbtasks.core.errors import NbtasksError
+from nbtasks.store.files import create_private, fsync_folder
+from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS
 
 Row = tuple[Any, ...]
 
 # Where each column of a run update goes in a full run row.
 _UPDATE_SLOTS = tuple(RUN_COLUMNS.index(c) for c in RUN_UPDATE_COLUMNS)
+_EVENT_WIDTH, _VERSION_WIDTH = 5, 7  # run_events and task_versions columns
 
 
 def apply_run_update(row: Row, update: Row) -> Row:
@@ -33,6 +44,16 @@ def apply_run_update(row: Row, update: Row) -> Row:
     for slot, value in zip(_UPDATE_SLOTS, update, strict=True):
         merged[slot] = value
     return tuple(merged)
+
+
+class JournalError(NbtasksError):
+    """A journal file holds something nbtasks did not write, or cannot be trusted."""
+
+
+_Rows = dict[str, tuple[Any, ...]]
+_Body = tuple[_Rows, _Rows, _Rows, _Rows, list[tuple[Any, ...]], list[tuple[Any, ...]]]
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Body)
 
 
 class Batch:
@@ -89,21 +110,40 @@ class Batch:
         self.versions.extend(later.versions)
 
     def dumps(self) -> bytes:
-        return pickle.dumps(
+        return _encoder.encode(
             (self.new_runs, self.run_updates, self.new_attempts, self.attempt_updates,
-             self.events, self.versions),
-            protocol=pickle.HIGHEST_PROTOCOL,
+             self.events, self.versions)
         )  # fmt: skip
 
     @classmethod
     def loads(cls, data: bytes) -> Batch:
+        """Decode a frame's body, or raise ``ValueError`` saying what is wrong with it."""
+        try:
+            body = _decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ValueError(str(exc)) from None
         batch = cls()
         (batch.new_runs, batch.run_updates, batch.new_attempts, batch.attempt_updates,
-         batch.events, batch.versions) = pickle.loads(data)  # fmt: skip
+         batch.events, batch.versions) = body  # fmt: skip
+        for name, rows, width in (
+            ("new run", batch.new_runs, len(RUN_COLUMNS)),
+            ("run update", batch.run_updates, len(RUN_UPDATE_COLUMNS)),
+            ("new attempt", batch.new_attempts, len(ATTEMPT_COLUMNS)),
+            ("attempt update", batch.attempt_updates, len(ATTEMPT_COLUMNS)),
+        ):
+            for key, row in rows.items():
+                if len(row) != width or row[0] != key:
+                    raise ValueError(f"a {name} row for {key!r} does not fit the table")
+        for name, listed, width in (
+            ("event", batch.events, _EVENT_WIDTH),
+            ("task version", batch.versions, _VERSION_WIDTH),
+        ):
+            if any(len(row) != width for row in listed):
+                raise ValueError(f"an {name} row does not fit the table")
         return batch
 
 
-# A frame: body length, CRC32 of the body, sequence number; then the body (a pickled Batch).
+# A frame: body length, CRC32 of the body, sequence number; then the body.
 _FRAME = struct.Struct(">IIQ")
 # The file is zero-filled ahead of the frames: as much as it holds already (at least
 # GROW_MIN, so the first commit stays cheap), at most GROW_MAX at a time.
@@ -117,11 +157,17 @@ class JournalFile:
     folded), so ``fdatasync`` flushes data only, not the file's size: about 0.15 ms here
     instead of 0.25 for an append. After a fold the next frame goes to offset 0 again; a
     reader takes frames while their sequence numbers follow on, so what is left of older
-    frames further on is never read back. Used under the store's lock only."""
+    frames further on is never read back. Used under the store's lock only.
+
+    A journal must be the current user's and writable by nobody else, or it is refused:
+    its frames become rows of the store. After each append the file at ``path`` is checked
+    to be the one written: if it was deleted or replaced, a copy of what this one holds is
+    put in its place, with a warning, before the frame is acknowledged."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = _open_journal(path)
+        self._id = _identity(os.fstat(self._fd))
         self._end = 0  # where the next frame goes
         self._size = os.fstat(self._fd).st_size  # bytes written so far, zeros or frames
 
@@ -130,30 +176,60 @@ class JournalFile:
         data = _FRAME.pack(len(body), zlib.crc32(body), seq) + body
         if self._end + len(data) > self._size:
             self._grow(self._end + len(data))
-        self._write(data, self._end)
+        _write(self._fd, data, self._end)
         os.fdatasync(self._fd)
         self._end += len(data)
+        self.check()
 
-    def _write(self, data: bytes, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self._fd, view, offset)
-            view, offset = view[n:], offset + n
+    def check(self) -> None:
+        """Make sure ``path`` is still this file; put a copy of it there if not."""
+        try:
+            if _identity(os.stat(self.path, follow_symlinks=False)) == self._id:
+                return
+            what = "replaced"
+        except FileNotFoundError:
+            what = "deleted"
+        warnings.warn(
+            f"the nbtasks journal {self.path!r} was {what} while its store was open; "
+            "nbtasks put back what it holds (nothing acknowledged is lost)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        self._restore()
+
+    def _restore(self) -> None:
+        """Write what this file holds to a new file, then move that over ``path``."""
+        spare = f"{self.path}.{os.getpid()}.new"
+        fd = create_private(spare)
+        try:
+            offset = 0
+            while offset < self._end:
+                chunk = os.pread(self._fd, min(1 << 20, self._end - offset), offset)
+                _write(fd, chunk, offset)
+                offset += len(chunk)
+            os.fsync(fd)
+            os.replace(spare, self.path)
+            fsync_folder(self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self._fd)
+        self._fd, self._size = fd, self._end
+        self._id = _identity(os.fstat(fd))
 
     def _grow(self, needed: int) -> None:
         """Zero-fill past ``needed``; the frame's own ``fdatasync`` makes it durable."""
         size = max(needed, self._size) + min(GROW_MAX, max(GROW_MIN, self._size))
         zeros = bytes(min(size - self._size, 1 << 20))
         for offset in range(self._size, size, len(zeros)):
-            self._write(zeros[: size - offset], offset)
+            _write(self._fd, zeros[: size - offset], offset)
         self._size = size
 
-    def read(self) -> list[tuple[int, Batch]]:
+    def read(self) -> list[tuple[int, bytes]]:
         """The frames from the start of the file while each is whole and follows on from
-        the one before; a torn, corrupt or older frame ends the journal."""
-        with open(self.path, "rb") as f:
-            data = f.read()
-        frames: list[tuple[int, Batch]] = []
+        the one before, undecoded; a torn, corrupt or older frame ends the journal."""
+        data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
+        frames: list[tuple[int, bytes]] = []
         pos = 0
         while len(data) - pos >= _FRAME.size:
             size, crc, seq = _FRAME.unpack_from(data, pos)
@@ -162,7 +238,7 @@ class JournalFile:
                 break
             if frames and seq != frames[-1][0] + 1:
                 break
-            frames.append((seq, Batch.loads(body)))
+            frames.append((seq, body))
             pos += _FRAME.size + size
         return frames
 
@@ -174,7 +250,69 @@ class JournalFile:
         os.close(self._fd)
 
     def remove(self) -> None:
+        """Delete the file (its frames are folded). A folder that no longer lets us is
+        left as it is: the frames are older than what the store records as folded."""
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        except PermissionError:
+            return
+        fsync_folder(self.path)
+
+
+def decode_frames(path: str, frames: list[tuple[int, bytes]]) -> list[Batch]:
+    """The batches of ``frames`` (checked already), or a ``JournalError`` naming the first
+    frame that is not rows of this store."""
+    batches = []
+    for seq, body in frames:
+        try:
+            batches.append(Batch.loads(body))
+        except ValueError as exc:
+            raise JournalError(
+                f"frame {seq} of the journal {path!r} is not nbtasks data ({exc}); nothing "
+                "of it was used. If you did not expect this file, move it away and open "
+                "the store again"
+            ) from None
+    return batches
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _write(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _open_journal(path: str) -> int:
+    """Open the journal at ``path``, creating it private if it is not there; refuse one
+    that another user owns or could have written, or that is not a plain file."""
+    try:
+        return create_private(path)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise JournalError(f"cannot open the nbtasks journal {path!r}: {exc}") from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "it is not a regular file"
+    elif st.st_uid != os.getuid():
+        problem = f"it belongs to user id {st.st_uid}, not to you ({os.getuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"others can write to it (mode {stat.S_IMODE(st.st_mode):o})"
+    if problem is not None:
+        os.close(fd)
+        raise JournalError(
+            f"the nbtasks journal {path!r} is refused: {problem}. Its frames would become "
+            "runs of the store; if you trust it, fix its owner and mode, else move it away"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o600:
+        os.fchmod(fd, 0o600)
+    return fd

@@ -1,12 +1,18 @@
 """The DuckDB store: one file holding runs, attempts, run events and task versions.
 
-Writes are staged by the engine and committed by one writer thread in groups: everything
-staged while the previous commit ran goes into the next transaction. A staged row replaces
-an earlier staged row of the same run, so a run that changes five times between two
-commits is written once. A group commits as one append to a journal file (``_journal``),
-which the writer folds into the tables when it is idle, when the journal grows, and before
-any read: reads see every committed state, in the tables. There are two journal files:
-commits go to one while what the other holds is folded, so they never wait for a fold.
+Writes are staged by the engine and committed by the committer thread in groups:
+everything staged while the previous commit ran goes into the next one. A staged row
+replaces an earlier staged row of the same run, so a run that changes five times between
+two commits is written once. A group commits as one append to a journal file
+(``journal.py``), which the store thread folds into the tables when commits pause, when the
+journal grows, and before any read: reads see every committed state, in the tables. There
+are two journal files: commits go to one while what the other holds is folded, so they
+never wait for a fold.
+
+The store thread is the only one that writes to DuckDB (it opens the file, folds, settles
+what a previous engine left, checkpoints and closes), with a umask of its own, so that the
+files DuckDB creates are private (``files.py``). Reads run on the caller's thread, on a
+connection that cannot reach any file but the store's, nor load extensions.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 try:  # DuckDB's C extension alone: its package's Python layer (the relational API,
     # version metadata) costs about 100 ms to import, on the path to a notebook's first run,
@@ -26,7 +33,8 @@ except ImportError:  # pragma: no cover
     import duckdb  # type: ignore[no-redef]
 
 from nbtasks.core.errors import NbtasksError, StoreLockedError
-from nbtasks.store.journal import Batch, JournalFile
+from nbtasks.store.files import make_store_folder, private_umask
+from nbtasks.store.journal import Batch, JournalError, JournalFile, decode_frames
 from nbtasks.store.schema import (
     ATTEMPT_COLUMNS,
     DDL,
@@ -35,14 +43,23 @@ from nbtasks.store.schema import (
     SCHEMA_VERSION,
 )
 
+T = TypeVar("T")
 Row = tuple[Any, ...]
 DEFER_MAX_S = 0.02  # staged rows commit within this, or at once when someone waits on them
 FOLD_IDLE_S = 0.1  # the journal is folded once no commit came for this long
 FOLD_MAX_ROWS = 20_000  # or once it holds this many rows
 FOLD_MAX_AGE_S = 2.0  # or once its oldest batch is this old
 FOLD_RETRY_S = 1.0  # after a fold failed (the batches stay in the journal), try again after
-FOLD_BUSY_S = 0.01  # after finding a read folding, look again after
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+# No file but the store's, no extension to install or load, and no way to change that.
+# Statements here are small (a group commit, a page of runs): a second thread costs more in
+# scheduling than it saves, and the workers need the cores.
+_SEALED: dict[str, Any] = {
+    "threads": 1,
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
 
 
 def _holder(message: str) -> str | None:
@@ -62,22 +79,28 @@ def _holder(message: str) -> str | None:
     return description
 
 
-def connect(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(path: str) -> duckdb.DuckDBPyConnection:
     """Open the store file, turning DuckDB's lock conflict into a ``StoreLockedError``."""
-    if not read_only:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     try:
-        conn = duckdb.connect(path, read_only=read_only)
+        conn = duckdb.connect(path, config=dict(_SEALED))
     except duckdb.IOException as exc:
         holder = _holder(str(exc))
         if holder is None:
             raise NbtasksError(f"cannot open the nbtasks store {path!r}: {exc}") from None
         raise StoreLockedError(path, holder) from None
     conn.execute("SET TimeZone = 'UTC'")
-    # Statements here are small (a group commit, a page of runs): a second thread costs
-    # more in scheduling than it saves, and the workers need the cores.
-    conn.execute("SET threads = 1")
+    conn.execute("SET lock_configuration = true")
     return conn
+
+
+def _check_folder(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    make_store_folder(folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise NbtasksError(
+            f"cannot open the nbtasks store {path!r}: its folder {folder!r} is not writable; "
+            "choose another store with nbtasks.configure(store=...) or NBTASKS_STORE"
+        )
 
 
 class Store:
@@ -89,45 +112,93 @@ class Store:
         on_commit: Callable[[int, BaseException | None], None],
         after_step: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
-        """``on_commit(ticket, error)`` is called by the writer after each commit: every
+        """``on_commit(ticket, error)`` is called by the committer after each commit: every
         row staged under that ticket, or an earlier one, is durable (or failed with
         ``error``). ``after_step(fn)`` runs ``fn`` on the staging thread once its current
         step is over: the rows staged by one step (an attempt and its run, say) are sealed
         then, and always commit together. Without it, each staged row is sealed at once."""
         self.path = path
         self._after_step = after_step
-        self._conn = connect(path)
         self._on_commit = on_commit
-        self._migrate()
+        _check_folder(path)
         # Owned by the staging thread: the open batch, and the ticket it will commit under.
         self._open = Batch()
         self._open_ticket = 0
         self._open_urgent = False
         self._seal_due = False
-        # Shared with the writer, under _cv.
+        # Shared with the committer and the store thread, under _cv.
         self._cv = threading.Condition()
         self._sealed: list[tuple[int, Batch]] = []
         self._commit_by: float | None = None  # when the sealed batches must be committed
         self._inflight: int | None = None  # the last ticket being committed now
+        self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []  # for the store thread
         self._closing = False
         # Commits append to one journal file while a fold writes what the other holds to
         # the tables, so a fold (tens of ms for thousands of rows) never holds commits up.
         self._lock = threading.Lock()  # the journal files, _pending and _seq
-        self._fold_lock = threading.Lock()  # one fold at a time, and the writer cursor
-        self._journal = JournalFile(path + ".journal")  # where commits go
-        self._spare = JournalFile(path + ".journal.1")  # being folded, or empty
-        self._spare_clear = True
         self._pending: list[Batch] = []  # committed to the journal, not folded yet
         self._pending_rows = 0
         self._pending_since: float | None = None  # when its oldest batch committed
         self._last_commit = time.monotonic()
         self._seq = 0  # the next journal frame's number
         self._fold_retry_at = 0.0
-        self._writer = self._conn.cursor()
-        self._open_appenders()
-        self._recover()
-        self._thread = threading.Thread(target=self._write_loop, name="nbtasks-store", daemon=True)
+        self._folding = False  # a fold took batches and has not written them yet
+        self.private = False  # DuckDB's own files are created 0600 (files.private_umask)
+        self._commits_done = False  # the committer is gone: a last fold, then close
+        opened: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._folder_main, args=(opened,), name="nbtasks-store", daemon=True
+        )
         self._thread.start()
+        opened.result()  # the file is open, its journal folded; or why not
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="nbtasks-commit", daemon=True
+        )
+        self._committer.start()
+
+    # -- opening (store thread) --------------------------------------------------------
+
+    def _folder_main(self, opened: Future[None]) -> None:
+        self.private = private_umask()  # what DuckDB creates from here on is 0600
+        try:
+            self._open_files()
+        except BaseException as exc:
+            opened.set_exception(exc)
+            return
+        opened.set_result(None)
+        try:
+            self._fold_loop()
+        finally:
+            self._close_files()
+
+    def _open_files(self) -> None:
+        self._conn = connect(self.path)
+        try:
+            if not self.private:
+                self._tighten()
+            self._migrate()
+            self._journal = JournalFile(self.path + ".journal")  # where commits go
+            self._spare = JournalFile(self.path + ".journal.1")  # being folded, or empty
+            self._spare_clear = True
+            self._writer = self._conn.cursor()
+            self._open_appenders()
+            self._recover()
+        except BaseException:
+            for name in ("_journal", "_spare"):
+                journal = getattr(self, name, None)
+                if journal is not None:
+                    journal.close()
+            self._conn.close()
+            raise
+
+    def _tighten(self) -> None:
+        """Where the store thread cannot have a umask of its own: make DuckDB's files private
+        after the fact (the WAL is made anew after each checkpoint)."""
+        for path in (self.path, self.path + ".wal"):
+            try:
+                os.chmod(path, 0o600)
+            except FileNotFoundError:
+                pass
 
     def _open_appenders(self) -> None:
         w = self._writer
@@ -142,16 +213,31 @@ class Store:
         self._insert_events = w.appender("run_events")
 
     def _recover(self) -> None:
-        """Fold what a process that ended without closing the store left in the journal."""
+        """Fold what a process that ended without closing the store left in the journal:
+        the frames past the last one folded, while their numbers follow on."""
         row = self._writer.execute("SELECT max(folded_seq) FROM journal_state").fetchone()
         folded = row[0] if row and row[0] is not None else -1
-        self._seq = folded + 1
-        frames = self._journal.read() + self._spare.read()
-        for seq, batch in sorted(frames, key=lambda frame: frame[0]):
-            if seq > folded:  # older frames are left over from folds that committed
-                self._pending.append(batch)
-                self._seq = seq + 1
-        self.fold()
+        frames = sorted(
+            (seq, body, journal.path)
+            for journal in (self._journal, self._spare)
+            for seq, body in journal.read()
+            if seq > folded
+        )
+        batches: list[Batch] = []
+        for seq, body, path in frames:  # the files take turns: together the numbers follow on
+            if seq != folded + 1 + len(batches):
+                break
+            batches.extend(decode_frames(path, [(seq, body)]))
+        self._pending = batches
+        self._seq = folded + 1 + len(batches)
+        try:
+            self._fold()
+        except duckdb.Error as exc:
+            raise JournalError(
+                f"the journal of {self.path!r} holds rows this store cannot take ({exc}); "
+                "nothing of it was used. If you did not expect this, move the files "
+                f"{self._journal.path!r} and {self._spare.path!r} away and open the store again"
+            ) from None
         self._journal.clear()
         self._spare.clear()
 
@@ -215,8 +301,8 @@ class Store:
         return ticket
 
     def _seal(self) -> None:
-        """Hand the open batch to the writer: it commits within DEFER_MAX_S, or at once if
-        someone hurried it. A hurried batch is committed right here when the writer is not
+        """Hand the open batch to the committer: it commits within DEFER_MAX_S, or at once
+        if someone hurried it. A hurried batch is committed right here when the committer is not
         committing (a fold never holds commits up): the waiter hears of it without two hops
         between threads."""
         with self._cv:
@@ -227,13 +313,13 @@ class Store:
                 return
             self._sealed.append((self._open_ticket, batch))
             self._open_ticket += 1
-            if urgent and self._inflight is None:  # the writer waits on _cv, held here
+            if urgent and self._inflight is None:  # the committer waits on _cv, held here
                 staged, ticket = self._take_locked()
             else:
                 commit_by = time.monotonic() + (0.0 if urgent else DEFER_MAX_S)
                 if self._commit_by is None or commit_by < self._commit_by:
                     self._commit_by = commit_by
-                    self._cv.notify()
+                    self._cv.notify_all()
                 return
         self._commit_and_report(staged, ticket)
 
@@ -246,7 +332,7 @@ class Store:
         with self._cv:
             if self._sealed and self._sealed[0][0] <= ticket:
                 self._commit_by = 0.0
-                self._cv.notify()
+                self._cv.notify_all()
 
     def barrier(self) -> int | None:
         """(Staging thread.) The ticket whose commit makes everything staged so far
@@ -258,7 +344,7 @@ class Store:
                 return self._sealed[-1][0]
             return self._inflight
 
-    # -- the writer thread -------------------------------------------------------------
+    # -- the committer and the store thread ----------------------------------------------
 
     def _take_locked(self) -> tuple[Batch, int]:
         """(``_cv`` held.) Everything sealed, as one batch, and the ticket it commits."""
@@ -280,23 +366,41 @@ class Store:
             error = exc
         with self._cv:
             self._inflight = None
-            self._cv.notify()  # the writer may have waited for this commit to end
+            self._cv.notify_all()  # the committer may have waited for this commit to end
         self._on_commit(ticket, error)
 
-    def _next_job(self) -> str:
-        """(Lock held.) Wait until there is something to do: "commit", "fold" or "close"."""
+    def _next_commit(self) -> bool:
+        """(Lock held.) Wait until sealed batches are due: True, or False to stop."""
         while True:
             if self._inflight is not None:  # the staging thread commits a hurried batch
                 self._cv.wait()
                 continue
-            if self._closing:
-                return "commit" if self._sealed else "close"
+            if self._closing and not self._sealed:
+                return False
             now = time.monotonic()
-            deadlines = []
-            if self._commit_by is not None:
-                if self._commit_by <= now:
-                    return "commit"
-                deadlines.append(self._commit_by)
+            if self._commit_by is not None and (self._closing or self._commit_by <= now):
+                return True
+            self._cv.wait(None if self._commit_by is None else self._commit_by - now)
+
+    def _commit_loop(self) -> None:
+        """The committer thread: appends sealed batches to the journal when they are due."""
+        while True:
+            with self._cv:  # taken in the same hold: the staging thread may commit too
+                if not self._next_commit():
+                    return
+                taken = self._take_locked()
+            self._commit_and_report(*taken)
+
+    def _next_fold(self) -> str:
+        """(Lock held.) Wait until the store thread has something to do: "job", "fold"
+        or "close"."""
+        while True:
+            if self._jobs:
+                return "job"
+            if self._commits_done:
+                return "close"
+            now = time.monotonic()
+            fold_at = None
             if self._pending:
                 since = self._pending_since or now
                 fold_at = min(self._last_commit + FOLD_IDLE_S, since + FOLD_MAX_AGE_S)
@@ -305,20 +409,26 @@ class Store:
                 fold_at = max(fold_at, self._fold_retry_at)
                 if fold_at <= now:
                     return "fold"
-                deadlines.append(fold_at)
-            self._cv.wait(min(deadlines) - now if deadlines else None)
+            self._cv.wait(None if fold_at is None else fold_at - now)
 
-    def _write_loop(self) -> None:
+    def _fold_loop(self) -> None:
+        """The store thread, once the file is open: folds when due, and runs the jobs of
+        other threads (``_on_store_thread``)."""
         while True:
-            with self._cv:  # taken in the same hold: the staging thread may commit too
-                job = self._next_job()
-                taken = self._take_locked() if job == "commit" else None
-            if taken is None:
-                self._fold_quietly()
-                if job == "close":
-                    return
+            with self._cv:
+                job = self._next_fold()
+                if job == "job":
+                    fn, done = self._jobs.pop(0)
+            if job == "job":
+                if done.set_running_or_notify_cancel():
+                    try:
+                        done.set_result(fn())
+                    except BaseException as exc:
+                        done.set_exception(exc)
                 continue
-            self._commit_and_report(*taken)
+            self._fold_quietly()
+            if job == "close":
+                return
 
     def _commit(self, batch: Batch) -> None:
         """Make ``batch`` durable: one append to the journal."""
@@ -331,16 +441,48 @@ class Store:
             self._last_commit = time.monotonic()
             if self._pending_since is None:
                 self._pending_since = self._last_commit
+        with self._cv:
+            self._cv.notify_all()  # the store thread may fold now
 
-    def fold(self, wait: bool = True) -> None:
-        """Write the journal's batches to the tables in one transaction. Any thread; reads
-        call it first. Without ``wait``, a fold under way makes this one return at once."""
-        if not self._fold_lock.acquire(blocking=wait):
-            return
-        try:
+    def _on_store_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the store thread and return what it returns."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        done: Future[T] = Future()
+        with self._cv:
+            if self._closing:
+                raise NbtasksError(f"the nbtasks store {self.path!r} is closed")
+            self._jobs.append((fn, done))
+            self._cv.notify_all()
+        return done.result()
+
+    def fold(self) -> None:
+        """Write the journal's batches to the tables in one transaction (on the store
+        thread). Reads call it first, so they see everything committed before them."""
+        with self._lock:
+            if not self._pending and not self._folding:
+                return
+        self._on_store_thread(self._fold)
+
+    def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn(cursor)`` on the store thread inside one transaction, after a fold:
+        the way for anything but the journal to change the tables."""
+
+        def transaction() -> T:
             self._fold()
-        finally:
-            self._fold_lock.release()
+            cur = self._conn.cursor()
+            try:
+                cur.begin()
+                result = fn(cur)
+                cur.commit()
+                return result
+            except BaseException:
+                cur.rollback()
+                raise
+            finally:
+                cur.close()
+
+        return self._on_store_thread(transaction)
 
     def _fold(self) -> None:
         # Commits never wait for a fold: they go on in the other file meanwhile. Every
@@ -352,6 +494,7 @@ class Store:
                 return
             batches, rows, since = self._pending, self._pending_rows, self._pending_since
             self._pending, self._pending_rows, self._pending_since = [], 0, None
+            self._folding = True
             last_seq = self._seq - 1
             if self._spare_clear:
                 self._journal, self._spare = self._spare, self._journal
@@ -364,13 +507,18 @@ class Store:
                 self._pending_rows += rows
                 if since is not None:
                     self._pending_since = min(since, self._pending_since or since)
+                self._folding = False
+                self._spare.check()  # no commit goes there to notice it was deleted
             raise
         with self._lock:
             self._spare.clear()
             self._spare_clear = True
+            self._folding = False
+        if not self.private:
+            self._tighten()
 
     def _write_tables(self, batches: list[Batch], last_seq: int) -> None:
-        """(Fold lock held.) ``batches``, merged, into the tables; ``last_seq`` into
+        """(Store thread.) ``batches``, merged, into the tables; ``last_seq`` into
         ``journal_state``: all in one transaction."""
         merged = Batch()
         for batch in batches:
@@ -405,29 +553,39 @@ class Store:
             raise
 
     def _fold_quietly(self) -> None:
-        """Fold from the writer thread. A failure leaves the batches in the journal (they
-        are durable there) and is raised to the next read, which tries again."""
+        """Fold on the store thread's own schedule. A failure leaves the batches in the journal
+        (they are durable there) and is raised to the next read, which tries again."""
         try:
-            self.fold(wait=False)
+            self._fold()
         except Exception:
             self._fold_retry_at = time.monotonic() + FOLD_RETRY_S
-            return
-        if self._pending_since is not None and self._fold_lock.locked():
-            # A read is folding: what it did not take, fold once it is done.
-            self._fold_retry_at = time.monotonic() + FOLD_BUSY_S
 
     def close(self) -> None:
         """Commit what is staged (the staging thread is done), fold, and let go of the file."""
         self._seal()
         with self._cv:
             self._closing = True
-            self._cv.notify()
+            self._cv.notify_all()
+        self._committer.join()
+        with self._cv:
+            self._commits_done = True
+            self._cv.notify_all()
         self._thread.join()
-        self._conn.close()
+
+    def _close_files(self) -> None:
+        """(Store thread, last.) Let go of the file; remove the journals if all is folded."""
+        try:
+            self._conn.close()  # a checkpoint: the WAL's rows go into the file
+        except duckdb.Error:
+            pass  # what the WAL holds is durable: the next open replays it
         for journal in (self._journal, self._spare):
             journal.close()
             if not self._pending:  # all folded: the files have nothing to keep
                 journal.remove()
+        with self._cv:
+            jobs, self._jobs = self._jobs, []
+        for _, done in jobs:
+            done.set_exception(NbtasksError(f"the nbtasks store {self.path!r} is closed"))
 
     # -- reads (any thread) --------------------------------------------------------------
 
