@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
 import nbtasks
-from nbtasks import Retry, Task, runs, task
+from nbtasks import Retry, Task, metadata, runs, task
 
 import tasks
 
@@ -48,6 +52,30 @@ def test_bad_task_options_name_the_option_and_value(options: dict, pattern: str)
         ({"metadata": ["not", "a", "dict"]}, r"metadata=\['not', 'a', 'dict'\]"),
         ({"metadata": {"when": object()}}, r"metadata="),
         ({"queue": 1.5}, r"queue=1.5"),
+        # too long for any date: a clear limit, not an OverflowError from datetime
+        ({"idempotency_key_ttl": 1e300}, r"idempotency_key_ttl=1e\+300 is too long: use at most"),
+        (
+            {"idempotency_key": "k", "idempotency_key_ttl": 1e300},
+            r"idempotency_key_ttl=1e\+300 is too long: use at most 3650d \(10 years\)",
+        ),
+        (
+            {"idempotency_key": "k", "idempotency_key_ttl": "99999999d"},
+            r"idempotency_key_ttl='99999999d' is too long: use at most 3650d",
+        ),
+        ({"ttl": "99999999d"}, r"ttl='99999999d' is too long: use at most 3650d"),
+        ({"max_duration": 1e300}, r"max_duration=1e\+300 is too long: use at most 3650d"),
+        ({"delay": "99999999d"}, r"delay='99999999d' is too far in the future: use at most 3650d"),
+        ({"ttl": float("inf")}, r"ttl=inf is not a valid duration"),
+        ({"idempotency_key": "k", "idempotency_key_ttl": -1}, r"idempotency_key_ttl=-1 must not"),
+        # JSON has no nan or inf: the key holding one is named
+        (
+            {"metadata": {"x": float("nan")}},
+            r"metadata=\{'x': nan\} is not valid: metadata\['x'\] is nan",
+        ),
+        (
+            {"metadata": {"stats": {"rate": [1.0, float("-inf")]}}},
+            r"metadata\['stats'\]\['rate'\]\[1\] is -inf; metadata is stored as JSON",
+        ),
     ],
 )
 def test_bad_trigger_options_fail_before_any_run(nb: object, options: dict, pattern: str) -> None:
@@ -56,6 +84,155 @@ def test_bad_trigger_options_fail_before_any_run(nb: object, options: dict, patt
     with pytest.raises(ValueError, match=pattern):
         tasks.add.batch_trigger_and_wait([{"a": 1, "b": 2}], **options)
     assert len(runs.list()) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"max_duration": "99999999d"}, r"max_duration='99999999d' is too long: use at most 3650d"),
+        ({"ttl": 1e300}, r"ttl=1e\+300 is too long: use at most 3650d \(10 years\)"),
+    ],
+)
+def test_task_durations_beyond_the_limit_are_refused(options: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        task(**options)
+    with pytest.raises(ValueError, match=pattern):
+        Task(_noop, **options)
+
+
+def test_limit_is_inclusive_and_list_period_is_checked(nb: object) -> None:
+    handle = tasks.add.trigger(
+        {"a": 1, "b": 2}, ttl="3650d", idempotency_key="k", idempotency_key_ttl="3650d"
+    )
+    assert handle.wait(timeout="15s").unwrap() == 3
+    with pytest.raises(ValueError, match=r"period='99999999d' is too long: use at most 3650d"):
+        runs.list(period="99999999d")
+    with pytest.raises(ValueError, match=r"delay='99999999d' is too far in the future"):
+        runs.reschedule(handle.id, "99999999d")
+
+
+@pytest.mark.parametrize(
+    ("task_options", "pattern"),
+    [
+        (
+            {"tags": ["x"]},
+            r"tags=\['x'\] is a trigger option, not a task option: pass it to \.trigger",
+        ),
+        ({"metadata": {}}, r"metadata=\{\} is a trigger option, not a task option"),
+        ({"colour": "red"}, r"unknown task option colour='red'; the task options are: id, retry"),
+    ],
+)
+def test_unknown_task_option_is_named(task_options: dict, pattern: str) -> None:
+    with pytest.raises(TypeError, match=pattern):
+        task(**task_options)
+    with pytest.raises(TypeError, match=pattern):
+        task(_noop, **task_options)
+
+
+@pytest.mark.parametrize("task_id", ["../../x", "has space", "", 5, None])
+def test_trigger_by_id_checks_the_task_id_before_any_run(nb: object, task_id: object) -> None:
+    with pytest.raises(
+        ValueError, match=rf"task_id={re.escape(repr(task_id))} is not a valid task id"
+    ):
+        runs.trigger(task_id, 1)  # type: ignore[arg-type]
+    assert len(runs.list()) == 0
+
+
+_NOT_A_RUN_ID = r"run_id=123 is not a run id: a run id is a string like 'run_"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        runs.retrieve,
+        runs.wait,
+        runs.cancel,
+        runs.replay,
+        lambda run_id: runs.reschedule(run_id, "5s"),
+        runs.subscribe,
+        runs.asubscribe,
+    ],
+    ids=["retrieve", "wait", "cancel", "replay", "reschedule", "subscribe", "asubscribe"],
+)
+def test_run_id_that_is_not_a_string_is_named(nb: object, call: Any) -> None:
+    with pytest.raises(TypeError, match=_NOT_A_RUN_ID):
+        call(123)
+    assert len(runs.list()) == 0
+
+
+def test_a_handle_passed_as_run_id_is_named(nb: object) -> None:
+    handle = tasks.add.trigger({"a": 1, "b": 2})
+    with pytest.raises(TypeError, match=r"run_id=RunHandle\(task='add'\) is not a run id"):
+        runs.wait(handle)  # type: ignore[arg-type]
+    assert runs.wait(handle.id, timeout=15).unwrap() == 3
+
+
+def test_wait_timeout_takes_durations(nb: object) -> None:
+    done = tasks.add.trigger({"a": 1, "b": 2})
+    assert runs.wait(done.id, timeout="15s").unwrap() == 3
+    assert done.wait(timeout=timedelta(seconds=15)).unwrap() == 3
+    batch = tasks.add.batch_trigger([{"a": 1, "b": 1}])
+    assert batch.wait(timeout="15s").runs[0].unwrap() == 2
+    waiting = runs.trigger("not-deployed-yet", None)  # WAITING_FOR_DEPLOY: never final here
+    with pytest.raises(TimeoutError):
+        runs.wait(waiting.id, timeout="50ms")
+    with pytest.raises(TimeoutError):
+        waiting.wait(timeout=timedelta(milliseconds=50))
+
+
+@pytest.mark.parametrize(
+    ("timeout", "pattern"),
+    [
+        ("soon", r"timeout='soon' is not a valid duration: use seconds, a timedelta, or a string"),
+        (-1, r"timeout=-1 must not be negative"),
+        (float("nan"), r"timeout=nan is not a valid duration"),
+        ([5], r"timeout=\[5\] is not a valid duration"),
+        ("99999999d", r"timeout='99999999d' is too long: use at most 3650d"),
+    ],
+)
+def test_bad_wait_timeout_is_named(nb: object, timeout: object, pattern: str) -> None:
+    handle = tasks.add.trigger({"a": 1, "b": 2})
+    with pytest.raises(ValueError, match=pattern):
+        runs.wait(handle.id, timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=pattern):
+        handle.wait(timeout=timeout)  # type: ignore[arg-type]
+
+
+@task(id="bad-input-nonfinite-metadata")
+def _nonfinite_metadata(_: object) -> list[str]:
+    """Sets good metadata, then tries nan and an overflow to inf; returns the errors."""
+    metadata.set("progress", 0.5)
+    errors = []
+    try:
+        metadata.set("progress", float("nan"))
+    except ValueError as exc:
+        errors.append(str(exc))
+    metadata.set("rows", 1e308)
+    try:
+        metadata.increment("rows", 1e308)
+    except ValueError as exc:
+        errors.append(str(exc))
+    try:
+        metadata.append("log", {"rate": float("inf")})
+    except ValueError as exc:
+        errors.append(str(exc))
+    return errors
+
+
+def test_nonfinite_metadata_inside_a_task_raises_there(nb: object) -> None:
+    result = _nonfinite_metadata.trigger_and_wait(None)
+    errors = result.unwrap()
+    assert len(errors) == 3
+    assert errors[0].startswith(
+        "metadata.set('progress', nan) is not valid: metadata['progress'] would be nan; "
+        "metadata is stored as JSON, which has no nan or inf"
+    )
+    assert "metadata['rows'] would be inf" in errors[1]
+    assert "metadata['log'][0]['rate'] would be inf" in errors[2]
+    # what was set before stays, and nothing non-finite was stored
+    assert runs.retrieve(result.id).metadata == {"progress": 0.5, "rows": 1e308}
+    ((stored,),) = runs.sql("select metadata from runs where id = ?", [result.id]).fetchall()
+    assert json.loads(stored) == {"progress": 0.5, "rows": 1e308}
 
 
 def test_unknown_trigger_option_is_named(nb: object) -> None:

@@ -6,16 +6,28 @@ Inside a task (in a worker) these go to the kernel's engine through the worker's
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from nbtasks.client.blocking import block, run_in_thread
 from nbtasks.client.config import engine
 from nbtasks.core import context as _context
+from nbtasks.core.durations import parse_duration
 from nbtasks.core.errors import UnknownRunError
 from nbtasks.core.models import Attempt, Result, Run, run_from_row
 from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS
 
 _ALL_COLUMNS = ", ".join(RUN_COLUMNS)
+
+
+def check_run_id(run_id: object, name: str = "run_id") -> str:
+    """``run_id`` if it is a str; anything else raises a ``TypeError`` naming it."""
+    if not isinstance(run_id, str):
+        raise TypeError(
+            f"{name}={run_id!r} is not a run id: a run id is a string like "
+            "'run_0mx503fa40000996gx7', as trigger returns it in handle.id"
+        )
+    return run_id
 
 
 def fetch(run_id: str, what: str) -> Any:
@@ -33,6 +45,7 @@ def fetch(run_id: str, what: str) -> Any:
 
 def retrieve(run_id: str) -> Run:
     """The run as it is now: live from the engine, or from the store."""
+    check_run_id(run_id)
     if _context.in_task():
         run: Run = _context.call_engine("retrieve", run_id)
         return run
@@ -49,6 +62,7 @@ def retrieve(run_id: str) -> Run:
 def cancel(run_id: str) -> Run:
     """Cancel a run and its descendants (their process trees are killed); a final run is
     left as it is."""
+    check_run_id(run_id)
     if _context.in_task():
         _context.call_engine("cancel", run_id)
         return retrieve(run_id)
@@ -74,15 +88,19 @@ def results(ids: list[str], snapshots: list[Run | None]) -> list[Result[Any]]:
     ]
 
 
-def wait_runs(ids: list[str], timeout: float | None = None) -> list[Result[Any]]:
-    """Block until the runs are final (they need not be live in this kernel)."""
+def wait_runs(ids: list[str], timeout: float | str | timedelta | None = None) -> list[Result[Any]]:
+    """Block until the runs are final (they need not be live in this kernel); ``timeout``
+    is a duration (seconds, a timedelta or a string like ``"5s"``) or ``None``."""
+    for run_id in ids:
+        check_run_id(run_id)
+    seconds = parse_duration("timeout", timeout)
     if _context.in_task():
         return [Result(s) for s in _context.call_engine("wait", list(ids))]
     eng = engine()
     for run_id in ids:
         eng.require_run(run_id)
     futs = [eng.call(eng.wait, run_id) for run_id in ids]
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if seconds is None else time.monotonic() + seconds
     snapshots = []
     for fut in futs:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -94,6 +112,8 @@ async def await_runs(ids: list[str]) -> list[Result[Any]]:
     """The async twin of ``wait_runs``; cancelling the await cancels the runs."""
     import asyncio  # about 35 ms to import: only for async callers
 
+    for run_id in ids:
+        check_run_id(run_id)
     if _context.in_task():
         return await run_in_thread(wait_runs, ids)
     eng = engine()

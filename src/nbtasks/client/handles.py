@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator
+from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from nbtasks.client import control
@@ -25,7 +26,7 @@ class RunHandle(Generic[R]):
     def retrieve(self) -> Run:
         return control.retrieve(self.id)
 
-    def wait(self, timeout: float | None = None) -> Result[R]:
+    def wait(self, timeout: float | str | timedelta | None = None) -> Result[R]:
         (result,) = control.wait_runs([self.id], timeout)
         return result
 
@@ -55,7 +56,7 @@ class BatchHandle(Generic[R]):
         self.id = batch_id
         self.runs = handles
 
-    def wait(self, timeout: float | None = None) -> BatchResult[R]:
+    def wait(self, timeout: float | str | timedelta | None = None) -> BatchResult[R]:
         return BatchResult(self.id, control.wait_runs([h.id for h in self.runs], timeout))
 
     async def await_result(self) -> BatchResult[R]:

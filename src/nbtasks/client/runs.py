@@ -14,6 +14,7 @@ from nbtasks.client.config import engine
 from nbtasks.client.handles import RunHandle
 from nbtasks.client.registry import registry
 from nbtasks.client.specs import make_specs
+from nbtasks.client.task import check_task_id
 from nbtasks.client.triggers import handles, submit
 from nbtasks.core import display
 from nbtasks.core.durations import parse_delay, parse_duration
@@ -108,24 +109,25 @@ class Runs:
         is left as it is."""
         return control.cancel(run_id)
 
-    def wait(self, run_id: str, timeout: float | None = None) -> Result[Any]:
-        """Block until the run is final and return its result."""
+    def wait(self, run_id: str, timeout: float | str | timedelta | None = None) -> Result[Any]:
+        """Block until the run is final and return its result; ``timeout`` is a duration
+        (seconds, a timedelta or a string like ``"5s"``), past it ``TimeoutError``."""
         return control.wait_runs([run_id], timeout)[0]
 
     def trigger(self, task_id: str, payload: Any, **options: Any) -> RunHandle[Any]:
         """Trigger a task by id. A task not defined in this kernel yet gets a run that is
         WAITING_FOR_DEPLOY until its definition runs."""
+        check_task_id(task_id, "task_id")  # the rule @task applies, before any run is made
         task = registry.get(task_id)
         if task is not None:
             return task.trigger(payload, **options)
-        if not isinstance(task_id, str) or not task_id:
-            raise ValueError(f"task_id={task_id!r} is not valid: use a task id string")
         (handle,) = handles(task_id, submit(make_specs(None, [payload], options, task_id=task_id)))
         return handle
 
     def replay(self, run_id: str, payload: Any = _SAME) -> RunHandle[Any]:
         """A new run of the same task (its latest version), with the same payload unless
         one is given, the same tags and trigger metadata, and no idempotency key."""
+        control.check_run_id(run_id)
         original = self.retrieve(run_id)
         row = engine().store.query(
             "SELECT payload, trigger_metadata FROM runs WHERE id = ?", [run_id]
@@ -145,6 +147,7 @@ class Runs:
 
     def reschedule(self, run_id: str, delay: Any) -> Run:
         """Move a DELAYED run's start; any other status raises ``ValueError`` naming it."""
+        control.check_run_id(run_id)
         until = parse_delay("delay", delay, utcnow())
         eng = engine()
         eng.require_run(run_id)
@@ -173,6 +176,9 @@ class Runs:
 
     def subscribe(self, run_id: str) -> Iterator[Run]:
         """Yield a snapshot now and at every change of the run, ending when it is final."""
+        return self._subscribe(control.check_run_id(run_id))  # a bad id fails at the call
+
+    def _subscribe(self, run_id: str) -> Iterator[Run]:
         eng = engine()
         eng.require_run(run_id)
         changes: queue_mod.SimpleQueue[Run] = queue_mod.SimpleQueue()
@@ -190,8 +196,11 @@ class Runs:
             if not eng.closed:
                 eng.call(eng.unsubscribe, run_id, changes.put)
 
-    async def asubscribe(self, run_id: str) -> AsyncIterator[Run]:
+    def asubscribe(self, run_id: str) -> AsyncIterator[Run]:
         """The async twin of ``subscribe``."""
+        return self._asubscribe(control.check_run_id(run_id))  # a bad id fails at the call
+
+    async def _asubscribe(self, run_id: str) -> AsyncIterator[Run]:
         import asyncio  # about 35 ms to import: only for async callers
 
         eng = engine()

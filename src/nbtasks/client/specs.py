@@ -47,6 +47,11 @@ def _check_metadata(value: object) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise ValueError(f"metadata={value!r} is not valid: use a dict of JSON values")
+    bad = _context.find_nonfinite(value, "metadata")
+    if bad is not None:
+        raise ValueError(
+            f"metadata={value!r} is not valid: {bad[0]} is {bad[1]!r}; {_context.NONFINITE_HINT}"
+        )
     try:
         return json.loads(json.dumps(value))  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
@@ -67,11 +72,11 @@ def _check_key(options: dict[str, Any]) -> tuple[str | None, float | None]:
     scope = options.get("idempotency_key_scope")
     if scope not in (None, "run", "global"):
         raise ValueError(f"idempotency_key_scope={scope!r} is not valid: use 'run' or 'global'")
+    ttl = parse_duration("idempotency_key_ttl", options.get("idempotency_key_ttl"))
     if key is None:
         return None, None
     if not isinstance(key, str) or not 0 < len(key) <= 512:
         raise ValueError(f"idempotency_key={key!r} is not valid: use a string of 1-512 chars")
-    ttl = parse_duration("idempotency_key_ttl", options.get("idempotency_key_ttl"))
     if _context.in_task() and scope != "global":
         key = f"{_context.context().run_id}/{key}"
     return key, DEFAULT_KEY_TTL_S if ttl is None else ttl

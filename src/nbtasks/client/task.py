@@ -23,6 +23,34 @@ from nbtasks.engine.state import TaskVersion
 P = TypeVar("P")
 R = TypeVar("R")
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")
+TASK_OPTIONS = ("id", "retry", "max_duration", "memory_limit", "queue", "ttl")
+
+
+def check_task_id(value: object, option: str = "id") -> str:
+    """``value`` if it is a valid task id; else a ``ValueError`` naming ``option`` and it."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(
+            f"{option}={value!r} is not a valid task id: use 1-128 letters, digits, "
+            "'_', '.', ':' or '-', not starting with a punctuation mark"
+        )
+    return value
+
+
+def _check_option_names(options: dict[str, Any]) -> None:
+    """Refuse an option ``@task`` does not take, naming it (and saying so for a trigger
+    option, which belongs on ``.trigger(...)``)."""
+    for name, value in options.items():
+        if name in TASK_OPTIONS:
+            continue
+        from nbtasks.client.specs import OPTIONS as TRIGGER_OPTIONS  # only on a mistake
+
+        allowed = ", ".join(TASK_OPTIONS)
+        if name in TRIGGER_OPTIONS:
+            raise TypeError(
+                f"{name}={value!r} is a trigger option, not a task option: pass it to "
+                f".trigger(payload, {name}=...) (or runs.trigger); the task options are: " + allowed
+            )
+        raise TypeError(f"unknown task option {name}={value!r}; the task options are: {allowed}")
 
 
 def _source_of(fn: Callable[..., Any]) -> str:
@@ -192,11 +220,8 @@ def _check_options(
     queue: Queue | str | None = None,
     ttl: Any = None,
 ) -> tuple[Retry | None, float | None, int | None, Queue | None, float | None]:
-    if id is not None and (not isinstance(id, str) or not _ID_RE.match(id)):
-        raise ValueError(
-            f"id={id!r} is not a valid task id: use 1-128 letters, digits, "
-            "'_', '.', ':' or '-', not starting with a punctuation mark"
-        )
+    if id is not None:
+        check_task_id(id)
     return (
         coerce_retry(retry),
         parse_duration("max_duration", max_duration),
@@ -237,6 +262,7 @@ def task(
 ) -> Callable[[Callable[[P], R]], Task[P, R]]: ...
 def task(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a task: ``@task`` or ``@task(id=..., retry=Retry(...), ...)``."""
+    _check_option_names(options)
     if fn is not None:
         return Task(fn, **options)
 

@@ -7,6 +7,7 @@ The worker installs a ``_Current`` for the attempt it executes; outside a task b
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from nbtasks.core.errors import NbtasksError
 
 METADATA_MAX_BYTES = 256 * 1024
+NONFINITE_HINT = "metadata is stored as JSON, which has no nan or inf: use a finite number or None"
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ class _Metadata:
         cur = self._cur()
         new = dict(cur.metadata)
         apply_metadata_op(new, op, key, value)
+        bad = find_nonfinite(new.get(key), f"metadata[{key!r}]")
+        if bad is not None:
+            raise ValueError(
+                f"metadata.{op}({key!r}, {value!r}) is not valid: {bad[0]} would be "
+                f"{bad[1]!r}; {NONFINITE_HINT}"
+            )
         encoded = json.dumps(new, default=str)
         if len(encoded) > METADATA_MAX_BYTES:
             raise ValueError(
@@ -118,6 +126,24 @@ class _Metadata:
 
     def current(self) -> dict[str, Any]:
         return dict(self._cur().metadata)
+
+
+def find_nonfinite(value: object, path: str) -> tuple[str, float] | None:
+    """Where in ``value`` (dicts, lists and tuples, walked) a float is nan or infinite:
+    its path, e.g. ``metadata['stats'][2]``, and the number; ``None`` if nowhere."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, dict):
+        items: list[tuple[object, object]] = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(enumerate(value))
+    else:
+        return None
+    for k, v in items:
+        found = find_nonfinite(v, f"{path}[{k!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def apply_metadata_op(data: dict[str, Any], op: str, key: str, value: Any) -> None:

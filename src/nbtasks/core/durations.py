@@ -11,7 +11,18 @@ import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-__all__ = ["format_duration", "parse_delay", "parse_duration", "parse_memory"]
+__all__ = [
+    "MAX_DURATION_S",
+    "format_duration",
+    "parse_delay",
+    "parse_duration",
+    "parse_memory",
+]
+
+# The longest duration an option takes: far enough for any run's delay, ttl or timeout,
+# and near enough that "now + it" stays a representable time.
+MAX_DURATION_S = 3650 * 86400.0
+_MAX_TEXT = "3650d (10 years)"
 
 _DURATION_HINT = "use seconds, a timedelta, or a string like '90s', '5m', '1h30m', '2d'"
 _DELAY_HINT = "use a datetime, seconds, a timedelta, or a string like '90s', '5m', '1h30m', '2d'"
@@ -52,6 +63,10 @@ class _Negative(Exception):
     """The value is well-formed but below zero."""
 
 
+class _TooLong(Exception):
+    """The value is well-formed but above the maximum."""
+
+
 def _duration_string_seconds(text: str) -> float:
     """Seconds in a duration string without a sign; raises ``_Invalid``."""
     if _PLAIN_NUMBER.fullmatch(text):
@@ -75,8 +90,8 @@ def _duration_string_seconds(text: str) -> float:
     return total
 
 
-def _seconds(value: object) -> float:
-    """Seconds in a duration; raises ``_Invalid`` or ``_Negative``."""
+def _seconds(value: object, maximum: float | None = MAX_DURATION_S) -> float:
+    """Seconds in a duration; raises ``_Invalid``, ``_Negative`` or ``_TooLong``."""
     if isinstance(value, bool):
         raise _Invalid
     if isinstance(value, timedelta):
@@ -98,26 +113,38 @@ def _seconds(value: object) -> float:
         raise _Invalid
     if seconds < 0:
         raise _Negative
+    if maximum is not None and seconds > maximum:
+        raise _TooLong
     return seconds
 
 
-def parse_duration(option: str, value: object, *, allow_none: bool = True) -> float | None:
+def parse_duration(
+    option: str,
+    value: object,
+    *,
+    allow_none: bool = True,
+    maximum: float | None = MAX_DURATION_S,
+) -> float | None:
     """Seconds in ``value``: ``None``, seconds, a ``timedelta``, or a string like ``"1h30m"``.
 
     Strings are a plain number of seconds (``"10"``, ``"1.5"``) or one or more
     number-unit parts from the largest unit down (``"2d"``, ``"1h 30m"``, ``"250ms"``),
-    with units ``d``, ``h``, ``m``, ``s`` and ``ms``.
+    with units ``d``, ``h``, ``m``, ``s`` and ``ms``. NaN, infinity, negative values and
+    values over ``maximum`` seconds (``None``: no maximum) are refused.
     """
     if value is None:
         if allow_none:
             return None
         raise ValueError(f"{option}=None is not a valid duration: {_DURATION_HINT}")
     try:
-        return _seconds(value)
+        return _seconds(value, maximum)
     except _Invalid:
         raise ValueError(f"{option}={value!r} is not a valid duration: {_DURATION_HINT}") from None
     except _Negative:
         raise ValueError(f"{option}={value!r} must not be negative") from None
+    except _TooLong:
+        limit = _MAX_TEXT if maximum == MAX_DURATION_S else f"{maximum:g} seconds"
+        raise ValueError(f"{option}={value!r} is too long: use at most {limit}") from None
 
 
 def parse_delay(option: str, value: object, now: datetime) -> datetime | None:
@@ -125,7 +152,8 @@ def parse_delay(option: str, value: object, now: datetime) -> datetime | None:
 
     ``value`` is ``None``, a ``datetime`` (aware, or naive meaning local time) or a
     duration as accepted by :func:`parse_duration`, counted from ``now``. A time in
-    the past gives ``now``. ``now`` must be an aware datetime.
+    the past gives ``now``. A duration is at most ``MAX_DURATION_S``. ``now`` must be an
+    aware datetime.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError(f"parse_delay: now={now!r} must be a timezone-aware datetime")
@@ -146,10 +174,11 @@ def parse_delay(option: str, value: object, now: datetime) -> datetime | None:
         raise ValueError(f"{option}={value!r} is not a valid delay: {_DELAY_HINT}") from None
     except _Negative:
         raise ValueError(f"{option}={value!r} must not be negative") from None
-    try:
-        return now + timedelta(seconds=seconds)
-    except OverflowError:
-        raise ValueError(f"{option}={value!r} is too far in the future") from None
+    except _TooLong:
+        raise ValueError(
+            f"{option}={value!r} is too far in the future: use at most {_MAX_TEXT}, or a datetime"
+        ) from None
+    return now + timedelta(seconds=seconds)
 
 
 def parse_memory(option: str, value: object) -> int | None:

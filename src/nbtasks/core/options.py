@@ -151,7 +151,8 @@ def coerce_queue(value: object) -> Queue | None:
 
 def _delay_seconds(option: str, value: object) -> float:
     try:
-        seconds = parse_duration(option, value, allow_none=False)
+        # no maximum: a backoff is only ever a timer, never added to a date
+        seconds = parse_duration(option, value, allow_none=False, maximum=None)
     except ValueError:
         raise ValueError(f"Retry({option}={value!r}): {option} must be {_DELAY_HINT}") from None
     assert seconds is not None  # allow_none=False
