@@ -155,19 +155,11 @@ class Runs:
         return run
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> Any:
-        """A read-only DuckDB relation over the ``runs`` and ``attempts`` (and
-        ``run_events``, ``task_versions``) tables; a statement that writes is refused."""
-        import duckdb  # noqa: F401  (the relation API lives in DuckDB's Python package)
-
-        eng = engine()
-        cur = eng.store.cursor()
-        statements = cur.extract_statements(query)
-        if len(statements) != 1:
-            raise ValueError(f"runs.sql takes one statement, got {len(statements)}")
-        kind = str(statements[0].type).rsplit(".", 1)[-1]
-        if kind != "SELECT":
-            raise ValueError(f"runs.sql is read-only: a {kind} statement is refused ({query!r})")
-        return cur.sql(query, params=list(params) if params else None)
+        """A DuckDB relation with the result of one SELECT over the ``runs``,
+        ``attempts``, ``run_events`` and ``task_versions`` tables. It is a copy, detached
+        from the store: nothing done with it reaches the store, and the query reads no file
+        or URL but the store. Any other statement is refused."""
+        return engine().store.select(query, params)
 
     def table(self, status: str | None = None, task: str | None = None, tag: str | None = None,
               limit: int = 25) -> Any:  # fmt: skip

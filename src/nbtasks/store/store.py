@@ -601,3 +601,51 @@ class Store:
         """A cursor for reads, after the journal is folded."""
         self.fold()
         return self._conn.cursor()
+
+    def select(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        """The result of one SELECT statement, in a read-only transaction, as a DuckDB
+        relation of its own: it lives in a private in-memory database that, like the
+        store's connection, can reach no file and load no extension. Whatever is done with
+        it never reaches the store. Any other statement raises ``ValueError``."""
+        import duckdb as relational  # the relation API lives in DuckDB's Python package
+
+        cur = self.cursor()
+        try:
+            statements = cur.extract_statements(query)
+            if len(statements) != 1:
+                raise ValueError(f"runs.sql takes one statement, got {len(statements)}")
+            kind = str(statements[0].type).rsplit(".", 1)[-1]
+            if kind != "SELECT":
+                raise ValueError(
+                    f"runs.sql is read-only: a {kind} statement is refused ({query!r})"
+                )
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                result = cur.execute(query, list(params) if params else None)
+                described = [(d[0], str(d[1])) for d in result.description]
+                rows = result.fetchall()
+            finally:
+                cur.execute("ROLLBACK")
+        finally:
+            cur.close()
+        return _detached(relational, described, rows)
+
+
+def _detached(relational: Any, described: list[tuple[str, str]], rows: list[Row]) -> Any:
+    """A relation over ``rows`` in a new sealed in-memory database."""
+    conn = relational.connect(":memory:", config=dict(_SEALED))
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("SET lock_configuration = true")
+    conn.execute(
+        "CREATE TABLE result ("
+        + ", ".join(f"c{i} {kind}" for i, (_, kind) in enumerate(described))
+        + ")"
+    )
+    if rows:
+        appender = conn.appender("result")
+        appender.append_rows(rows)
+        appender.flush()
+    names = ", ".join(
+        f'c{i} AS "{name.replace(chr(34), chr(34) * 2)}"' for i, (name, _) in enumerate(described)
+    )
+    return conn.sql(f"SELECT {names} FROM result")
