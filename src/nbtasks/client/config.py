@@ -8,12 +8,13 @@ import os
 import re
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.client.blocking import block
 from nbtasks.client.registry import registry
 from nbtasks.core import context as _context
-from nbtasks.core.errors import NbtasksError
+from nbtasks.core.errors import NbtasksError, NbtasksWarning
 
 if TYPE_CHECKING:
     from nbtasks.client.task import Task
@@ -207,8 +208,12 @@ def task_defined(task: Any) -> None:
     if getattr(task, "__module__", None) == "__main__" and os.path.exists(store_path()):
         try:
             get_engine()
-        except NbtasksError:
-            pass  # e.g. the store is held by another process: the next trigger says so
+        except NbtasksError as exc:  # e.g. the store is held by another process
+            warnings.warn(
+                f"runs of {task.id!r} left waiting in the store (if any) cannot start: {exc}",
+                NbtasksWarning,
+                stacklevel=3,
+            )
 
 
 def shutdown() -> None:

@@ -2,11 +2,13 @@
 
     NbtasksError                  base of everything nbtasks raises on its own
     ├── StoreLockedError          the store file is held by another process
+    ├── StoreWriteError           the store's files cannot be written (disk full, read-only)
     ├── UnknownRunError           a run id that is not in the store (also a KeyError)
     ├── PayloadError              a payload/output dill cannot serialise (also a TypeError)
     ├── EngineStoppedError        a call after the engine was shut down
     └── RunError                  a run ended without output; carries the remote error
     AbortRun                      raised by task code to fail a run without retrying it
+    NbtasksWarning                something nbtasks repaired or could not do, said once
 
 User mistakes in options raise the built-in ``ValueError`` naming the option and the value.
 """
@@ -31,6 +33,23 @@ class StoreLockedError(NbtasksError):
             "or choose another store with nbtasks.configure(store='other.duckdb') or the "
             "NBTASKS_STORE environment variable."
         )
+
+
+class StoreWriteError(NbtasksError, OSError):
+    """The store's files could not be written (a full disk, a read-only folder). What was
+    not written is kept and written once the store can be written again."""
+
+    def __init__(self, path: str, reason: object) -> None:
+        self.path = path
+        super().__init__(
+            getattr(reason, "errno", None),
+            f"cannot write to the nbtasks store {path!r}: "
+            f"{getattr(reason, 'strerror', None) or reason}. What was not written is kept "
+            "and written once the store can be written again",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[1])
 
 
 class UnknownRunError(NbtasksError, KeyError):
@@ -109,6 +128,10 @@ class RunError(NbtasksError):
 def _rebuild_run_error(status: str, type_: str, message: str, tb: str, run_id: str | None,
                        exc_bytes: bytes | None) -> RunError:  # fmt: skip
     return RunError(status, type_, message, tb, run_id=run_id, exc_bytes=exc_bytes)
+
+
+class NbtasksWarning(UserWarning):
+    """Something nbtasks noticed and repaired, or could not do, that a user should hear of."""
 
 
 class AbortRun(Exception):

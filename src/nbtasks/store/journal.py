@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from nbtasks.core.errors import NbtasksError
+from nbtasks.core.errors import NbtasksError, NbtasksWarning
 from nbtasks.store.files import create_private, fsync_folder
 from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS
 
@@ -192,7 +192,7 @@ class JournalFile:
         warnings.warn(
             f"the nbtasks journal {self.path!r} was {what} while its store was open; "
             "nbtasks put back what it holds (nothing acknowledged is lost)",
-            RuntimeWarning,
+            NbtasksWarning,
             stacklevel=2,
         )
         self._restore()
@@ -256,7 +256,7 @@ class JournalFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        except PermissionError:
+        except OSError:  # EACCES, EPERM, EROFS
             return
         fsync_folder(self.path)
 

@@ -32,7 +32,7 @@ try:  # DuckDB's C extension alone: its package's Python layer (the relational A
 except ImportError:  # pragma: no cover
     import duckdb  # type: ignore[no-redef]
 
-from nbtasks.core.errors import NbtasksError, StoreLockedError
+from nbtasks.core.errors import NbtasksError, StoreLockedError, StoreWriteError
 from nbtasks.store.files import make_store_folder, private_umask
 from nbtasks.store.journal import Batch, JournalError, JournalFile, decode_frames
 from nbtasks.store.schema import (
@@ -91,6 +91,10 @@ def connect(path: str) -> duckdb.DuckDBPyConnection:
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET lock_configuration = true")
     return conn
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _check_folder(path: str) -> None:
@@ -362,10 +366,18 @@ class Store:
         error: BaseException | None = None
         try:
             self._commit(batch)
+        except OSError as exc:  # a full disk, a read-only folder: keep the rows, try again
+            error = StoreWriteError(self.path, exc)
         except BaseException as exc:  # reported to every waiter of this ticket
             error = exc
         with self._cv:
             self._inflight = None
+            if isinstance(error, StoreWriteError):
+                # The engine goes on with these rows as its state: the store must come to
+                # hold them, or it would say less than what happened (a run that executed).
+                self._sealed.insert(0, (ticket, batch))
+                retry_at = time.monotonic() + FOLD_RETRY_S
+                self._commit_by = min(self._commit_by or retry_at, retry_at)
             self._cv.notify_all()  # the committer may have waited for this commit to end
         self._on_commit(ticket, error)
 
@@ -462,7 +474,10 @@ class Store:
         with self._lock:
             if not self._pending and not self._folding:
                 return
-        self._on_store_thread(self._fold)
+        try:
+            self._on_store_thread(self._fold)
+        except duckdb.Error as exc:  # the rows stay in the journal, durable
+            raise StoreWriteError(self.path, _first_line(exc)) from None
 
     def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``fn(cursor)`` on the store thread inside one transaction, after a fold:

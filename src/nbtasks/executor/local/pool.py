@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import subprocess
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.executor import base as E
@@ -194,12 +195,26 @@ class LocalExecutor:
             treekill.kill_tree(worker.pid)
 
     def close(self) -> None:
-        """Kill every worker's tree at once (shutdown); the kernel does not wait on grace."""
+        """Kill every worker's tree at once (shutdown; the kernel does not wait on grace),
+        reap the workers and let go of their pipes: an engine that failed to open (its
+        store held by another process, say) leaves nothing behind."""
         for worker in list(self.workers.values()):
             worker.dying = True
             treekill.kill_tree(worker.pid, timeout=1.0)
+            if not worker.closed:
+                worker.closed = True
+                self.loop.remove_reader(worker.event_fd)
+                os.close(worker.event_fd)
+                os.close(worker.cmd_fd)
+            try:
+                worker.popen.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass  # unkillable (in the kernel's D state): init reaps it once it goes
+            worker.control.close()
+            worker.boot_log.close()
             if worker.meter is not None:
                 worker.meter.close()
+        self.workers.clear()
 
     # -- memory ------------------------------------------------------------------------
 
@@ -306,6 +321,8 @@ class LocalExecutor:
         self._reap(worker, 0)
 
     def _reap(self, worker: WorkerProc, tries: int) -> None:
+        if self.workers.get(worker.id) is not worker:
+            return  # released by close() meanwhile
         code = worker.popen.poll()
         if code is None and tries < 200:  # exit status follows end of file within ms
             self.loop.call_later(0.005 if tries < 20 else 0.05, self._reap, worker, tries + 1)

@@ -1,0 +1,351 @@
+"""Faults around the store's files: a journal deleted or replaced while in use, a full
+disk, a read-only folder, a store held by another process; and what reaches the disk.
+
+A full disk and a read-only folder are real: a small tmpfs, mounted in a mount namespace
+of the test's own (``unshare``), so no privilege is needed beyond user namespaces."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+
+from nbtasks.store.store import Store
+
+TIMEOUT = 120.0  # upper bound for a subprocess; never part of an assertion
+
+
+def _script(tmp_path: Path, code: str) -> Path:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(code))
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "NBTASKS_WORKERS": "1", "JPY_SESSION_NAME": ""}
+
+
+def _in_small_fs(tmp_path: Path, code: str, size: str = "8m") -> subprocess.CompletedProcess[str]:
+    """Run ``code`` with ``argv[1]`` a fresh tmpfs of ``size``, in a mount namespace."""
+    script = _script(tmp_path, code)
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    shell = (
+        f"mount -t tmpfs -o size={size},mode=0700 nbtasks-test {mount} && "
+        f"exec {sys.executable} {script} {mount}"
+    )
+    return subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", shell],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def _ids_in(path: Path) -> set[str]:
+    """The run ids in a store, after nbtasks opened it (and folded its journal)."""
+    Store(str(path), lambda ticket, error: None).close()
+    conn = duckdb.connect(str(path), read_only=True)
+    try:
+        return {r[0] for r in conn.execute("select id from runs").fetchall()}
+    finally:
+        conn.close()
+
+
+def test_a_journal_deleted_or_replaced_while_running_is_put_back_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "s" / "store.duckdb"
+    done = subprocess.run(
+        [sys.executable, _script(tmp_path, JOURNAL_TAMPERED), str(store)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == -9, done.stderr  # it ended by SIGKILL, as a crash would
+    acknowledged = set(done.stdout.split())
+    assert len(acknowledged) == 600
+    assert "was deleted while its store was open" in done.stderr
+    assert "was replaced while its store was open" in done.stderr
+    assert _ids_in(store) == acknowledged
+
+
+JOURNAL_TAMPERED = """
+import os, signal, sys
+import nbtasks
+import nbtasks.store.store as store_module
+
+store_module.FOLD_IDLE_S = store_module.FOLD_MAX_AGE_S = 600.0  # rows stay in the journal
+
+@nbtasks.task
+def noop(p):
+    return p
+
+path = sys.argv[1]
+nbtasks.configure(store=path, workers=1)
+
+def burst(n):
+    for i in range(n):
+        print(noop.trigger(i, delay="1h").id, flush=True)  # acknowledged: durable
+
+burst(200)
+os.unlink(path + ".journal")
+burst(200)
+with open(path + ".planted", "wb") as f:
+    f.write(b"\\0" * 4096)
+os.replace(path + ".planted", path + ".journal")
+burst(200)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_after_a_full_disk_everything_works_again_once_space_returns(tmp_path: Path) -> None:
+    done = _in_small_fs(tmp_path, DISK_FULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "filled" in lines
+    failed = [line for line in lines if line.startswith("trigger failed")]
+    assert failed, lines  # the disk was full: some write failed
+    for line in failed:
+        assert "StoreWriteError: cannot write to the nbtasks store" in line, line
+        assert "No space left on device" in line
+    after = lines[lines.index("freed") + 1 :]
+    assert after[:3] == ["11", "11", "11"], after  # triggers and reads work again
+    # Every run that was made, its trigger answered or not, is in the store once
+    # space returned, with its final state: what the engine did, the store says.
+    statuses = after[3].split(",")
+    assert set(statuses) == {"COMPLETED"} and len(statuses) == int(after[4])
+    assert "Traceback" not in done.stderr
+
+
+DISK_FULL = """
+import os, sys
+import nbtasks
+from nbtasks import runs
+
+@nbtasks.task
+def inc(p):
+    return p + 1
+
+root = sys.argv[1]
+nbtasks.configure(store=os.path.join(root, "s", "store.duckdb"), workers=1)
+inc.trigger_and_wait(1)
+made = 1
+with open(os.path.join(root, "filler"), "wb") as f:
+    try:
+        while True:
+            f.write(b"\\0" * 65536)
+            f.flush()
+    except OSError:
+        print("filled")
+for i in range(5000):  # the journal has room ahead of it: fill that too
+    made += 1
+    try:
+        inc.trigger(i)
+    except nbtasks.NbtasksError as exc:
+        print(f"trigger failed: {type(exc).__name__}: {exc}")
+        break
+try:
+    runs.list()
+except nbtasks.NbtasksError as exc:
+    print(f"list failed: {type(exc).__name__}: {exc}")
+os.unlink(os.path.join(root, "filler"))
+print("freed")
+for _ in range(3):
+    print(inc.trigger_and_wait(10).output)
+    made += 1
+for run in runs.list(limit=1000):
+    if not run.is_final:
+        runs.wait(run.id, timeout=60)
+found = runs.list(limit=1000)
+print(",".join(r.status.value for r in found))
+print(made)
+nbtasks.shutdown()
+"""
+
+
+def test_a_read_only_folder_gives_a_clear_error_and_never_a_traceback(tmp_path: Path) -> None:
+    done = _in_small_fs(tmp_path, READ_ONLY)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "2"
+    assert lines[1] == "read-only now"
+    assert lines[2].startswith("refused: cannot open the nbtasks store"), lines
+    assert "is not writable" in lines[2]
+    assert "Traceback" not in done.stderr, done.stderr
+    assert lines[3] == "writable again: ['COMPLETED', 'COMPLETED']"
+
+
+READ_ONLY = """
+import os, subprocess, sys
+import nbtasks
+from nbtasks import runs
+
+@nbtasks.task
+def inc(p):
+    return p + 1
+
+root = sys.argv[1]
+first = os.path.join(root, "a", "store.duckdb")
+nbtasks.configure(store=first, workers=1)
+print(inc.trigger_and_wait(1).output)
+inc.trigger_and_wait(2)
+folder = os.path.dirname(first)
+subprocess.run(["mount", "--bind", folder, folder], check=True)
+subprocess.run(["mount", "-o", "remount,bind,ro", folder], check=True)
+print("read-only now")
+nbtasks.shutdown()  # the journal cannot be removed, nor the WAL checkpointed: quietly
+nbtasks.configure(store=first)
+try:
+    runs.list()
+except nbtasks.NbtasksError as exc:
+    print("refused:", exc)
+subprocess.run(["umount", folder], check=True)
+nbtasks.configure(store=first)
+print("writable again:", [r.status.value for r in runs.list()])
+nbtasks.shutdown()
+"""
+
+
+def test_a_trigger_that_fails_on_a_held_store_leaks_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "held.duckdb"
+    Store(str(store), lambda ticket, error: None).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        done = subprocess.run(
+            [sys.executable, _script(tmp_path, HELD), str(store)],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 0, done.stderr
+    before, after, refused = done.stdout.splitlines()
+    assert refused == "refused 30"
+    assert after == before  # the same open files, and no child process, zombie or not
+
+
+HOLD = "import sys, time, duckdb\nc = duckdb.connect(sys.argv[1])\nprint('held', flush=True)\n"
+HOLD += "time.sleep(120)\n"
+
+HELD = """
+import os, sys, time
+import psutil
+import nbtasks
+
+@nbtasks.task
+def inc(p):
+    return p + 1
+
+nbtasks.configure(store=sys.argv[1], workers=1)
+
+def state():
+    me = psutil.Process()
+    return sorted(os.listdir("/proc/self/fd")), [(c.pid, c.status()) for c in me.children()]
+
+before = state()
+refused = 0
+for _ in range(30):
+    try:
+        inc.trigger(1)
+    except nbtasks.StoreLockedError:
+        refused += 1
+time.sleep(0.2)
+print(before)
+print(state())
+print("refused", refused)
+"""
+
+
+def test_defining_a_task_while_the_store_is_held_says_so(tmp_path: Path) -> None:
+    store = tmp_path / ".nbtasks" / "script.duckdb"
+    Store(str(store), lambda ticket, error: None).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code = "import nbtasks\n\n@nbtasks.task\ndef inc(p):\n    return p + 1\n"
+        done = subprocess.run(
+            [sys.executable, _script(tmp_path, code)],
+            cwd=tmp_path,
+            env={**_env(), "NBTASKS_STORE": ""},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 0, done.stderr
+    assert "NbtasksWarning: runs of 'inc' left waiting in the store" in done.stderr
+    assert "is in use by process" in done.stderr
+
+
+def test_the_folder_is_fsynced_after_a_file_is_created_in_it(tmp_path: Path) -> None:
+    """Traced: each file nbtasks creates beside the store (``O_CREAT|O_EXCL``) is followed
+    by an fsync of the folder holding it, before the store is used."""
+    strace = shutil.which("strace")
+    assert strace, "the test command installs strace"
+    trace = tmp_path / "trace.txt"
+    code = """
+    import sys
+    import nbtasks
+
+    @nbtasks.task
+    def inc(p):
+        return p + 1
+
+    nbtasks.configure(store=sys.argv[1], workers=1)
+    print(inc.trigger_and_wait(1).output)
+    """
+    store = tmp_path / "new" / "store.duckdb"
+    done = subprocess.run(
+        [strace, "-f", "-qq", "-e", "trace=openat,fsync,close", "-o", str(trace),
+         sys.executable, _script(tmp_path, code), str(store)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = trace.read_text().splitlines()
+    created = [
+        (i, m["path"])
+        for i, line in enumerate(lines)
+        if (m := re.search(r'openat\(AT_FDCWD, "(?P<path>[^"]+)", [^)]*O_CREAT\|O_EXCL', line))
+        and "/new/" in m["path"]
+    ]
+    names = {os.path.basename(path) for _, path in created}
+    assert {"store.duckdb.journal", "store.duckdb.journal.1", ".gitignore"} <= names
+
+    def folder_synced_after(index: int, folder: str) -> bool:
+        fds = set()
+        for line in lines[index + 1 :]:
+            opened = re.search(
+                rf'openat\(AT_FDCWD, "{re.escape(folder)}", .*O_DIRECTORY.*= (\d+)', line
+            )
+            if opened:
+                fds.add(opened[1])
+            synced = re.search(r"fsync\((\d+)\)\s+= 0", line)
+            if synced and synced[1] in fds:
+                return True
+        return False
+
+    for index, path in created:
+        assert folder_synced_after(index, os.path.dirname(path)), path
+    assert folder_synced_after(0, str(tmp_path))  # "new" was made in it
