@@ -88,12 +88,6 @@ os._exit(0)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store recovery folds the newer journal file's frames across a gap left by a "
-    "damaged older file (Store._recover sorts the frames of both files and never checks "
-    "that their sequence numbers follow on): attempts and run_events of runs not in runs",
-)
 def test_a_damaged_older_journal_file_leaves_the_store_consistent(tmp_path: Path) -> None:
     """Power loss tears only the newest frame, but media damage can hit any byte: then
     what is lost is lost, yet the store must open consistent. A kill during a fold leaves
