@@ -55,3 +55,14 @@ def attempt_info(_: object) -> dict[str, object]:
     ctx = context()
     return {"run_id": ctx.run_id, "task_id": ctx.task_id, "attempt": ctx.attempt_number,
             "version": ctx.version, "tags": list(ctx.tags)}  # fmt: skip
+
+
+@task
+def size_of(p: bytes) -> int:
+    return len(p)
+
+
+@task
+def forward(n: int) -> int:
+    """Triggers a child with an ``n``-byte payload from inside a task."""
+    return size_of.trigger_and_wait(bytes(n)).unwrap()

@@ -702,7 +702,7 @@ def test_a_store_from_a_newer_nbtasks_is_refused_and_left_as_it_was(tmp_path: Pa
     conn = duckdb.connect(str(path))
     conn.execute("INSERT INTO schema_version VALUES (99)")
     conn.close()
-    with pytest.raises(NbtasksError, match=r"schema version 99, newer than .* \(2\)"):
+    with pytest.raises(NbtasksError, match=r"schema version 99, newer than .* \(3\)"):
         Store(str(path), lambda ticket, error: None)
     with open_store(path) as conn:
         assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
@@ -710,18 +710,20 @@ def test_a_store_from_a_newer_nbtasks_is_refused_and_left_as_it_was(tmp_path: Pa
         ]  # fmt: skip
 
 
-def test_a_store_of_schema_1_gains_the_journal_state_table(tmp_path: Path) -> None:
+def test_a_store_of_schema_1_gains_the_journal_state_and_payloads_tables(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     Store(str(path), lambda ticket, error: None).close()
     conn = duckdb.connect(str(path))
     conn.execute("DROP TABLE journal_state")
+    conn.execute("DROP TABLE payloads")
     conn.execute("DELETE FROM schema_version")
     conn.execute("INSERT INTO schema_version VALUES (1)")
     conn.close()
     Store(str(path), lambda ticket, error: None).close()
     with open_store(path) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
         assert conn.execute("SELECT count(*) FROM journal_state").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM payloads").fetchone() == (0,)
 
 
 _FRAME_BYTES = 16  # a journal frame's header: length, CRC32, sequence number

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 # What local workers import while they boot: unpickling a task needs its class.
 WORKER_PRELOAD = ("nbtasks.client.task",)
-_settings: dict[str, Any] = {"store": None, "workers": None, "executor": None}
+_settings: dict[str, Any] = {"store": None, "workers": None, "executor": None,
+                             "max_payload": None}  # fmt: skip
 _engine: Any = None
 _early: Any = None  # a worker launched before the first engine (``prelaunch``)
 
@@ -80,10 +81,25 @@ def worker_count() -> int:
     return os.cpu_count() or 1
 
 
+def payload_cap() -> tuple[int, str]:
+    """The payload cap in bytes, and as written: ``configure(max_payload=...)``, else
+    ``NBTASKS_MAX_PAYLOAD``, else 64 MiB."""
+    from nbtasks.engine.payloads import DEFAULT_MAX_PAYLOAD, max_payload_bytes
+
+    chosen = _settings["max_payload"]
+    if chosen is not None:
+        return max_payload_bytes("max_payload", chosen), str(chosen)
+    env = os.environ.get("NBTASKS_MAX_PAYLOAD")
+    if env:
+        return max_payload_bytes("NBTASKS_MAX_PAYLOAD", env), env
+    return max_payload_bytes("max_payload", DEFAULT_MAX_PAYLOAD), DEFAULT_MAX_PAYLOAD
+
+
 def configure(store: str | os.PathLike[str] | None = None, workers: int | None = None,
-              executor: Any = None) -> None:  # fmt: skip
-    """Choose the store file, the worker count and the executor. Takes effect for the next
-    engine: if one is running, it is shut down first (its executing runs end INTERRUPTED).
+              executor: Any = None, max_payload: int | str | None = None) -> None:  # fmt: skip
+    """Choose the store file, the worker count, the executor and the payload cap. Takes
+    effect for the next engine: if one is running, it is shut down first (its executing
+    runs end INTERRUPTED).
 
     ``executor`` is ``"local"`` (worker processes on this machine, the default) or a
     zero-argument callable returning a new object that implements
@@ -92,6 +108,10 @@ def configure(store: str | os.PathLike[str] | None = None, workers: int | None =
         raise ValueError(f"store={store!r} is not valid: use a file path")
     if workers is not None:
         workers = _workers_from("workers", workers)
+    if max_payload is not None:
+        from nbtasks.engine.payloads import max_payload_bytes
+
+        max_payload_bytes("max_payload", max_payload)  # a bad value fails here, named
     if executor is not None and executor != "local" and not callable(executor):
         raise ValueError(
             f"executor={executor!r} is not valid: use 'local' or a callable that returns an "
@@ -104,7 +124,12 @@ def configure(store: str | os.PathLike[str] | None = None, workers: int | None =
             _settings["workers"] = workers
         if executor is not None:
             _settings["executor"] = executor
-    shutdown()
+        if max_payload is not None:
+            _settings["max_payload"] = max_payload
+            if _engine is not None:  # a cap alone needs no new engine
+                _engine.max_payload = payload_cap()
+    if max_payload is None or store is not None or workers is not None or executor is not None:
+        shutdown()
 
 
 def _local() -> bool:
@@ -142,7 +167,7 @@ def get_engine(spawn: bool = False) -> Any:
                 "in a worker process, runs can be triggered and read only by task code "
                 "while it executes"
             )
-        path, size = store_path(), worker_count()
+        path, size, cap = store_path(), worker_count(), payload_cap()
         launched = []
         if _early is not None:
             launched, _early = [_early], None
@@ -159,6 +184,7 @@ def get_engine(spawn: bool = False) -> Any:
         else:
             executor = _settings["executor"]()
         engine = _engine = Engine(path, size, executor, spawn)
+        engine.max_payload = cap
 
         def own_definition(task_id: str) -> Any:
             task = registry.get(task_id)

@@ -15,9 +15,7 @@ from nbtasks.core import context as _context
 from nbtasks.core.durations import parse_duration
 from nbtasks.core.errors import UnknownRunError
 from nbtasks.core.models import Attempt, Result, Run, run_from_row
-from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS
-
-_ALL_COLUMNS = ", ".join(RUN_COLUMNS)
+from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_PAYLOAD, RUN_SELECT
 
 
 def check_run_id(run_id: object, name: str = "run_id") -> str:
@@ -39,7 +37,8 @@ def fetch(run_id: str, what: str) -> Any:
             [run_id],
         )
         return tuple(Attempt.from_row(r) for r in rows)
-    (row,) = store.query(f"SELECT {what} FROM runs WHERE id = ?", [run_id])
+    column = RUN_PAYLOAD if what == "payload" else what
+    (row,) = store.query(f"SELECT {column} FROM runs WHERE id = ?", [run_id])
     return row[0]
 
 
@@ -53,7 +52,7 @@ def retrieve(run_id: str) -> Run:
     live = block(eng.call(eng.snapshot, run_id))
     if live is not None:
         return live  # type: ignore[no-any-return]
-    rows = eng.store.query(f"SELECT {_ALL_COLUMNS} FROM runs WHERE id = ?", [run_id])
+    rows = eng.store.query(f"SELECT {RUN_SELECT} FROM runs WHERE id = ?", [run_id])
     if not rows:
         raise UnknownRunError(run_id)
     return run_from_row(rows[0], fetch, fetch(run_id, "attempts"))

@@ -14,14 +14,14 @@ from nbtasks.client.config import engine
 from nbtasks.client.handles import RunHandle
 from nbtasks.client.registry import registry
 from nbtasks.client.specs import make_specs
-from nbtasks.client.task import check_task_id
 from nbtasks.client.triggers import handles, submit
 from nbtasks.core import display
 from nbtasks.core.durations import parse_delay, parse_duration
+from nbtasks.core.ids import check_task_id
 from nbtasks.core.models import Page, Result, Run, run_from_row
 from nbtasks.core.status import RunStatus
 from nbtasks.engine.state import utcnow
-from nbtasks.store.schema import RUN_COLUMNS
+from nbtasks.store.schema import RUN_COLUMNS, RUN_PAYLOAD
 
 _LIST_COLUMNS = ", ".join(
     "NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS
@@ -130,7 +130,7 @@ class Runs:
         control.check_run_id(run_id)
         original = self.retrieve(run_id)
         row = engine().store.query(
-            "SELECT payload, trigger_metadata FROM runs WHERE id = ?", [run_id]
+            f"SELECT {RUN_PAYLOAD}, trigger_metadata FROM runs WHERE id = ?", [run_id]
         )[0]
         options: dict[str, Any] = {"tags": list(original.tags)}
         if row[1]:

@@ -6,7 +6,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
@@ -16,24 +15,14 @@ from nbtasks.client.config import prelaunch, task_defined
 from nbtasks.client.handles import BatchHandle, RunHandle
 from nbtasks.client.registry import register
 from nbtasks.core.durations import parse_duration, parse_memory
+from nbtasks.core.ids import check_task_id
 from nbtasks.core.models import BatchItem, BatchResult, Result
 from nbtasks.core.options import Queue, Retry, coerce_queue, coerce_retry
 from nbtasks.engine.state import TaskVersion
 
 P = TypeVar("P")
 R = TypeVar("R")
-_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")
 TASK_OPTIONS = ("id", "retry", "max_duration", "memory_limit", "queue", "ttl")
-
-
-def check_task_id(value: object, option: str = "id") -> str:
-    """``value`` if it is a valid task id; else a ``ValueError`` naming ``option`` and it."""
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise ValueError(
-            f"{option}={value!r} is not a valid task id: use 1-128 letters, digits, "
-            "'_', '.', ':' or '-', not starting with a punctuation mark"
-        )
-    return value
 
 
 def _check_option_names(options: dict[str, Any]) -> None:

@@ -19,12 +19,20 @@ from nbtasks.core import context as _context
 from nbtasks.core import display
 from nbtasks.core.ids import new_id
 from nbtasks.core.models import BatchResult, Result, Run
+from nbtasks.engine.payloads import check_sizes, store_big
 from nbtasks.engine.state import RunSpec
 
 if TYPE_CHECKING:
     from nbtasks.client.task import Task
+    from nbtasks.engine.engine import Engine
 
 T = TypeVar("T")
+
+
+def _payloads(eng: Engine, specs: list[RunSpec]) -> None:
+    """Refuse a payload over the cap; write big ones to the store first (payloads.py)."""
+    check_sizes(specs, *eng.max_payload)
+    store_big(eng.store, specs)
 
 
 def submit(specs: list[RunSpec]) -> list[tuple[str, bool]]:
@@ -33,6 +41,7 @@ def submit(specs: list[RunSpec]) -> list[tuple[str, bool]]:
         created: list[tuple[str, bool]] = _context.call_engine("submit", specs, False)
     else:
         eng = engine()
+        _payloads(eng, specs)
         created = block(eng.call(eng.submit, specs))
     return created
 
@@ -43,6 +52,7 @@ def submit_and_wait(specs: list[RunSpec]) -> list[Result[Any]]:
     if _context.in_task():
         return [Result(s) for s in _context.call_engine("submit", specs, True)]
     eng = engine()
+    _payloads(eng, specs)
     final: cf.Future[list[Run | None]] = cf.Future()
     ids = [s.id for s in specs]
     try:

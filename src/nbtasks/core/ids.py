@@ -1,8 +1,10 @@
-"""Prefixed ids that sort by creation time: ``run_…``, ``attempt_…``, ``batch_…``."""
+"""Prefixed ids that sort by creation time: ``run_…``, ``attempt_…``, ``batch_…``; and the
+rule for a task id."""
 
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 
@@ -48,3 +50,16 @@ def new_id(prefix: str) -> str:
         _ms_text = (text, ms)
     rand = _random.getrandbits(31)  # below 36**6
     return f"{prefix}_{text}{_base36(counter * 36**6 + rand, 10)}"
+
+
+_TASK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")
+
+
+def check_task_id(value: object, option: str = "id") -> str:
+    """``value`` if it is a valid task id; else a ``ValueError`` naming ``option`` and it."""
+    if not isinstance(value, str) or not _TASK_ID.match(value):
+        raise ValueError(
+            f"{option}={value!r} is not a valid task id: use 1-128 letters, digits, "
+            "'_', '.', ':' or '-', not starting with a punctuation mark"
+        )
+    return value

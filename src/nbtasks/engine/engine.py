@@ -73,6 +73,7 @@ class EngineBase:
         self.size = workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.closed = False
+        self.max_payload: tuple[int, str] = (64 << 20, "64MiB")  # bytes, as written
         self.runs: dict[str, RunState] = {}  # live runs, until their final state is committed
         self.versions: dict[tuple[str, str], str] = {}  # (task id, code hash) -> version
         self.waiting_tasks: set[str] = set()  # task ids with runs WAITING_FOR_DEPLOY

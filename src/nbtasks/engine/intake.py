@@ -106,6 +106,7 @@ class IntakeMixin(_Base):
             replayed_from=spec.replayed_from,
             owner=self.owner,
             concurrency_limit=spec.concurrency_limit,
+            payload_stored=spec.payload_stored,
         )
         if spec.idempotency_key is not None:
             ttl = spec.idempotency_key_ttl_s

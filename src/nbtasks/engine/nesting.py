@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.core.errors import UnknownRunError
 from nbtasks.core.status import RunStatus
+from nbtasks.engine.payloads import BIG_PAYLOAD, check_sizes, store_big
 from nbtasks.engine.state import AttemptState, RunSpec, RunState
 from nbtasks.executor.base import WorkerId
 
@@ -39,13 +41,19 @@ class NestingMixin(_Base):
         try:
             if op == "submit":
                 specs, wait = args
-                for spec in specs:
-                    self._resolve_task(spec)
-                created = self._create(specs, parent=run)
-                if wait:
-                    self._freeze(run, attempt, [run_id for run_id, _ in created], reply)
+                check_sizes(specs, *self.max_payload)
+                if any(len(spec.payload) > BIG_PAYLOAD for spec in specs):
+                    # written by the store thread; the loop goes on meanwhile
+                    stored = self.loop.run_in_executor(None, store_big, self.store, specs)
+                    stored.add_done_callback(
+                        lambda done: (
+                            self._submit_from_task(run, attempt, specs, wait, reply)
+                            if done.exception() is None
+                            else reply(False, done.exception())
+                        )
+                    )
                 else:
-                    self._when_durable(lambda e: reply(e is None, e or created))
+                    self._submit_from_task(run, attempt, specs, wait, reply)
             elif op == "wait":
                 (ids,) = args
                 for run_id in ids:
@@ -68,6 +76,21 @@ class NestingMixin(_Base):
         except Exception as exc:
             reply(False, exc)
 
+    def _submit_from_task(self, run: RunState, attempt: AttemptState, specs: list[RunSpec],
+                          wait: bool, reply: Callable[[bool, Any], None]) -> None:  # fmt: skip
+        """Create the runs a task triggered; reply once they are durable, or (``wait``)
+        freeze the parent until they are final."""
+        try:
+            for spec in specs:
+                self._resolve_task(spec)
+            created = self._create(specs, parent=run)
+            if wait:
+                self._freeze(run, attempt, [run_id for run_id, _ in created], reply)
+            else:
+                self._when_durable(lambda e: reply(e is None, e or created))
+        except Exception as exc:
+            reply(False, exc)
+
     def _resolve_task(self, spec: RunSpec) -> None:
         """Prefer the kernel's own definition of a task; else the one the worker sent."""
         own = self.resolve_task(spec.task_id)
@@ -83,9 +106,9 @@ class NestingMixin(_Base):
         if live is not None:
             return live.snapshot()
         from nbtasks.core.models import Attempt, run_from_row
-        from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS
+        from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_SELECT
 
-        rows = self.store.query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?",
+        rows = self.store.query(f"SELECT {RUN_SELECT} FROM runs WHERE id = ?",
                                 [run_id])  # fmt: skip
         if not rows:
             raise UnknownRunError(run_id)

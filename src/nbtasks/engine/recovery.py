@@ -12,7 +12,7 @@ from datetime import datetime
 
 from nbtasks.core.status import AttemptStatus, RunStatus, check_transition
 from nbtasks.engine.state import RunState, error_json
-from nbtasks.store.schema import RUN_COLUMNS
+from nbtasks.store.schema import RUN_SELECT
 from nbtasks.store.store import Store
 
 _LEFT_RUNNING = (RunStatus.EXECUTING, RunStatus.REATTEMPTING, RunStatus.FROZEN)
@@ -62,7 +62,7 @@ def reconcile_at_start(store: Store, now: datetime) -> None:
 def load_waiting_runs(store: Store) -> list[RunState]:
     """The runs a new engine takes over: delayed ones and those waiting for their task."""
     rows = store.query(
-        f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+        f"SELECT {RUN_SELECT} FROM runs "
         "WHERE status IN ('DELAYED', 'WAITING_FOR_DEPLOY') ORDER BY id"
     )
     return [RunState.from_row(tuple(row)) for row in rows]

@@ -59,6 +59,7 @@ class RunSpec:
     idempotency_key_ttl_s: float | None = None
     replayed_from: str | None = None
     parent_id: str | None = None  # set by the engine for runs triggered inside a task
+    payload_stored: bool = False  # in the store's payloads table already (payloads.py)
 
 
 @dataclass(slots=True, eq=False)
@@ -148,6 +149,7 @@ class RunState:
     history: list[tuple[str, datetime]] = field(default_factory=list)  # status changes
     waiters: list[Any] = field(default_factory=list)  # called with (snapshot, error)
     batch_wait: BatchWait | None = None  # the blocking batch wait that created it
+    payload_stored: bool = False  # its payload is in the payloads table, not its row
 
     @property
     def attempt(self) -> AttemptState | None:
@@ -159,7 +161,8 @@ class RunState:
     def row(self) -> tuple[Any, ...]:
         return (
             self.id, self.task_id, self.version, self.status.value, self.queue,
-            self.payload, self.payload_preview, self.output, self.output_preview, self.error,
+            None if self.payload_stored else self.payload, self.payload_preview,
+            self.output, self.output_preview, self.error,
             self.created_at, self.updated_at, self.queued_at, self.started_at,
             self.finished_at, self.delay_until, self.ttl_s, self.expired_at,
             self.idempotency_key, self.idempotency_expires_at, list(self.tags),

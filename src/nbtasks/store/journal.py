@@ -173,12 +173,15 @@ class JournalFile:
 
     def append(self, seq: int, body: bytes) -> None:
         """Write one frame and wait until it is on disk."""
-        data = _FRAME.pack(len(body), zlib.crc32(body), seq) + body
-        if self._end + len(data) > self._size:
-            self._grow(self._end + len(data))
-        _write(self._fd, data, self._end)
+        header = _FRAME.pack(len(body), zlib.crc32(body), seq)
+        size = len(header) + len(body)
+        if self._end + size > self._size:
+            self._grow(self._end + size)
+        written = os.pwritev(self._fd, [header, body], self._end)  # no joined copy
+        if written < size:
+            _write(self._fd, (header + body)[written:], self._end + written)
         os.fdatasync(self._fd)
-        self._end += len(data)
+        self._end += size
         self.check()
 
     def check(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: journal_state
+SCHEMA_VERSION = 3  # 2: journal_state; 3: payloads
 
 RUN_COLUMNS: tuple[str, ...] = (
     "id", "task_id", "version", "status", "queue",
@@ -19,6 +19,10 @@ RUN_UPDATE_COLUMNS: tuple[str, ...] = (
     "queued_at", "started_at", "finished_at", "delay_until", "expired_at",
     "idempotency_expires_at", "metadata", "attempt_count",
 )  # fmt: skip
+
+# RUN_COLUMNS for a SELECT from runs, with each run's payload wherever it is kept.
+RUN_PAYLOAD = "coalesce(payload, (SELECT data FROM payloads WHERE run_id = runs.id))"
+RUN_SELECT = ", ".join(f"{RUN_PAYLOAD} AS payload" if c == "payload" else c for c in RUN_COLUMNS)
 
 ATTEMPT_COLUMNS: tuple[str, ...] = (
     "id", "run_id", "number", "status", "started_at", "finished_at", "pid",
@@ -94,6 +98,9 @@ CREATE TABLE IF NOT EXISTS run_events (
     attempt_number INTEGER,
     detail VARCHAR
 );
+-- Payloads too big for the journal (engine/payloads.py), written before their run exists;
+-- the run's own payload column is NULL then. RUN_SELECT reads either.
+CREATE TABLE IF NOT EXISTS payloads (run_id VARCHAR PRIMARY KEY, data BLOB NOT NULL);
 -- The last journal frame folded into the tables above (_journal.py): one row.
 CREATE TABLE IF NOT EXISTS journal_state (folded_seq BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_run ON attempts (run_id);

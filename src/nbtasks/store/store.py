@@ -244,6 +244,8 @@ class Store:
             ) from None
         self._journal.clear()
         self._spare.clear()
+        # Payloads written for runs whose creation never committed (a trigger cut short).
+        self._writer.execute("DELETE FROM payloads WHERE run_id NOT IN (SELECT id FROM runs)")
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -498,6 +500,28 @@ class Store:
                 cur.close()
 
         return self._on_store_thread(transaction)
+
+    def put_payloads(self, items: list[tuple[str, bytes]]) -> None:
+        """Write ``(run_id, payload)`` pairs to the payloads table in a transaction of their
+        own, on the store thread, and return once they are durable: big payloads go there
+        rather than through the journal, before their runs are created."""
+
+        def insert() -> None:
+            cur = self._conn.cursor()
+            try:
+                cur.begin()
+                cur.executemany("INSERT OR REPLACE INTO payloads VALUES (?, ?)", items)
+                cur.commit()
+            except BaseException:
+                cur.rollback()
+                raise
+            finally:
+                cur.close()
+
+        try:
+            self._on_store_thread(insert)
+        except duckdb.Error as exc:
+            raise StoreWriteError(self.path, _first_line(exc)) from None
 
     def _fold(self) -> None:
         # Commits never wait for a fold: they go on in the other file meanwhile. Every
