@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import queue as queue_mod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,9 +24,7 @@ from nbtasks.core.status import RunStatus
 from nbtasks.engine.state import utcnow
 from nbtasks.store.schema import RUN_COLUMNS, RUN_PAYLOAD
 
-_LIST_COLUMNS = ", ".join(
-    "NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS
-)  # listing never reads (or unpickles) payloads and outputs
+_SLOT = {column: i for i, column in enumerate(RUN_COLUMNS)}
 _SAME: Any = object()  # replay: keep the original payload
 
 
@@ -39,6 +38,22 @@ def status_values(value: RunStatus | str | Sequence[RunStatus | str]) -> list[st
             names = ", ".join(s.value for s in RunStatus)
             raise ValueError(f"status={item!r} is not a run status; use one of {names}") from None
     return out
+
+
+def _eq(value: Any, found: Any) -> bool:
+    return bool(found == value)
+
+
+def _has(value: Any, found: Any) -> bool:
+    return value in (found or ())
+
+
+def _less(value: Any, found: Any) -> bool:
+    return bool(found < value)
+
+
+def _at_or_after(value: Any, found: Any) -> bool:
+    return bool(found >= value)
 
 
 class Runs:
@@ -60,43 +75,48 @@ class Runs:
         """Runs newest first, filtered; ``Page.next`` is the cursor to pass as ``after=``."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
             raise ValueError(f"limit={limit!r} is not valid: use an integer from 1 to 10000")
+        # Each filter as SQL on the tables and as the same test on a row the journal holds.
         where: list[str] = []
         params: list[Any] = []
+        tests: list[Callable[[tuple[Any, ...]], bool]] = []
+
+        def add(clause: str, param: Any, test: Callable[[Any], bool], column: str) -> None:
+            where.append(clause)
+            params.append(param)
+            slot = _SLOT[column]
+            tests.append(lambda row: test(row[slot]))
+
         if status is not None:
-            where.append("list_contains(?::VARCHAR[], status)")  # faster than IN (subquery)
-            params.append(status_values(status))
+            statuses = status_values(status)  # list_contains: faster than IN (subquery)
+            add("list_contains(?::VARCHAR[], status)", statuses, statuses.__contains__, "status")
         if task is not None:
-            where.append("list_contains(?::VARCHAR[], task_id)")
-            params.append([task] if isinstance(task, str) else list(task))
-        for name, value, clause in (
-            ("version", version, "version = ?"),
-            ("tag", tag, "list_contains(tags, ?)"),
-            ("after", after, "id < ?"),
-            ("batch", batch, "batch_id = ?"),
+            tasks = [task] if isinstance(task, str) else list(task)
+            add("list_contains(?::VARCHAR[], task_id)", tasks, tasks.__contains__, "task_id")
+        for name, value, clause, column, test in (
+            ("version", version, "version = ?", "version", _eq),
+            ("tag", tag, "list_contains(tags, ?)", "tags", _has),
+            ("after", after, "id < ?", "id", _less),
+            ("batch", batch, "batch_id = ?", "batch_id", _eq),
         ):
             if value is not None:
                 if not isinstance(value, str):
                     raise ValueError(f"{name}={value!r} is not valid: use a string")
-                where.append(clause)
-                params.append(value)
-        for name, when, clause in (
-            ("created_after", created_after, "created_at >= ?"),
-            ("created_before", created_before, "created_at < ?"),
+                add(clause, value, functools.partial(test, value), column)
+        for name, when, clause, test in (
+            ("created_after", created_after, "created_at >= ?", _at_or_after),
+            ("created_before", created_before, "created_at < ?", _less),
         ):
             if when is not None:
                 if not isinstance(when, datetime):
                     raise ValueError(f"{name}={when!r} is not valid: use a datetime")
-                where.append(clause)
-                params.append(when)
+                add(clause, when, functools.partial(test, when), "created_at")
         seconds = parse_duration("period", period)
         if seconds is not None:
-            where.append("created_at >= ?")
-            params.append(utcnow() - timedelta(seconds=seconds))
-        sql = f"SELECT {_LIST_COLUMNS} FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY id DESC LIMIT {limit + 1}"
-        rows = engine().store.query(sql, params)
+            since = utcnow() - timedelta(seconds=seconds)
+            add("created_at >= ?", since, functools.partial(_at_or_after, since), "created_at")
+        rows = engine().store.list_runs(
+            " AND ".join(where), params, lambda row: all(t(row) for t in tests), limit + 1
+        )
         items = [run_from_row(r, control.fetch) for r in rows[:limit]]
         return Page(items, items[-1].id if len(rows) > limit else None)
 

@@ -93,13 +93,7 @@ class Batch:
     def absorb(self, later: Batch) -> None:
         """Merge a batch committed after this one: writing the result once leaves the
         tables as writing both in order would."""
-        self.new_runs.update(later.new_runs)
-        for run_id, update in later.run_updates.items():
-            created = self.new_runs.get(run_id)
-            if created is not None:
-                self.new_runs[run_id] = apply_run_update(created, update)
-            else:
-                self.run_updates[run_id] = update
+        self.absorb_runs(later)
         self.new_attempts.update(later.new_attempts)
         for attempt_id, row in later.attempt_updates.items():  # attempt updates are whole rows
             if attempt_id in self.new_attempts:
@@ -108,6 +102,16 @@ class Batch:
                 self.attempt_updates[attempt_id] = row
         self.events.extend(later.events)
         self.versions.extend(later.versions)
+
+    def absorb_runs(self, later: Batch) -> None:
+        """``absorb``, for the runs only."""
+        self.new_runs.update(later.new_runs)
+        for run_id, update in later.run_updates.items():
+            created = self.new_runs.get(run_id)
+            if created is not None:
+                self.new_runs[run_id] = apply_run_update(created, update)
+            else:
+                self.run_updates[run_id] = update
 
     def dumps(self) -> bytes:
         return _encoder.encode(

@@ -17,11 +17,13 @@ connection that cannot reach any file but the store's, nor load extensions.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -34,7 +36,13 @@ except ImportError:  # pragma: no cover
 
 from nbtasks.core.errors import NbtasksError, StoreLockedError, StoreWriteError
 from nbtasks.store.files import make_store_folder, private_umask
-from nbtasks.store.journal import Batch, JournalError, JournalFile, decode_frames
+from nbtasks.store.journal import (
+    Batch,
+    JournalError,
+    JournalFile,
+    apply_run_update,
+    decode_frames,
+)
 from nbtasks.store.schema import (
     ATTEMPT_COLUMNS,
     DDL,
@@ -93,6 +101,32 @@ def connect(path: str) -> duckdb.DuckDBPyConnection:
     return conn
 
 
+_CHUNK = 256  # rows a listing reads at a time
+_PAYLOAD_SLOTS = (RUN_COLUMNS.index("payload"), RUN_COLUMNS.index("output"))
+# A listing never reads (or unpickles) payloads and outputs.
+_LISTED = ", ".join("NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS)
+
+
+def _unlisted(row: Row) -> Row:
+    """A run row as a listing gives it: without its payload and output."""
+    out = list(row)
+    for slot in _PAYLOAD_SLOTS:
+        out[slot] = None
+    return tuple(out)
+
+
+def _rows_by_id(cur: duckdb.DuckDBPyConnection, ids: list[str]) -> list[Row]:
+    """The listed rows of these runs (a list of values: DuckDB looks each up by key)."""
+    if not ids:
+        return []
+    marks = ", ".join("?" * len(ids))
+    return cur.execute(f"SELECT {_LISTED} FROM runs WHERE id IN ({marks})", ids).fetchall()
+
+
+def _id(row: Row) -> Any:
+    return row[0]
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -141,12 +175,13 @@ class Store:
         # the tables, so a fold (tens of ms for thousands of rows) never holds commits up.
         self._lock = threading.Lock()  # the journal files, _pending and _seq
         self._pending: list[Batch] = []  # committed to the journal, not folded yet
+        self._pending_runs = Batch()  # their runs, merged: what run listings overlay
+        self._folding_runs: Batch | None = None  # those of the fold under way, if one is
         self._pending_rows = 0
         self._pending_since: float | None = None  # when its oldest batch committed
         self._last_commit = time.monotonic()
         self._seq = 0  # the next journal frame's number
         self._fold_retry_at = 0.0
-        self._folding = False  # a fold took batches and has not written them yet
         self.private = False  # DuckDB's own files are created 0600 (files.private_umask)
         self._commits_done = False  # the committer is gone: a last fold, then close
         opened: Future[None] = Future()
@@ -233,6 +268,8 @@ class Store:
                 break
             batches.extend(decode_frames(path, [(seq, body)]))
         self._pending = batches
+        for batch in batches:
+            self._pending_runs.absorb_runs(batch)
         self._seq = folded + 1 + len(batches)
         try:
             self._fold()
@@ -451,6 +488,7 @@ class Store:
             self._journal.append(self._seq, data)
             self._seq += 1
             self._pending.append(batch)
+            self._pending_runs.absorb_runs(batch)
             self._pending_rows += batch.size()
             self._last_commit = time.monotonic()
             if self._pending_since is None:
@@ -474,7 +512,7 @@ class Store:
         """Write the journal's batches to the tables in one transaction (on the store
         thread). Reads call it first, so they see everything committed before them."""
         with self._lock:
-            if not self._pending and not self._folding:
+            if not self._pending and self._folding_runs is None:
                 return
         try:
             self._on_store_thread(self._fold)
@@ -533,7 +571,7 @@ class Store:
                 return
             batches, rows, since = self._pending, self._pending_rows, self._pending_since
             self._pending, self._pending_rows, self._pending_since = [], 0, None
-            self._folding = True
+            self._folding_runs, self._pending_runs = self._pending_runs, Batch()
             last_seq = self._seq - 1
             if self._spare_clear:
                 self._journal, self._spare = self._spare, self._journal
@@ -546,13 +584,15 @@ class Store:
                 self._pending_rows += rows
                 if since is not None:
                     self._pending_since = min(since, self._pending_since or since)
-                self._folding = False
+                assert self._folding_runs is not None
+                self._folding_runs.absorb_runs(self._pending_runs)
+                self._pending_runs, self._folding_runs = self._folding_runs, None
                 self._spare.check()  # no commit goes there to notice it was deleted
             raise
         with self._lock:
             self._spare.clear()
             self._spare_clear = True
-            self._folding = False
+            self._folding_runs = None
         if not self.private:
             self._tighten()
 
@@ -635,6 +675,64 @@ class Store:
             return cur.execute(sql, list(params)).fetchall()
         finally:
             cur.close()
+
+    def list_runs(self, where: str, params: Sequence[Any], keep: Callable[[Row], bool],
+                  limit: int) -> list[Row]:  # fmt: skip
+        """The newest ``limit`` runs (``RUN_COLUMNS`` rows, with no payload or output)
+        matching ``where`` (SQL on ``runs``) and ``keep`` (the same test, on a row).
+
+        Runs the journal holds are overlaid on the tables rather than folded first, so a
+        listing never waits for a fold, however busy the store, and still sees every
+        committed state: the tables' matching rows and the overlay's are merged newest
+        first, each read only as far as the page needs."""
+        with self._lock:  # the layers, oldest first; the pending one is copied
+            layers = [self._folding_runs] if self._folding_runs is not None else []
+            pending = Batch()
+            pending.absorb_runs(self._pending_runs)
+            layers.append(pending)
+        overlaid = {run_id for layer in layers for run_id in (*layer.new_runs, *layer.run_updates)}
+        cur, lookup = self._conn.cursor(), self._conn.cursor()
+        try:
+            newer = self._overlay_rows(lookup, layers, sorted(overlaid, reverse=True), keep)
+            # The tables' newest matching ids first (one narrow column: DuckDB reads every
+            # column of every row it sorts), then the page's rows, in one snapshot. Rows the
+            # overlay holds are skipped: its rows are newer.
+            cur.begin()
+            top = cur.execute(
+                f"SELECT id FROM runs WHERE ({where or 'true'}) "
+                f"ORDER BY id DESC LIMIT {limit + len(overlaid)}",
+                params,
+            ).fetchall()
+            page = [run_id for (run_id,) in top if run_id not in overlaid][:limit]
+            older = _rows_by_id(cur, page)
+            older.sort(key=_id, reverse=True)
+            cur.rollback()
+            return list(itertools.islice(heapq.merge(newer, older, key=_id, reverse=True), limit))
+        finally:
+            cur.close()
+            lookup.close()
+
+    def _overlay_rows(self, cur: duckdb.DuckDBPyConnection, layers: list[Batch],
+                      ids: list[str], keep: Callable[[Row], bool]) -> Iterator[Row]:  # fmt: skip
+        """The overlay's rows that ``keep`` keeps, in the order of ``ids`` (newest first).
+        A run only updated in the overlay is read from the tables, a chunk at a time."""
+        start, size = 0, 32  # a page is often all it takes: read more only when it is not
+        while start < len(ids):
+            chunk = ids[start : start + size]
+            start, size = start + size, min(size * 4, _CHUNK)
+            stored = [i for i in chunk if not any(i in layer.new_runs for layer in layers)]
+            base = {row[0]: row for row in _rows_by_id(cur, stored)}
+            for run_id in chunk:
+                row = base.get(run_id)
+                for layer in layers:
+                    if run_id in layer.new_runs:
+                        row = layer.new_runs[run_id]
+                    elif row is not None and run_id in layer.run_updates:
+                        row = apply_run_update(row, layer.run_updates[run_id])
+                if row is not None:
+                    row = _unlisted(row)
+                    if keep(row):
+                        yield row
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for reads, after the journal is folded."""
