@@ -52,6 +52,7 @@ def test_contract_names_are_importable() -> None:
 def test_errors_share_one_base_and_read_under_their_public_name() -> None:
     for err in (
         nbtasks.StoreLockedError,
+        nbtasks.StoreWriteError,
         nbtasks.UnknownRunError,
         nbtasks.PayloadError,
         nbtasks.RunError,

@@ -41,6 +41,7 @@ class StoreWriteError(NbtasksError, OSError):
 
     def __init__(self, path: str, reason: object) -> None:
         self.path = path
+        self.reason = reason
         super().__init__(
             getattr(reason, "errno", None),
             f"cannot write to the nbtasks store {path!r}: "
@@ -50,6 +51,9 @@ class StoreWriteError(NbtasksError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[1])
+
+    def __reduce__(self) -> tuple[Any, ...]:  # to a task, through the worker's pipe
+        return (StoreWriteError, (self.path, self.reason))
 
 
 class UnknownRunError(NbtasksError, KeyError):
@@ -138,6 +142,6 @@ class AbortRun(Exception):
     """Raise inside a task to fail the run at once, without further attempts."""
 
 
-for _cls in (NbtasksError, StoreLockedError, UnknownRunError, PayloadError, EngineStoppedError,
-             RunError, AbortRun):  # fmt: skip
+for _cls in (NbtasksError, StoreLockedError, StoreWriteError, UnknownRunError, PayloadError,
+             EngineStoppedError, RunError, AbortRun, NbtasksWarning):  # fmt: skip
     _cls.__module__ = "nbtasks"  # shown and pickled under their public name
