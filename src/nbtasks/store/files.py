@@ -9,7 +9,6 @@ A new file or folder is only durable once the folder holding it is fsynced too.
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 _CLONE_FS = 0x200  # unshare(2): this thread gets its own umask, root and working directory
@@ -19,6 +18,8 @@ GITIGNORE = "# Created by nbtasks: a store holds payloads and outputs, keep it o
 def private_umask() -> bool:
     """Give the calling thread, alone, a umask of 077. False where the kernel refuses to
     unshare the thread's file-system attributes (some container sandboxes do)."""
+    import ctypes  # on the store's thread, off the way to a first run
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(_CLONE_FS) != 0:

@@ -25,8 +25,6 @@ import warnings
 import zlib
 from typing import Any
 
-import msgspec
-
 from nbtasks.core.errors import NbtasksError, NbtasksWarning
 from nbtasks.store.files import create_private, fsync_folder
 from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS
@@ -52,8 +50,19 @@ class JournalError(NbtasksError):
 
 _Rows = dict[str, tuple[Any, ...]]
 _Body = tuple[_Rows, _Rows, _Rows, _Rows, list[tuple[Any, ...]], list[tuple[Any, ...]]]
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_Body)
+_codec: Any = None  # msgspec's encoder and decoder, once imported
+
+
+def codec() -> Any:
+    """msgspec's MessagePack encoder and decoder of a frame body. Imported on first use
+    (about 20 ms): the store's committer thread asks for it as it starts, while the kernel
+    goes on, so the first commit does not wait for the import."""
+    global _codec
+    if _codec is None:
+        import msgspec
+
+        _codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_Body), msgspec.DecodeError)
+    return _codec
 
 
 class Batch:
@@ -114,17 +123,19 @@ class Batch:
                 self.run_updates[run_id] = update
 
     def dumps(self) -> bytes:
-        return _encoder.encode(
+        data: bytes = codec()[0].encode(
             (self.new_runs, self.run_updates, self.new_attempts, self.attempt_updates,
              self.events, self.versions)
         )  # fmt: skip
+        return data
 
     @classmethod
     def loads(cls, data: bytes) -> Batch:
         """Decode a frame's body, or raise ``ValueError`` saying what is wrong with it."""
+        _, decoder, decode_error = codec()
         try:
-            body = _decoder.decode(data)
-        except msgspec.DecodeError as exc:
+            body = decoder.decode(data)
+        except decode_error as exc:
             raise ValueError(str(exc)) from None
         batch = cls()
         (batch.new_runs, batch.run_updates, batch.new_attempts, batch.attempt_updates,

@@ -41,6 +41,7 @@ from nbtasks.store.journal import (
     JournalError,
     JournalFile,
     apply_run_update,
+    codec,
     decode_frames,
 )
 from nbtasks.store.schema import (
@@ -435,6 +436,7 @@ class Store:
 
     def _commit_loop(self) -> None:
         """The committer thread: appends sealed batches to the journal when they are due."""
+        codec()  # imported here, meanwhile, rather than on the way to the first commit
         while True:
             with self._cv:  # taken in the same hold: the staging thread may commit too
                 if not self._next_commit():
