@@ -695,20 +695,29 @@ class Store:
         overlaid = {run_id for layer in layers for run_id in (*layer.new_runs, *layer.run_updates)}
         cur, lookup = self._conn.cursor(), self._conn.cursor()
         try:
-            newer = self._overlay_rows(lookup, layers, sorted(overlaid, reverse=True), keep)
             # The tables' newest matching ids first (one narrow column: DuckDB reads every
-            # column of every row it sorts), then the page's rows, in one snapshot. Rows the
-            # overlay holds are skipped: its rows are newer.
+            # column of every row it sorts), read only until the page is full, then the
+            # page's rows, in one snapshot. Rows the overlay holds are skipped: its rows
+            # are newer.
             cur.begin()
-            top = cur.execute(
+            cur.execute(
                 f"SELECT id FROM runs WHERE ({where or 'true'}) "
                 f"ORDER BY id DESC LIMIT {limit + len(overlaid)}",
                 params,
-            ).fetchall()
-            page = [run_id for (run_id,) in top if run_id not in overlaid][:limit]
-            older = _rows_by_id(cur, page)
-            older.sort(key=_id, reverse=True)
+            )
+            page: list[str] = []
+            while len(page) < limit:
+                chunk = cur.fetchmany(_CHUNK)
+                if not chunk:
+                    break
+                page += [run_id for (run_id,) in chunk if run_id not in overlaid]
+            older = _rows_by_id(cur, page[:limit])
             cur.rollback()
+            older.sort(key=_id, reverse=True)
+            # Only overlay runs newer than the page's last row can be on the page.
+            floor = older[-1][0] if len(older) == limit else ""
+            ids = sorted((i for i in overlaid if i > floor), reverse=True)
+            newer = self._overlay_rows(lookup, layers, ids, keep)
             return list(itertools.islice(heapq.merge(newer, older, key=_id, reverse=True), limit))
         finally:
             cur.close()
