@@ -64,6 +64,8 @@ def test_a_journal_deleted_or_replaced_while_running_is_put_back_and_nothing_is_
     tmp_path: Path,
 ) -> None:
     store = tmp_path / "s" / "store.duckdb"
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "store.duckdb.journal.moved").write_bytes(b"")  # kept out of the way
     done = subprocess.run(
         [sys.executable, _script(tmp_path, JOURNAL_TAMPERED), str(store)],
         cwd=tmp_path,
@@ -74,9 +76,9 @@ def test_a_journal_deleted_or_replaced_while_running_is_put_back_and_nothing_is_
     )
     assert done.returncode == -9, done.stderr  # it ended by SIGKILL, as a crash would
     acknowledged = set(done.stdout.split())
-    assert len(acknowledged) == 600
+    assert len(acknowledged) == 800
     assert "was deleted while its store was open" in done.stderr
-    assert "was replaced while its store was open" in done.stderr
+    assert "was replaced while its store was open" in done.stderr  # (a warning says it once)
     assert _ids_in(store) == acknowledged
 
 
@@ -104,6 +106,8 @@ burst(200)
 with open(path + ".planted", "wb") as f:
     f.write(b"\\0" * 4096)
 os.replace(path + ".planted", path + ".journal")
+burst(200)
+os.rename(path + ".journal", path + ".journal.moved")
 burst(200)
 os.kill(os.getpid(), signal.SIGKILL)
 """

@@ -88,3 +88,49 @@ def _ignore_all(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# inotify(7): the events that tell a watched file lost its name (unlinked, or replaced by a
+# rename over it: IN_ATTRIB, its link count changed), was moved, or is gone.
+_IN_ATTRIB, _IN_MOVE_SELF, _IN_DELETE_SELF = 0x4, 0x800, 0x400
+_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
+
+
+class FileWatch:
+    """Says whether a file may have lost its name since the last look, without touching
+    the file: a ``stat`` right after an ``fdatasync`` costs about 0.1 ms here, a read of an
+    inotify descriptor a microsecond. Where inotify is not available, it always says maybe."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = -1
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd < 0:
+                return
+            mask = _IN_ATTRIB | _IN_MOVE_SELF | _IN_DELETE_SELF
+            if libc.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
+                os.close(fd)
+                return
+            self._fd = fd
+        except (OSError, AttributeError):
+            return
+
+    def maybe_changed(self) -> bool:
+        if self._fd < 0:
+            return True
+        changed = False
+        while True:
+            try:
+                if not os.read(self._fd, 4096):
+                    return changed
+                changed = True
+            except BlockingIOError:
+                return changed
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

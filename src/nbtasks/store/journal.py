@@ -26,7 +26,7 @@ import zlib
 from typing import Any
 
 from nbtasks.core.errors import NbtasksError, NbtasksWarning
-from nbtasks.store.files import create_private, fsync_folder
+from nbtasks.store.files import FileWatch, create_private, fsync_folder
 from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS
 
 Row = tuple[Any, ...]
@@ -183,6 +183,7 @@ class JournalFile:
         self.path = path
         self._fd = _open_journal(path)
         self._id = _identity(os.fstat(self._fd))
+        self._watch = FileWatch(path)
         self._end = 0  # where the next frame goes
         self._size = os.fstat(self._fd).st_size  # bytes written so far, zeros or frames
 
@@ -200,7 +201,10 @@ class JournalFile:
         self.check()
 
     def check(self) -> None:
-        """Make sure ``path`` is still this file; put a copy of it there if not."""
+        """Make sure ``path`` is still this file; put a copy of it there if not. Looked
+        at only when the file's watch saw it lose a name (or cannot watch)."""
+        if not self._watch.maybe_changed():
+            return
         try:
             if _identity(os.stat(self.path, follow_symlinks=False)) == self._id:
                 return
@@ -234,6 +238,8 @@ class JournalFile:
         os.close(self._fd)
         self._fd, self._size = fd, self._end
         self._id = _identity(os.fstat(fd))
+        self._watch.close()
+        self._watch = FileWatch(self.path)
 
     def _grow(self, needed: int) -> None:
         """Zero-fill past ``needed``; the frame's own ``fdatasync`` makes it durable."""
@@ -266,6 +272,7 @@ class JournalFile:
 
     def close(self) -> None:
         os.close(self._fd)
+        self._watch.close()
 
     def remove(self) -> None:
         """Delete the file (its frames are folded). A folder that no longer lets us is

@@ -170,7 +170,10 @@ class Store:
         self._sealed: list[tuple[int, Batch]] = []
         self._commit_by: float | None = None  # when the sealed batches must be committed
         self._inflight: int | None = None  # the last ticket being committed now
-        self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []  # for the store thread
+        # The store thread sleeps on a condition of its own: a commit wakes it only when
+        # it brings a fold nearer, not at every commit (_commit).
+        self._wake = threading.Condition()
+        self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []  # under _wake
         self._closing = False
         # Commits append to one journal file while a fold writes what the other holds to
         # the tables, so a fold (tens of ms for thousands of rows) never holds commits up.
@@ -363,7 +366,7 @@ class Store:
                 commit_by = time.monotonic() + (0.0 if urgent else DEFER_MAX_S)
                 if self._commit_by is None or commit_by < self._commit_by:
                     self._commit_by = commit_by
-                    self._cv.notify_all()
+                    self._cv.notify()
                 return
         self._commit_and_report(staged, ticket)
 
@@ -376,7 +379,7 @@ class Store:
         with self._cv:
             if self._sealed and self._sealed[0][0] <= ticket:
                 self._commit_by = 0.0
-                self._cv.notify_all()
+                self._cv.notify()
 
     def barrier(self) -> int | None:
         """(Staging thread.) The ticket whose commit makes everything staged so far
@@ -418,7 +421,7 @@ class Store:
                 self._sealed.insert(0, (ticket, batch))
                 retry_at = time.monotonic() + FOLD_RETRY_S
                 self._commit_by = min(self._commit_by or retry_at, retry_at)
-            self._cv.notify_all()  # the committer may have waited for this commit to end
+            self._cv.notify()  # the committer may have waited for this commit to end
         self._on_commit(ticket, error)
 
     def _next_commit(self) -> bool:
@@ -445,8 +448,8 @@ class Store:
             self._commit_and_report(*taken)
 
     def _next_fold(self) -> str:
-        """(Lock held.) Wait until the store thread has something to do: "job", "fold"
-        or "close"."""
+        """(``_wake`` held.) Wait until the store thread has something to do: "job",
+        "fold" or "close"."""
         while True:
             if self._jobs:
                 return "job"
@@ -462,13 +465,13 @@ class Store:
                 fold_at = max(fold_at, self._fold_retry_at)
                 if fold_at <= now:
                     return "fold"
-            self._cv.wait(None if fold_at is None else fold_at - now)
+            self._wake.wait(None if fold_at is None else fold_at - now)
 
     def _fold_loop(self) -> None:
         """The store thread, once the file is open: folds when due, and runs the jobs of
         other threads (``_on_store_thread``)."""
         while True:
-            with self._cv:
+            with self._wake:
                 job = self._next_fold()
                 if job == "job":
                     fn, done = self._jobs.pop(0)
@@ -493,21 +496,24 @@ class Store:
             self._pending_runs.absorb_runs(batch)
             self._pending_rows += batch.size()
             self._last_commit = time.monotonic()
-            if self._pending_since is None:
+            first = self._pending_since is None
+            if first:
                 self._pending_since = self._last_commit
-        with self._cv:
-            self._cv.notify_all()  # the store thread may fold now
+            full = self._pending_rows >= FOLD_MAX_ROWS
+        if first or full:  # else a fold is already due no later than it was
+            with self._wake:
+                self._wake.notify()
 
     def _on_store_thread(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the store thread and return what it returns."""
         if threading.current_thread() is self._thread:
             return fn()
         done: Future[T] = Future()
-        with self._cv:
-            if self._closing:
+        with self._wake:
+            if self._commits_done:
                 raise NbtasksError(f"the nbtasks store {self.path!r} is closed")
             self._jobs.append((fn, done))
-            self._cv.notify_all()
+            self._wake.notify()
         return done.result()
 
     def fold(self) -> None:
@@ -646,11 +652,11 @@ class Store:
         self._seal()
         with self._cv:
             self._closing = True
-            self._cv.notify_all()
+            self._cv.notify()
         self._committer.join()
-        with self._cv:
+        with self._wake:
             self._commits_done = True
-            self._cv.notify_all()
+            self._wake.notify()
         self._thread.join()
 
     def _close_files(self) -> None:
@@ -663,7 +669,7 @@ class Store:
             journal.close()
             if not self._pending:  # all folded: the files have nothing to keep
                 journal.remove()
-        with self._cv:
+        with self._wake:
             jobs, self._jobs = self._jobs, []
         for _, done in jobs:
             done.set_exception(NbtasksError(f"the nbtasks store {self.path!r} is closed"))
