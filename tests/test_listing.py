@@ -36,12 +36,17 @@ FILTERS: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("recent", [2000, 25, 1, 0])
 def test_a_listing_shows_what_a_fold_would_write(
-    nb: object, monkeypatch: pytest.MonkeyPatch
+    nb: object, monkeypatch: pytest.MonkeyPatch, recent: int
 ) -> None:
     """With folds held off, runs created, updated and finished since the last fold live
-    only in the journal; each filter lists the same page before and after the fold."""
+    only in the journal; each filter lists the same page before and after the fold,
+    whether the newest runs kept in memory cover the page (``RECENT``) or not."""
+    monkeypatch.setattr("nbtasks.store.store.RECENT", recent)
     add.batch_trigger_and_wait([{"a": i, "b": 0} for i in range(30)])  # folded: in the tables
+    delayed = [echo.trigger(i, delay="1h", tags=["odd"]) for i in range(4)]
+    runs.cancel(delayed[2].id)  # (a read: it folds)
     engine().store.fold()
     monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)
     monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
@@ -51,8 +56,12 @@ def test_a_listing_shows_what_a_fold_would_write(
     add.batch_trigger_and_wait([{"a": i, "b": 1} for i in range(10)])  # updated since
     always_fail.trigger_and_wait(None)
     echo.trigger(1, delay="1h", tags=["odd"])
+    for handle in delayed[:2]:  # runs in the tables, updated only in the journal
+        runs.reschedule(handle.id, 0)
+        handle.wait(timeout=TIMEOUT)
     store = engine().store
     assert store._pending, "the journal holds what was done since the fold"
+    assert {h.id for h in delayed[:2]} <= set(store._pending_runs.run_updates)
     before = [_page(**f) for f in FILTERS]
     after_cursor = runs.list(limit=7)
     second = runs.list(limit=7, after=after_cursor.next)

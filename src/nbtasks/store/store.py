@@ -103,6 +103,7 @@ def connect(path: str) -> duckdb.DuckDBPyConnection:
 
 
 _CHUNK = 256  # rows a listing reads at a time
+RECENT = 2000  # the newest runs kept in memory for listings (Store._recent)
 _PAYLOAD_SLOTS = (RUN_COLUMNS.index("payload"), RUN_COLUMNS.index("output"))
 # A listing never reads (or unpickles) payloads and outputs.
 _LISTED = ", ".join("NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS)
@@ -181,6 +182,10 @@ class Store:
         self._pending: list[Batch] = []  # committed to the journal, not folded yet
         self._pending_runs = Batch()  # their runs, merged: what run listings overlay
         self._folding_runs: Batch | None = None  # those of the fold under way, if one is
+        # The tables' newest RECENT runs (listed: no payload or output), newest first, as of
+        # the last fold; and whether that is every run. Replaced whole, under _lock.
+        self._recent: list[Row] = []
+        self._recent_all = True
         self._pending_rows = 0
         self._pending_since: float | None = None  # when its oldest batch committed
         self._last_commit = time.monotonic()
@@ -226,6 +231,7 @@ class Store:
             self._writer = self._conn.cursor()
             self._open_appenders()
             self._recover()
+            self._load_recent()
         except BaseException:
             for name in ("_journal", "_spare"):
                 journal = getattr(self, name, None)
@@ -242,6 +248,27 @@ class Store:
                 os.chmod(path, 0o600)
             except FileNotFoundError:
                 pass
+
+    def _load_recent(self) -> None:
+        """(Store thread.) Read the tables' newest RECENT runs, for listings."""
+        rows = self._writer.execute(
+            f"SELECT {_LISTED} FROM runs ORDER BY id DESC LIMIT {RECENT + 1}"
+        ).fetchall()
+        with self._lock:
+            self._recent, self._recent_all = rows[:RECENT], len(rows) <= RECENT
+
+    def _recent_after(self, folded: Batch | None) -> tuple[list[Row], bool]:
+        """(Store thread.) ``_recent`` once the runs of ``folded`` are in the tables."""
+        if folded is None or not (folded.new_runs or folded.run_updates):
+            return self._recent, self._recent_all
+        rows = {row[0]: row for row in self._recent}
+        for run_id, row in folded.new_runs.items():
+            rows[run_id] = _unlisted(row)
+        for run_id, update in folded.run_updates.items():
+            if run_id in rows:  # else older than every run kept here
+                rows[run_id] = apply_run_update(rows[run_id], update)
+        ordered = sorted(rows.values(), key=_id, reverse=True)
+        return ordered[:RECENT], self._recent_all and len(ordered) <= RECENT
 
     def _open_appenders(self) -> None:
         w = self._writer
@@ -538,6 +565,7 @@ class Store:
                 cur.begin()
                 result = fn(cur)
                 cur.commit()
+                self._load_recent()
                 return result
             except BaseException:
                 cur.rollback()
@@ -586,6 +614,7 @@ class Store:
                 self._spare_clear = False
         try:
             self._write_tables(batches, last_seq)
+            recent, recent_all = self._recent_after(self._folding_runs)
         except BaseException:
             with self._lock:  # still durable in the journal files: fold them next time
                 self._pending[:0] = batches
@@ -597,10 +626,11 @@ class Store:
                 self._pending_runs, self._folding_runs = self._folding_runs, None
                 self._spare.check()  # no commit goes there to notice it was deleted
             raise
-        with self._lock:
+        with self._lock:  # a listing sees the folded runs in the overlay or in _recent
             self._spare.clear()
             self._spare_clear = True
             self._folding_runs = None
+            self._recent, self._recent_all = recent, recent_all
         if not self.private:
             self._tighten()
 
@@ -698,7 +728,11 @@ class Store:
             pending = Batch()
             pending.absorb_runs(self._pending_runs)
             layers.append(pending)
+            recent, recent_all = self._recent, self._recent_all
         overlaid = {run_id for layer in layers for run_id in (*layer.new_runs, *layer.run_updates)}
+        known = self._page_from_memory(layers, overlaid, recent, recent_all, keep, limit)
+        if known is not None:
+            return known
         cur, lookup = self._conn.cursor(), self._conn.cursor()
         try:
             # The tables' newest matching ids first (one narrow column: DuckDB reads every
@@ -728,6 +762,36 @@ class Store:
         finally:
             cur.close()
             lookup.close()
+
+    def _page_from_memory(self, layers: list[Batch], overlaid: set[str], recent: list[Row],
+                          recent_all: bool, keep: Callable[[Row], bool],
+                          limit: int) -> list[Row] | None:  # fmt: skip
+        """The page from the newest runs kept in memory and the overlay alone, or None if
+        it may reach below them. Every run newer than the last one kept is known here: an
+        overlay run only updated is one of the kept (its base row is there)."""
+        if not recent_all and not recent:
+            return None
+        floor = "" if recent_all else recent[-1][0]
+        ids = sorted((i for i in overlaid if i >= floor), reverse=True)
+
+        def overlay() -> Iterator[Row]:  # newest first, each row made only when reached
+            base = {row[0]: row for row in recent} if ids else {}
+            for run_id in ids:
+                row = base.get(run_id)
+                for layer in layers:
+                    if run_id in layer.new_runs:
+                        row = layer.new_runs[run_id]
+                    elif row is not None and run_id in layer.run_updates:
+                        row = apply_run_update(row, layer.run_updates[run_id])
+                if row is not None:
+                    row = _unlisted(row)
+                    if keep(row):
+                        yield row
+
+        newer = overlay()
+        older = (row for row in recent if row[0] not in overlaid and keep(row))
+        page = list(itertools.islice(heapq.merge(newer, older, key=_id, reverse=True), limit))
+        return page if len(page) == limit or recent_all else None
 
     def _overlay_rows(self, cur: duckdb.DuckDBPyConnection, layers: list[Batch],
                       ids: list[str], keep: Callable[[Row], bool]) -> Iterator[Row]:  # fmt: skip
