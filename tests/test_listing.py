@@ -33,6 +33,7 @@ FILTERS: list[dict[str, Any]] = [
     {"period": "1h"},
     {"created_after": utcnow() - timedelta(days=1)},
     {"created_before": utcnow() - timedelta(days=1)},
+    {"created_after": (utcnow() - timedelta(days=1)).replace(tzinfo=None)},  # read as UTC
 ]
 
 

@@ -6,17 +6,23 @@ of the test's own (``unshare``), so no privilege is needed beyond user namespace
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import duckdb
+import pytest
 
+import nbtasks
 from nbtasks.store.store import Store
+
+from conftest import wait_for
 
 TIMEOUT = 120.0  # upper bound for a subprocess; never part of an assertion
 
@@ -353,3 +359,71 @@ def test_the_folder_is_fsynced_after_a_file_is_created_in_it(tmp_path: Path) -> 
     for index, path in created:
         assert folder_synced_after(index, os.path.dirname(path)), path
     assert folder_synced_after(0, str(tmp_path))  # "new" was made in it
+
+
+def _commit_one(store: Store, committed: list[BaseException | None], run_id: str) -> None:
+    from nbtasks.store.schema import RUN_COLUMNS
+    from test_trust import _now
+
+    row = dict.fromkeys(RUN_COLUMNS)
+    row.update(id=run_id, task_id="t", status="QUEUED", attempt_count=0, depth=0,
+               created_at=_now(), updated_at=_now(), tags=[])  # fmt: skip
+    store.hurry(store.stage_run(tuple(row[c] for c in RUN_COLUMNS)))
+
+
+def test_a_store_that_cannot_be_written_does_not_hold_its_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    errors: list[BaseException | None] = []
+    store = Store(str(tmp_path / "full.duckdb"), lambda ticket, error: errors.append(error))
+
+    def full(seq: int, body: bytes) -> None:  # the disk, full for good
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store._journal, "append", full)
+    monkeypatch.setattr(store._spare, "append", full)
+    _commit_one(store, errors, "run_a")
+    closing = threading.Thread(target=store.close, daemon=True)
+    closing.start()
+    closing.join(TIMEOUT)
+    assert not closing.is_alive(), "close() kept retrying a commit that cannot succeed"
+    assert errors and all(isinstance(e, nbtasks.StoreWriteError) for e in errors)
+
+
+def test_a_journal_restore_that_failed_is_tried_again_and_numbers_still_follow_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal is deleted; putting it back fails once (say the disk is full): the
+    commit fails, and its retry puts the file back, with every frame once, in order."""
+    from nbtasks.store import journal as journal_module
+    from nbtasks.store.journal import JournalFile
+
+    errors: list[BaseException | None] = []
+    path = tmp_path / "store.duckdb"
+    store = Store(str(path), lambda ticket, error: errors.append(error))
+    real = journal_module.create_private
+    fails = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def create_once_failing(name: str) -> int:
+        if fails and name.endswith(".new"):
+            raise fails.pop()
+        return real(name)
+
+    try:
+        monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)
+        monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
+        _commit_one(store, errors, "run_a")
+        wait_for(lambda: len(errors) == 1, "the first commit")
+        os.unlink(str(path) + ".journal")
+        monkeypatch.setattr(journal_module, "create_private", create_once_failing)
+        with pytest.warns(nbtasks.NbtasksWarning, match="was deleted"):
+            _commit_one(store, errors, "run_b")  # the restore fails, then works on retry
+            wait_for(lambda: errors and errors[-1] is None and len(errors) >= 3, "the retry")
+        assert isinstance(errors[1], nbtasks.StoreWriteError)
+        frames = JournalFile(str(path) + ".journal").read()
+        seqs = [seq for seq, _ in frames]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and len(seqs) == 2
+        assert not list(tmp_path.glob("*.new"))
+    finally:
+        store.close()
+    assert _ids_in(path) == {"run_a", "run_b"}

@@ -6,7 +6,7 @@ import functools
 import json
 import queue as queue_mod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from nbtasks.client import control
@@ -109,6 +109,8 @@ class Runs:
             if when is not None:
                 if not isinstance(when, datetime):
                     raise ValueError(f"{name}={when!r} is not valid: use a datetime")
+                if when.tzinfo is None:  # as the store reads times: UTC
+                    when = when.replace(tzinfo=timezone.utc)
                 add(clause, when, functools.partial(test, when), "created_at")
         seconds = parse_duration("period", period)
         if seconds is not None:

@@ -98,6 +98,9 @@ class EngineBase:
             self.closed = True
             self._thread.call(self.executor.close)
             self._thread.stop()
+            store = getattr(self, "store", None)
+            if store is not None:  # opened, then settling what it held failed
+                store.close()
             raise
 
     def _open_executor(self, spawn: bool) -> None:

@@ -184,6 +184,7 @@ class JournalFile:
         self._fd = _open_journal(path)
         self._id = _identity(os.fstat(self._fd))
         self._watch = FileWatch(path)
+        self._suspect = False  # the file may have lost its name: look before trusting it
         self._end = 0  # where the next frame goes
         self._size = os.fstat(self._fd).st_size  # bytes written so far, zeros or frames
 
@@ -198,15 +199,22 @@ class JournalFile:
             _write(self._fd, (header + body)[written:], self._end + written)
         os.fdatasync(self._fd)
         self._end += size
-        self.check()
+        try:
+            self.check()
+        except BaseException:  # not durable under the journal's name: not written
+            self._end -= size
+            raise
 
     def check(self) -> None:
         """Make sure ``path`` is still this file; put a copy of it there if not. Looked
         at only when the file's watch saw it lose a name (or cannot watch)."""
-        if not self._watch.maybe_changed():
+        if self._watch.maybe_changed():
+            self._suspect = True  # until seen whole: a restore that failed is tried again
+        if not self._suspect:
             return
         try:
             if _identity(os.stat(self.path, follow_symlinks=False)) == self._id:
+                self._suspect = False
                 return
             what = "replaced"
         except FileNotFoundError:
@@ -218,6 +226,7 @@ class JournalFile:
             stacklevel=2,
         )
         self._restore()
+        self._suspect = False
 
     def _restore(self) -> None:
         """Write what this file holds to a new file, then move that over ``path``."""
@@ -234,6 +243,10 @@ class JournalFile:
             fsync_folder(self.path)
         except BaseException:
             os.close(fd)
+            try:
+                os.unlink(spare)
+            except OSError:
+                pass
             raise
         os.close(self._fd)
         self._fd, self._size = fd, self._end

@@ -442,12 +442,16 @@ class Store:
             error = exc
         with self._cv:
             self._inflight = None
-            if isinstance(error, StoreWriteError):
+            if isinstance(error, StoreWriteError) and not self._closing:
                 # The engine goes on with these rows as its state: the store must come to
                 # hold them, or it would say less than what happened (a run that executed).
+                # (Closing, they are given up: a store that cannot be written must not hold
+                # the kernel's shutdown. The waiters heard why.)
                 self._sealed.insert(0, (ticket, batch))
                 retry_at = time.monotonic() + FOLD_RETRY_S
-                self._commit_by = min(self._commit_by or retry_at, retry_at)
+                self._commit_by = (
+                    retry_at if self._commit_by is None else min(self._commit_by, retry_at)
+                )
             self._cv.notify()  # the committer may have waited for this commit to end
         self._on_commit(ticket, error)
 
@@ -621,9 +625,10 @@ class Store:
                 self._pending_rows += rows
                 if since is not None:
                     self._pending_since = min(since, self._pending_since or since)
-                assert self._folding_runs is not None
-                self._folding_runs.absorb_runs(self._pending_runs)
-                self._pending_runs, self._folding_runs = self._folding_runs, None
+                merged = Batch()  # a new object: listings may be reading the old ones
+                merged.absorb_runs(self._folding_runs or Batch())
+                merged.absorb_runs(self._pending_runs)
+                self._pending_runs, self._folding_runs = merged, None
                 self._spare.check()  # no commit goes there to notice it was deleted
             raise
         with self._lock:  # a listing sees the folded runs in the overlay or in _recent
