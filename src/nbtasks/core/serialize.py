@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import reprlib
 from typing import Any
 
@@ -67,6 +68,9 @@ def preview(obj: object) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # in default reprs: <... object at 0x7f...>
+
+
 def type_name(obj: object) -> str:
     t = type(obj)
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
@@ -78,9 +82,10 @@ def dumps_checked(what: str, obj: object) -> bytes:
         return dumps(obj)
     except Exception as exc:
         path, culprit, cause = _find_culprit(what, obj, exc)
+        shown = _ADDRESS.sub("", preview(culprit))  # the same text every time it happens
         raise PayloadError(
             f"{path} cannot be serialised with dill: {type_name(culprit)} "
-            f"{preview(culprit)} ({type(cause).__name__}: {cause})"
+            f"{shown} ({type(cause).__name__}: {cause})"
         ) from exc
 
 

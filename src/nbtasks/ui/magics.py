@@ -3,8 +3,8 @@
 ``%%task NAME`` turns the cell body into task NAME (a new version when the body changes)
 and triggers one run. Its payload is the ``--in`` names plus the names the body reads from
 the notebook without defining them (found statically, captured with dill); its outputs are
-the ``--out`` names (by default, the names the body assigns), assigned back into the
-notebook when the run completes.
+the ``--out`` names (by default, the names the body assigns, not those it only imports),
+assigned back into the notebook when the run completes.
 """
 
 from __future__ import annotations
@@ -36,16 +36,20 @@ def names_of(source: str) -> tuple[list[str], list[str]]:
     assigned: list[str] = []
     read: list[str] = []
     local_scopes: set[str] = set()
+    imported: set[str] = set()  # bound by an import: never an output by default
+    bound: set[str] = set()  # bound otherwise
 
     class Visitor(ast.NodeVisitor):
         def visit_Name(self, node: ast.Name) -> None:
             if isinstance(node.ctx, ast.Store):
+                bound.add(node.id)
                 if node.id not in assigned:
                     assigned.append(node.id)
             elif node.id not in assigned and node.id not in read:
                 read.append(node.id)
 
-        def _define(self, name: str) -> None:
+        def _define(self, name: str, by_import: bool = False) -> None:
+            (imported if by_import else bound).add(name)
             if name not in assigned:
                 assigned.append(name)
 
@@ -76,7 +80,7 @@ def names_of(source: str) -> tuple[list[str], list[str]]:
 
         def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
             for alias in node.names:
-                self._define((alias.asname or alias.name).split(".")[0])
+                self._define((alias.asname or alias.name).split(".")[0], by_import=True)
 
         visit_ImportFrom = visit_Import
 
@@ -94,7 +98,9 @@ def names_of(source: str) -> tuple[list[str], list[str]]:
         )
 
     Visitor().visit(tree)
-    top_level = [n for n in assigned if not n.startswith("_")]
+    top_level = [
+        n for n in assigned if not n.startswith("_") and (n not in imported or n in bound)
+    ]
     return [n for n in read if not hasattr(builtins, n)], top_level
 
 
@@ -190,8 +196,8 @@ def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
     for name, value in payload.items():
         try:
             sizes.append(f"{name} ({_size(len(dumps_checked(name, value)))})")
-        except PayloadError as exc:
-            raise UsageError(f"%%task {args.name}: cannot capture {exc}") from None
+        except PayloadError as exc:  # "<name> cannot be serialised with dill: ..."
+            raise UsageError(f"%%task {args.name}: the input {exc}") from None
     options: dict[str, Any] = {}
     try:
         task = Task(
