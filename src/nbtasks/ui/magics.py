@@ -98,9 +98,7 @@ def names_of(source: str) -> tuple[list[str], list[str]]:
         )
 
     Visitor().visit(tree)
-    top_level = [
-        n for n in assigned if not n.startswith("_") and (n not in imported or n in bound)
-    ]
+    top_level = [n for n in assigned if not n.startswith("_") and (n not in imported or n in bound)]
     return [n for n in read if not hasattr(builtins, n)], top_level
 
 
