@@ -117,6 +117,18 @@ def _unlisted(row: Row) -> Row:
     return tuple(out)
 
 
+def _overlaid(run_id: str, stored: Row | None, layers: list[Batch]) -> Row | None:
+    """A run's listed row: ``stored`` (from the tables) with the overlay's layers, oldest
+    first, written over it; None if neither has the run."""
+    row = stored
+    for layer in layers:
+        if run_id in layer.new_runs:
+            row = layer.new_runs[run_id]
+        elif row is not None and run_id in layer.run_updates:
+            row = apply_run_update(row, layer.run_updates[run_id])
+    return None if row is None else _unlisted(row)
+
+
 def _rows_by_id(cur: duckdb.DuckDBPyConnection, ids: list[str]) -> list[Row]:
     """The listed rows of these runs (a list of values: DuckDB looks each up by key)."""
     if not ids:
@@ -782,16 +794,9 @@ class Store:
         def overlay() -> Iterator[Row]:  # newest first, each row made only when reached
             base = {row[0]: row for row in recent} if ids else {}
             for run_id in ids:
-                row = base.get(run_id)
-                for layer in layers:
-                    if run_id in layer.new_runs:
-                        row = layer.new_runs[run_id]
-                    elif row is not None and run_id in layer.run_updates:
-                        row = apply_run_update(row, layer.run_updates[run_id])
-                if row is not None:
-                    row = _unlisted(row)
-                    if keep(row):
-                        yield row
+                row = _overlaid(run_id, base.get(run_id), layers)
+                if row is not None and keep(row):
+                    yield row
 
         newer = overlay()
         older = (row for row in recent if row[0] not in overlaid and keep(row))
@@ -809,16 +814,9 @@ class Store:
             stored = [i for i in chunk if not any(i in layer.new_runs for layer in layers)]
             base = {row[0]: row for row in _rows_by_id(cur, stored)}
             for run_id in chunk:
-                row = base.get(run_id)
-                for layer in layers:
-                    if run_id in layer.new_runs:
-                        row = layer.new_runs[run_id]
-                    elif row is not None and run_id in layer.run_updates:
-                        row = apply_run_update(row, layer.run_updates[run_id])
-                if row is not None:
-                    row = _unlisted(row)
-                    if keep(row):
-                        yield row
+                row = _overlaid(run_id, base.get(run_id), layers)
+                if row is not None and keep(row):
+                    yield row
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for reads, after the journal is folded."""
