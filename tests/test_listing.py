@@ -12,7 +12,9 @@ import pytest
 from nbtasks import BatchItem, runs
 from nbtasks.client.config import engine
 from nbtasks.engine.state import utcnow
+from nbtasks.store.schema import RUN_UPDATE_COLUMNS
 
+from conftest import wait_for
 from tasks import add, always_fail, echo
 
 TIMEOUT = 60.0  # a bound on a hang, never part of an assertion
@@ -44,7 +46,7 @@ def test_a_listing_shows_what_a_fold_would_write(
     """With folds held off, runs created, updated and finished since the last fold live
     only in the journal; each filter lists the same page before and after the fold,
     whether the newest runs kept in memory cover the page (``RECENT``) or not."""
-    monkeypatch.setattr("nbtasks.store.store.RECENT", recent)
+    monkeypatch.setattr("nbtasks.store.listing.RECENT", recent)
     add.batch_trigger_and_wait([{"a": i, "b": 0} for i in range(30)])  # folded: in the tables
     delayed = [echo.trigger(i, delay="1h", tags=["odd"]) for i in range(4)]
     runs.cancel(delayed[2].id)  # (a read: it folds)
@@ -57,10 +59,17 @@ def test_a_listing_shows_what_a_fold_would_write(
     add.batch_trigger_and_wait([{"a": i, "b": 1} for i in range(10)])  # updated since
     always_fail.trigger_and_wait(None)
     echo.trigger(1, delay="1h", tags=["odd"])
+    store = engine().store
     for handle in delayed[:2]:  # runs in the tables, updated only in the journal
         runs.reschedule(handle.id, 0)
-        handle.wait(timeout=TIMEOUT)
-    store = engine().store
+    status = RUN_UPDATE_COLUMNS.index("status")
+    wait_for(  # watched in the journal's overlay: a wait that reads the store would fold
+        lambda: all(
+            store._pending_runs.run_updates.get(h.id, ())[status : status + 1] == ("COMPLETED",)
+            for h in delayed[:2]
+        ),
+        "the rescheduled runs completed",
+    )
     assert store._pending, "the journal holds what was done since the fold"
     assert {h.id for h in delayed[:2]} <= set(store._pending_runs.run_updates)
     before = [_page(**f) for f in FILTERS]

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -230,11 +232,7 @@ nbtasks.shutdown()
 def test_a_trigger_that_fails_on_a_held_store_leaks_nothing(tmp_path: Path) -> None:
     store = tmp_path / "held.duckdb"
     Store(str(store), lambda ticket, error: None).close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(store)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with _held(store):
         done = subprocess.run(
             [sys.executable, _script(tmp_path, HELD), str(store)],
             cwd=tmp_path,
@@ -243,9 +241,6 @@ def test_a_trigger_that_fails_on_a_held_store_leaks_nothing(tmp_path: Path) -> N
             text=True,
             timeout=TIMEOUT,
         )
-    finally:
-        holder.kill()
-        holder.wait()
     assert done.returncode == 0, done.stderr
     before, after, refused = done.stdout.splitlines()
     assert refused == "refused 30"
@@ -254,6 +249,21 @@ def test_a_trigger_that_fails_on_a_held_store_leaks_nothing(tmp_path: Path) -> N
 
 HOLD = "import sys, time, duckdb\nc = duckdb.connect(sys.argv[1])\nprint('held', flush=True)\n"
 HOLD += "time.sleep(120)\n"
+
+
+@contextmanager
+def _held(store: Path) -> Iterator[None]:
+    """Another process holds ``store`` open meanwhile."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
 
 HELD = """
 import os, sys, time
@@ -287,12 +297,8 @@ print("refused", refused)
 def test_defining_a_task_while_the_store_is_held_says_so(tmp_path: Path) -> None:
     store = tmp_path / ".nbtasks" / "script.duckdb"
     Store(str(store), lambda ticket, error: None).close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(store)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        code = "import nbtasks\n\n@nbtasks.task\ndef inc(p):\n    return p + 1\n"
+    code = "import nbtasks\n\n@nbtasks.task\ndef inc(p):\n    return p + 1\n"
+    with _held(store):
         done = subprocess.run(
             [sys.executable, _script(tmp_path, code)],
             cwd=tmp_path,
@@ -301,9 +307,6 @@ def test_defining_a_task_while_the_store_is_held_says_so(tmp_path: Path) -> None
             text=True,
             timeout=TIMEOUT,
         )
-    finally:
-        holder.kill()
-        holder.wait()
     assert done.returncode == 0, done.stderr
     assert "NbtasksWarning: runs of 'inc' left waiting in the store" in done.stderr
     assert "is in use by process" in done.stderr

@@ -17,13 +17,11 @@ connection that cannot reach any file but the store's, nor load extensions.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -35,15 +33,9 @@ except ImportError:  # pragma: no cover
     import duckdb  # type: ignore[no-redef]
 
 from nbtasks.core.errors import NbtasksError, StoreLockedError, StoreWriteError
+from nbtasks.store import listing, readonly
 from nbtasks.store.files import make_store_folder, private_umask
-from nbtasks.store.journal import (
-    Batch,
-    JournalError,
-    JournalFile,
-    apply_run_update,
-    codec,
-    decode_frames,
-)
+from nbtasks.store.journal import Batch, JournalError, JournalFile, codec, decode_frames
 from nbtasks.store.schema import (
     ATTEMPT_COLUMNS,
     DDL,
@@ -60,15 +52,6 @@ FOLD_MAX_ROWS = 20_000  # or once it holds this many rows
 FOLD_MAX_AGE_S = 2.0  # or once its oldest batch is this old
 FOLD_RETRY_S = 1.0  # after a fold failed (the batches stay in the journal), try again after
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
-# No file but the store's, no extension to install or load, and no way to change that.
-# Statements here are small (a group commit, a page of runs): a second thread costs more in
-# scheduling than it saves, and the workers need the cores.
-_SEALED: dict[str, Any] = {
-    "threads": 1,
-    "enable_external_access": False,
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-}
 
 
 def _holder(message: str) -> str | None:
@@ -91,7 +74,7 @@ def _holder(message: str) -> str | None:
 def connect(path: str) -> duckdb.DuckDBPyConnection:
     """Open the store file, turning DuckDB's lock conflict into a ``StoreLockedError``."""
     try:
-        conn = duckdb.connect(path, config=dict(_SEALED))
+        conn = duckdb.connect(path, config=dict(readonly.SEALED))
     except duckdb.IOException as exc:
         holder = _holder(str(exc))
         if holder is None:
@@ -100,45 +83,6 @@ def connect(path: str) -> duckdb.DuckDBPyConnection:
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET lock_configuration = true")
     return conn
-
-
-_CHUNK = 256  # rows a listing reads at a time
-RECENT = 2000  # the newest runs kept in memory for listings (Store._recent)
-_PAYLOAD_SLOTS = (RUN_COLUMNS.index("payload"), RUN_COLUMNS.index("output"))
-# A listing never reads (or unpickles) payloads and outputs.
-_LISTED = ", ".join("NULL" if c in ("payload", "output") else c for c in RUN_COLUMNS)
-
-
-def _unlisted(row: Row) -> Row:
-    """A run row as a listing gives it: without its payload and output."""
-    out = list(row)
-    for slot in _PAYLOAD_SLOTS:
-        out[slot] = None
-    return tuple(out)
-
-
-def _overlaid(run_id: str, stored: Row | None, layers: list[Batch]) -> Row | None:
-    """A run's listed row: ``stored`` (from the tables) with the overlay's layers, oldest
-    first, written over it; None if neither has the run."""
-    row = stored
-    for layer in layers:
-        if run_id in layer.new_runs:
-            row = layer.new_runs[run_id]
-        elif row is not None and run_id in layer.run_updates:
-            row = apply_run_update(row, layer.run_updates[run_id])
-    return None if row is None else _unlisted(row)
-
-
-def _rows_by_id(cur: duckdb.DuckDBPyConnection, ids: list[str]) -> list[Row]:
-    """The listed rows of these runs (a list of values: DuckDB looks each up by key)."""
-    if not ids:
-        return []
-    marks = ", ".join("?" * len(ids))
-    return cur.execute(f"SELECT {_LISTED} FROM runs WHERE id IN ({marks})", ids).fetchall()
-
-
-def _id(row: Row) -> Any:
-    return row[0]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -264,23 +208,10 @@ class Store:
     def _load_recent(self) -> None:
         """(Store thread.) Read the tables' newest RECENT runs, for listings."""
         rows = self._writer.execute(
-            f"SELECT {_LISTED} FROM runs ORDER BY id DESC LIMIT {RECENT + 1}"
+            f"SELECT {listing.LISTED} FROM runs ORDER BY id DESC LIMIT {listing.RECENT + 1}"
         ).fetchall()
         with self._lock:
-            self._recent, self._recent_all = rows[:RECENT], len(rows) <= RECENT
-
-    def _recent_after(self, folded: Batch | None) -> tuple[list[Row], bool]:
-        """(Store thread.) ``_recent`` once the runs of ``folded`` are in the tables."""
-        if folded is None or not (folded.new_runs or folded.run_updates):
-            return self._recent, self._recent_all
-        rows = {row[0]: row for row in self._recent}
-        for run_id, row in folded.new_runs.items():
-            rows[run_id] = _unlisted(row)
-        for run_id, update in folded.run_updates.items():
-            if run_id in rows:  # else older than every run kept here
-                rows[run_id] = apply_run_update(rows[run_id], update)
-        ordered = sorted(rows.values(), key=_id, reverse=True)
-        return ordered[:RECENT], self._recent_all and len(ordered) <= RECENT
+            self._recent, self._recent_all = rows[: listing.RECENT], len(rows) <= listing.RECENT
 
     def _open_appenders(self) -> None:
         w = self._writer
@@ -630,7 +561,9 @@ class Store:
                 self._spare_clear = False
         try:
             self._write_tables(batches, last_seq)
-            recent, recent_all = self._recent_after(self._folding_runs)
+            recent, recent_all = listing.recent_after(
+                self._recent, self._recent_all, self._folding_runs
+            )
         except BaseException:
             with self._lock:  # still durable in the journal files: fold them next time
                 self._pending[:0] = batches
@@ -746,77 +679,7 @@ class Store:
             pending.absorb_runs(self._pending_runs)
             layers.append(pending)
             recent, recent_all = self._recent, self._recent_all
-        overlaid = {run_id for layer in layers for run_id in (*layer.new_runs, *layer.run_updates)}
-        known = self._page_from_memory(layers, overlaid, recent, recent_all, keep, limit)
-        if known is not None:
-            return known
-        cur, lookup = self._conn.cursor(), self._conn.cursor()
-        try:
-            # The tables' newest matching ids first (one narrow column: DuckDB reads every
-            # column of every row it sorts), read only until the page is full, then the
-            # page's rows, in one snapshot. Rows the overlay holds are skipped: its rows
-            # are newer.
-            cur.begin()
-            cur.execute(
-                f"SELECT id FROM runs WHERE ({where or 'true'}) "
-                f"ORDER BY id DESC LIMIT {limit + len(overlaid)}",
-                params,
-            )
-            page: list[str] = []
-            while len(page) < limit:
-                chunk = cur.fetchmany(_CHUNK)
-                if not chunk:
-                    break
-                page += [run_id for (run_id,) in chunk if run_id not in overlaid]
-            older = _rows_by_id(cur, page[:limit])
-            cur.rollback()
-            older.sort(key=_id, reverse=True)
-            # Only overlay runs newer than the page's last row can be on the page.
-            floor = older[-1][0] if len(older) == limit else ""
-            ids = sorted((i for i in overlaid if i > floor), reverse=True)
-            newer = self._overlay_rows(lookup, layers, ids, keep)
-            return list(itertools.islice(heapq.merge(newer, older, key=_id, reverse=True), limit))
-        finally:
-            cur.close()
-            lookup.close()
-
-    def _page_from_memory(self, layers: list[Batch], overlaid: set[str], recent: list[Row],
-                          recent_all: bool, keep: Callable[[Row], bool],
-                          limit: int) -> list[Row] | None:  # fmt: skip
-        """The page from the newest runs kept in memory and the overlay alone, or None if
-        it may reach below them. Every run newer than the last one kept is known here: an
-        overlay run only updated is one of the kept (its base row is there)."""
-        if not recent_all and not recent:
-            return None
-        floor = "" if recent_all else recent[-1][0]
-        ids = sorted((i for i in overlaid if i >= floor), reverse=True)
-
-        def overlay() -> Iterator[Row]:  # newest first, each row made only when reached
-            base = {row[0]: row for row in recent} if ids else {}
-            for run_id in ids:
-                row = _overlaid(run_id, base.get(run_id), layers)
-                if row is not None and keep(row):
-                    yield row
-
-        newer = overlay()
-        older = (row for row in recent if row[0] not in overlaid and keep(row))
-        page = list(itertools.islice(heapq.merge(newer, older, key=_id, reverse=True), limit))
-        return page if len(page) == limit or recent_all else None
-
-    def _overlay_rows(self, cur: duckdb.DuckDBPyConnection, layers: list[Batch],
-                      ids: list[str], keep: Callable[[Row], bool]) -> Iterator[Row]:  # fmt: skip
-        """The overlay's rows that ``keep`` keeps, in the order of ``ids`` (newest first).
-        A run only updated in the overlay is read from the tables, a chunk at a time."""
-        start, size = 0, 32  # a page is often all it takes: read more only when it is not
-        while start < len(ids):
-            chunk = ids[start : start + size]
-            start, size = start + size, min(size * 4, _CHUNK)
-            stored = [i for i in chunk if not any(i in layer.new_runs for layer in layers)]
-            base = {row[0]: row for row in _rows_by_id(cur, stored)}
-            for run_id in chunk:
-                row = _overlaid(run_id, base.get(run_id), layers)
-                if row is not None and keep(row):
-                    yield row
+        return listing.page(self._conn, layers, recent, recent_all, where, params, keep, limit)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for reads, after the journal is folded."""
@@ -849,24 +712,4 @@ class Store:
                 cur.execute("ROLLBACK")
         finally:
             cur.close()
-        return _detached(relational, described, rows)
-
-
-def _detached(relational: Any, described: list[tuple[str, str]], rows: list[Row]) -> Any:
-    """A relation over ``rows`` in a new sealed in-memory database."""
-    conn = relational.connect(":memory:", config=dict(_SEALED))
-    conn.execute("SET TimeZone = 'UTC'")
-    conn.execute("SET lock_configuration = true")
-    conn.execute(
-        "CREATE TABLE result ("
-        + ", ".join(f"c{i} {kind}" for i, (_, kind) in enumerate(described))
-        + ")"
-    )
-    if rows:
-        appender = conn.appender("result")
-        appender.append_rows(rows)
-        appender.flush()
-    names = ", ".join(
-        f'c{i} AS "{name.replace(chr(34), chr(34) * 2)}"' for i, (name, _) in enumerate(described)
-    )
-    return conn.sql(f"SELECT {names} FROM result")
+        return readonly.detached(relational, described, rows)
