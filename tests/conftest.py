@@ -10,7 +10,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -57,6 +57,18 @@ def has_status(run_id: str, status: nbtasks.RunStatus) -> Callable[[], nbtasks.R
 @pytest.fixture
 def store_path(tmp_path: Path) -> str:
     return str(tmp_path / "store" / "runs.duckdb")
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[Any]:
+    """A Dask LocalCluster of two single-threaded worker processes, for the session."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture

@@ -228,6 +228,13 @@ class FakeExecutor:
             return
         w.body.request, w.body.freezing = None, False
 
+    def check(self) -> None:
+        self._check_open("check")
+
+    def frozen(self, worker: WorkerId, frozen: bool) -> None:
+        self.requests.append(("frozen", worker, frozen))
+        self._check_open("frozen")
+
     def retire(self, worker: WorkerId) -> None:
         self.requests.append(("retire", worker))
         self._check_open("retire")

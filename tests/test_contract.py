@@ -22,9 +22,15 @@ from nbtasks import AbortRun, AttemptStatus, Queue, Retry, RunStatus, context, m
 
 from conftest import wait_for
 
-# name -> (what configure(executor=...) takes, the capabilities of its attempts)
-EXECUTORS: dict[str, tuple[Any, frozenset[str]]] = {
-    "local": ("local", frozenset({"pid", "exit_code", "signal"})),
+# name -> (what configure(executor=...) takes, given the fixture request; the capabilities
+# of its attempts). The Dask executor runs on a LocalCluster(processes=True) of two
+# single-threaded workers, started once per test session (conftest.dask_cluster).
+EXECUTORS: dict[str, tuple[Callable[[pytest.FixtureRequest], Any], frozenset[str]]] = {
+    "local": (lambda request: "local", frozenset({"pid", "exit_code", "signal"})),
+    "dask": (
+        lambda request: nbtasks.DaskExecutor(request.getfixturevalue("dask_cluster")),
+        frozenset({"pid", "exit_code", "signal"}),  # of the process on the Dask worker
+    ),
 }
 
 
@@ -36,7 +42,7 @@ def executor(request: pytest.FixtureRequest, store_path: str) -> Iterator[str]:
         missing = set(mark.args) - capabilities
         if missing:
             pytest.skip(f"the {request.param} executor does not report {sorted(missing)}")
-    nbtasks.configure(store=store_path, workers=2, executor=choice)
+    nbtasks.configure(store=store_path, workers=2, executor=choice(request))
     yield request.param
     nbtasks.shutdown()
     nbtasks.configure(executor="local")

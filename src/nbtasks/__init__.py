@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "configure": "client.config",
+    "DaskExecutor": "executor.dask",
     "shutdown": "client.config",
     "TaskContext": "core.context",
     "context": "core.context",
@@ -58,6 +59,7 @@ __all__ = [
     "BatchHandle",
     "BatchItem",
     "BatchResult",
+    "DaskExecutor",
     "EngineStoppedError",
     "NbtasksError",
     "NbtasksWarning",
@@ -103,6 +105,7 @@ if TYPE_CHECKING:
     from nbtasks.core.models import Attempt, BatchItem, BatchResult, Page, Result, Run
     from nbtasks.core.options import Queue, Retry
     from nbtasks.core.status import AttemptStatus, RunStatus
+    from nbtasks.executor.dask import DaskExecutor
 
 
 def __getattr__(name: str) -> Any:

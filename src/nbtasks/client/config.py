@@ -71,14 +71,21 @@ def store_path() -> str:
     return os.path.abspath(os.path.expanduser(chosen)) if chosen else default_store_path()
 
 
-def worker_count() -> int:
+def chosen_workers() -> int | None:
+    """The worker count given by ``configure(workers=...)`` or ``NBTASKS_WORKERS``."""
     if _settings["workers"] is not None:
         workers: int = _settings["workers"]
         return workers
     env = os.environ.get("NBTASKS_WORKERS")
     if env:
         return _workers_from("NBTASKS_WORKERS", env)
-    return os.cpu_count() or 1
+    return None
+
+
+def worker_count() -> int:
+    """Local workers: as chosen, else one per core."""
+    chosen = chosen_workers()
+    return chosen if chosen is not None else os.cpu_count() or 1
 
 
 def payload_cap() -> tuple[int, str]:
@@ -101,9 +108,10 @@ def configure(store: str | os.PathLike[str] | None = None, workers: int | None =
     effect for the next engine: if one is running, it is shut down first (its executing
     runs end INTERRUPTED).
 
-    ``executor`` is ``"local"`` (worker processes on this machine, the default) or a
-    zero-argument callable returning a new object that implements
-    ``nbtasks.executor.base.Executor`` (one per engine)."""
+    ``executor`` is ``"local"`` (worker processes on this machine, the default),
+    ``nbtasks.DaskExecutor(target)`` (a Dask cluster; also chosen by
+    ``NBTASKS_DASK_SCHEDULER``), or a zero-argument callable returning a new object that
+    implements ``nbtasks.executor.base.Executor`` (one per engine)."""
     if store is not None and not isinstance(store, (str, os.PathLike)):
         raise ValueError(f"store={store!r} is not valid: use a file path")
     if workers is not None:
@@ -132,8 +140,21 @@ def configure(store: str | os.PathLike[str] | None = None, workers: int | None =
         shutdown()
 
 
+def _executor_choice() -> Any:
+    """``"local"``, or a callable that makes the engine's executor."""
+    chosen = _settings.get("executor")
+    if chosen is None:
+        from nbtasks.executor.dask import from_environment
+
+        chosen = from_environment() or "local"
+    return chosen
+
+
 def _local() -> bool:
-    return _settings.get("executor") in (None, "local")
+    chosen = _settings.get("executor")
+    if chosen is None:
+        return not os.environ.get("NBTASKS_DASK_SCHEDULER", "").strip()
+    return bool(chosen == "local")
 
 
 def prelaunch() -> None:
@@ -167,7 +188,7 @@ def get_engine(spawn: bool = False) -> Any:
                 "in a worker process, runs can be triggered and read only by task code "
                 "while it executes"
             )
-        path, size, cap = store_path(), worker_count(), payload_cap()
+        path, size, cap = store_path(), chosen_workers(), payload_cap()
         launched = []
         if _early is not None:
             launched, _early = [_early], None
@@ -182,7 +203,9 @@ def get_engine(spawn: bool = False) -> Any:
 
             executor = LocalExecutor(launched, WORKER_PRELOAD)
         else:
-            executor = _settings["executor"]()
+            executor = _executor_choice()()  # a cluster's executor knows its size
+        if size is None:
+            size = getattr(executor, "size_hint", None) or worker_count()
         engine = _engine = Engine(path, size, executor, spawn)
         engine.max_payload = cap
 

@@ -287,7 +287,9 @@ class Dispatch:
         if attempt is None or attempt.id != attempt_id:
             return None
         view.attempt = None
-        view.frozen = False
+        if view.frozen:
+            view.frozen = False
+            self.executor.frozen(view.id, False)
         self.attempt_s += (took - self.attempt_s) * 0.2  # sizes what workers get sent ahead
         self.engine.release_slot(attempt)
         self.make_idle(view)
@@ -339,11 +341,13 @@ class Dispatch:
         if view is not None:
             view.frozen = True
             self.take_back_all(view)
+            self.executor.frozen(view.id, True)
 
     def thaw(self, attempt: AttemptState) -> None:
         view = self.workers.get(attempt.worker)
-        if view is not None:
+        if view is not None and view.frozen:
             view.frozen = False
+            self.executor.frozen(view.id, False)
 
     def has_capacity(self) -> bool:
         return self.executing < self.size

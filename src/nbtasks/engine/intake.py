@@ -29,6 +29,7 @@ class IntakeMixin(_Base):
                final: cf.Future[Any] | None = None) -> None:  # fmt: skip
         """Create runs; resolve ``fut`` with ``(run_id, is_cached)`` per spec once they are
         committed, and ``final`` (if given) with their final snapshots, in order."""
+        self.executor.check()  # e.g. a cluster that cannot be reached: no run is made
         if final is None:
             created = self._create(specs)
             self._ack_after_commit(fut, created)

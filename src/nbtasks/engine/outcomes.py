@@ -189,7 +189,7 @@ class OutcomesMixin(_Base):
     def _on_lost(self, ev: E.WorkerLost) -> None:
         _, attempt = self.dispatch.lost(ev.worker)
         if attempt is not None:
-            self._worker_died(attempt, ev.exit_code, ev.signal)
+            self._worker_died(attempt, ev.exit_code, ev.signal, ev.log)
         if self.closed:
             return
         if self.dispatch.spawn_failures >= MAX_SPAWN_FAILURES:
@@ -198,7 +198,8 @@ class OutcomesMixin(_Base):
             self._top_up()
         self._pump()
 
-    def _worker_died(self, attempt: AttemptState, exit_code: int | None, sig: int | None) -> None:
+    def _worker_died(self, attempt: AttemptState, exit_code: int | None, sig: int | None,
+                     log: str = "") -> None:  # fmt: skip
         if attempt.timer is not None:
             attempt.timer.cancel()
         if attempt.kill_reason == TAKEN_BACK:
@@ -211,8 +212,11 @@ class OutcomesMixin(_Base):
         if attempt.oom:
             self._out_of_memory(attempt, attempt.peak_rss)
             return
-        how = f"signal {signal.Signals(sig).name} ({sig})" if sig else f"exit code {exit_code}"
-        message = f"the worker process died with {how}"
+        if sig is None and exit_code is None:  # its machine went away: the executor says why
+            message = log or "the worker was lost"
+        else:
+            how = f"signal {signal.Signals(sig).name} ({sig})" if sig else f"exit code {exit_code}"
+            message = f"the worker process died with {how}"
         text = error_json(AttemptStatus.CRASHED, "WorkerCrashed", message)
         self._end_attempt(run, attempt, AttemptStatus.CRASHED, text)
         if run.status is S.FROZEN:

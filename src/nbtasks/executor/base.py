@@ -62,7 +62,8 @@ class WorkerReady(NamedTuple):
 
 
 class WorkerLost(NamedTuple):
-    """The worker and every process its attempts started are gone."""
+    """The worker and every process its attempts started are gone. Without an exit code
+    and a signal (a worker on a machine that went away, say), ``log`` says why."""
 
     worker: WorkerId
     exit_code: int | None
@@ -179,6 +180,16 @@ class Executor(Protocol):
     def kill(self, worker: WorkerId, attempt_id: str) -> None: ...
 
     def reply(self, worker: WorkerId, request_id: int, ok: bool, value: Any) -> None: ...
+
+    def check(self) -> None:
+        """Raise ``NbtasksError`` naming the cause if attempts cannot be run now (a cluster
+        that cannot be reached, say): called before runs are created."""
+        ...
+
+    def frozen(self, worker: WorkerId, frozen: bool) -> None:
+        """The worker's attempt became FROZEN (waits on children, its capacity given up to
+        a spare worker), or thawed."""
+        ...
 
     def retire(self, worker: WorkerId) -> None:
         """Stop an idle worker (``WorkerLost`` follows)."""

@@ -52,11 +52,14 @@ class WorkerProc:
         return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"
 
 
-def launch(preload: tuple[str, ...] = ()) -> WorkerProc:
+def launch(preload: tuple[str, ...] = (), path: list[str] | None = None,
+           cwd: str | None = None) -> WorkerProc:  # fmt: skip
     """Start a worker process. Callable from any long-lived thread, before an engine exists
     (the first trigger starts workers first, so they boot while the engine loads); the
     worker dies with the thread that started it, so not from a short-lived one. The worker
-    imports the ``preload`` modules while it boots (what unpickling tasks needs)."""
+    imports the ``preload`` modules while it boots (what unpickling tasks needs), with
+    ``path`` as its ``sys.path`` and ``cwd`` as its working folder (by default this
+    process's)."""
     cmd_r, cmd_w = os.pipe()
     event_r, event_w = os.pipe()
     control = Control.create()
@@ -86,7 +89,7 @@ def launch(preload: tuple[str, ...] = ()) -> WorkerProc:
     os.close(cmd_r)
     os.close(event_w)
     worker = WorkerProc(popen, cmd_w, event_r, boot_log, control, token)
-    P.write_all(cmd_w, P.encode(P.Init(list(sys.path), os.getcwd(), list(preload))))
+    P.write_all(cmd_w, P.encode(P.Init(path or list(sys.path), cwd or os.getcwd(), list(preload))))
     return worker
 
 

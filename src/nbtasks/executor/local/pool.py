@@ -86,8 +86,10 @@ class LocalExecutor:
     capabilities = frozenset({"pid", "exit_code", "signal"})
 
     def __init__(self, launched: list[WorkerProc] | None = None,
-                 preload: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 preload: tuple[str, ...] = (), path: list[str] | None = None,
+                 cwd: str | None = None) -> None:  # fmt: skip
         self.preload = preload
+        self.path, self.cwd = path, cwd  # the workers' sys.path and folder (launch)
         self.workers: dict[E.WorkerId, WorkerProc] = {}
         self._launched = list(launched or ())
         self.loop: asyncio.AbstractEventLoop
@@ -106,7 +108,7 @@ class LocalExecutor:
     # -- requests ----------------------------------------------------------------------
 
     def spawn(self) -> E.WorkerId:
-        return self._adopt(launch(self.preload)).id
+        return self._adopt(launch(self.preload, self.path, self.cwd)).id
 
     def _adopt(self, worker: WorkerProc) -> WorkerProc:
         self.workers[worker.id] = worker
@@ -130,6 +132,12 @@ class LocalExecutor:
 
     def take_back(self, worker_id: E.WorkerId, attempt_id: str) -> None:
         self._send(self.workers[worker_id], P.Drop(attempt_id))
+
+    def check(self) -> None:
+        """Nothing to check: local workers are started on demand."""
+
+    def frozen(self, worker_id: E.WorkerId, frozen: bool) -> None:
+        """A frozen attempt's worker process simply waits: nothing to do here."""
 
     def reply(self, worker_id: E.WorkerId, request_id: int, ok: bool, value: Any) -> None:
         try:

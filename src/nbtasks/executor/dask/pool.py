@@ -1,0 +1,293 @@
+"""The kernel's side of the Dask executor: each nbtasks worker is a runner (``runner.py``),
+a long-lived Dask task that hosts a local worker process on a Dask worker's machine.
+
+The engine decides everything (what runs, where, when, queues and concurrency limits across
+the whole cluster, retries, idempotency, delays, TTL); Dask only places runners on its
+workers. Requests go to a runner as one message per step of the engine's loop, sent in
+order from the Dask client's loop; events come back on one topic, and are handed to the
+engine's loop.
+
+A runner is lost when its Dask future ends without the runner saying so itself: its Dask
+worker died (``KilledWorker``: the scheduler's ``allowed-failures`` is set to 0 so that Dask
+never runs a runner again behind the engine's back), or the scheduler went away. Either way
+the engine hears ``WorkerLost`` with the cause, and the attempt ends CRASHED by the usual
+rules. A runner that shows up a second time (a scheduler that re-ran it anyway) is lost
+too, and told to stop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nbtasks.core.errors import NbtasksError
+from nbtasks.executor import base as E
+from nbtasks.executor.dask.runner import PROBE, encode, event_topic, request_topic, serve
+
+if TYPE_CHECKING:
+    import asyncio
+
+SUBSCRIBE_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False)
+class Runner:
+    """What the kernel knows of one runner."""
+
+    id: E.WorkerId
+    topic: str
+    future: Any  # distributed.Future (Dask is not typed)
+    resources: dict[str, float] | None = None
+    where: str | None = None  # its Dask worker's address, once it says
+    loaded: set[str] = field(default_factory=set)  # function keys it holds
+    outbox: list[Any] = field(default_factory=list)  # requests of this loop step
+    killing: set[str] = field(default_factory=set)  # kills not answered yet
+    lost: bool = False
+
+
+class DaskPool:
+    """Runs attempts in runners on a Dask cluster (one per engine)."""
+
+    # reported by the local worker on the Dask worker's machine (the pid is of that machine)
+    capabilities = frozenset({"pid", "exit_code", "signal"})
+
+    def __init__(self, client: Any, owned: bool, preload: tuple[str, ...] = (),
+                 size_hint: int = 1) -> None:  # fmt: skip
+        import sys
+
+        self.client = client
+        self.owned = owned  # made from an address: closed with the pool
+        self.address = str(client.scheduler.address)
+        self.preload = preload
+        self.path, self.cwd = list(sys.path), os.getcwd()
+        self.size_hint = size_hint
+        self.session = os.urandom(6).hex()
+        self.runners: dict[E.WorkerId, Runner] = {}
+        self._ids = itertools.count(1)
+        self._flushing = False
+        self._closed = False
+        self._wire: dict[E.WorkerId, list[bytes]] = {}  # the client loop's: blobs to send
+        self._sending: set[E.WorkerId] = set()
+        self.loop: asyncio.AbstractEventLoop
+        self.sink: E.Sink
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def open(self, loop: asyncio.AbstractEventLoop, sink: E.Sink) -> list[E.WorkerId]:
+        self.loop, self.sink = loop, sink
+        self.check()
+        got = threading.Event()
+
+        def on_event(event: tuple[float, Any]) -> None:  # on the Dask client's loop
+            msg = event[1]
+            if msg == PROBE:
+                got.set()
+            elif not self._closed:
+                loop.call_soon_threadsafe(self._deliver, msg[0], msg[1])
+
+        topic = event_topic(self.session)
+        self.client.subscribe_topic(topic, on_event)
+        waited = 0.0
+        while not got.wait(0.02):  # the subscription is in place once a probe comes back
+            waited += 0.02
+            if waited > SUBSCRIBE_TIMEOUT_S:
+                raise NbtasksError(f"the Dask scheduler at {self.address} does not answer")
+            self.client.log_event(topic, PROBE)
+        try:  # Dask must never run a runner again by itself (it would run its attempt twice)
+            self.client.run_on_scheduler(_no_silent_retries)
+        except Exception:
+            pass
+        return []
+
+    def boot_slots(self) -> int:
+        return max(1, self.size_hint)  # runners boot on the cluster's machines, in parallel
+
+    def check(self) -> None:
+        if self.client.status != "running" or self._scheduler_gone():
+            raise NbtasksError(
+                f"the Dask scheduler at {self.address} cannot be reached "
+                f"(client {self.client.status}): no run was made"
+            )
+
+    def _scheduler_gone(self) -> bool:
+        comm = getattr(self.client, "scheduler_comm", None)
+        inner = getattr(comm, "comm", None)
+        return inner is None or inner.closed()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def spawn(self, resources: dict[str, float] | None = None) -> E.WorkerId:
+        wid = next(self._ids)
+        try:
+            future = self.client.submit(
+                serve, self.session, wid, self.preload, self.path, self.cwd,
+                key=f"nbtasks-runner-{self.session}-{wid}", pure=False, resources=resources,
+            )  # fmt: skip
+        except Exception as exc:
+            raise OSError(f"the Dask scheduler at {self.address}: {exc}") from exc
+        self.runners[wid] = Runner(wid, request_topic(self.session, wid), future, resources)
+        future.add_done_callback(lambda f: self._future_done(wid, f))
+        return wid
+
+    def start(self, worker: E.WorkerId, attempt: E.AttemptSpec, ahead: bool = False) -> None:
+        runner = self.runners[worker]
+        if attempt.fn_key in runner.loaded:
+            attempt = attempt._replace(fn_bytes=b"")  # it holds the function: not again
+        runner.loaded.add(attempt.fn_key)
+        self._send(runner, ("start", attempt, ahead))
+
+    def take_back(self, worker: E.WorkerId, attempt_id: str) -> None:
+        self._send(self.runners[worker], ("take_back", attempt_id))
+
+    def kill(self, worker: E.WorkerId, attempt_id: str) -> None:
+        runner = self.runners.get(worker)
+        if runner is None or runner.lost:
+            self.sink(E.KillDone(worker, attempt_id, killed=True))  # WorkerLost came
+            return
+        runner.killing.add(attempt_id)
+        self._send(runner, ("kill", attempt_id))
+
+    def reply(self, worker: E.WorkerId, request_id: int, ok: bool, value: Any) -> None:
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            ok, data = False, pickle.dumps(RuntimeError(f"{type(value).__name__}: {exc}"))
+        runner = self.runners.get(worker)
+        if runner is not None:
+            self._send(runner, ("reply", request_id, ok, data))
+
+    def frozen(self, worker: E.WorkerId, frozen: bool) -> None:
+        runner = self.runners.get(worker)
+        if runner is not None:
+            self._send(runner, ("frozen", frozen))
+
+    def retire(self, worker: E.WorkerId) -> None:
+        self._send(self.runners[worker], ("retire",))
+
+    def close(self) -> None:
+        """Stop every runner (each kills its worker's tree) and let go of their futures."""
+        runners = list(self.runners.values())
+        for runner in runners:
+            runner.outbox = [("stop",)]
+            self._flush_one(runner)
+        self._closed = True
+        self.runners.clear()
+        try:
+            self.client.cancel([r.future for r in runners])
+        except Exception:
+            pass
+        if self.owned:
+            try:
+                self.client.close(timeout=2)
+            except Exception:
+                pass
+
+    # -- the wire ------------------------------------------------------------------------------
+
+    def _send(self, runner: Runner, request: tuple[Any, ...]) -> None:
+        """Requests of one loop step go to a runner as one message, once the step is over."""
+        if runner.lost:
+            return
+        runner.outbox.append(request)
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        batches = []
+        for runner in self.runners.values():
+            if runner.outbox:
+                batches.append((runner.id, runner.topic, encode(runner.outbox)))
+                runner.outbox = []
+        if batches and not self._closed:
+            self.client.loop.add_callback(self._post, batches)
+
+    async def _post(self, batches: list[tuple[E.WorkerId, str, bytes]]) -> None:
+        """On the Dask client's loop: publish each runner's messages in order."""
+        for wid, topic, blob in batches:
+            self._wire.setdefault(wid, []).append(blob)
+            if wid in self._sending:
+                continue
+            self._sending.add(wid)
+            try:
+                while self._wire.get(wid):
+                    blobs, self._wire[wid] = self._wire[wid], []
+                    for b in blobs:
+                        await self.client.scheduler.log_event(topic=topic, msg=b)
+            except Exception:
+                self._wire.pop(wid, None)
+            finally:
+                self._sending.discard(wid)
+
+    # -- what comes back -----------------------------------------------------------------------
+
+    def _deliver(self, wid: E.WorkerId, blob: bytes) -> None:
+        runner = self.runners.get(wid)
+        if runner is None or runner.lost:
+            return
+        sink = self.sink
+        for event in pickle.loads(blob):
+            if isinstance(event, tuple) and event and event[0] == "at":
+                if runner.where is not None:  # run a second time: its first life is over
+                    self._lose(runner, f"the runner on Dask worker {runner.where} was lost")
+                    return
+                runner.where = event[1]
+                continue
+            if isinstance(event, E.Call):
+                event = event._replace(args=tuple(pickle.loads(event.args)))  # type: ignore[arg-type]
+            elif isinstance(event, E.KillDone):
+                runner.killing.discard(event.attempt_id)
+            elif isinstance(event, E.WorkerLost):
+                runner.lost = True
+                del self.runners[wid]
+            sink(event)
+
+    def _future_done(self, wid: E.WorkerId, future: Any) -> None:
+        """In a callback thread of the Dask client: why the runner's task ended."""
+        status = future.status
+        if status == "error":
+            try:
+                exc = future.exception(timeout=5)
+                cause = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                cause = f"{type(exc).__name__}: {exc}"
+        elif status == "cancelled":
+            cause = f"the Dask scheduler at {self.address} was lost or let the runner go"
+        else:
+            cause = "the runner ended"
+        if not self._closed:
+            self.loop.call_soon_threadsafe(self._future_ended, wid, cause)
+
+    def _future_ended(self, wid: E.WorkerId, cause: str) -> None:
+        runner = self.runners.get(wid)
+        if runner is not None and not runner.lost:
+            where = f" on Dask worker {runner.where}" if runner.where else ""
+            self._lose(runner, f"the nbtasks worker{where} was lost: {cause}")
+
+    def _lose(self, runner: Runner, cause: str) -> None:
+        runner.outbox = [("stop",)]
+        self._flush_one(runner)
+        runner.lost = True
+        self.runners.pop(runner.id, None)
+        try:
+            self.client.cancel([runner.future])
+        except Exception:
+            pass
+        for attempt_id in sorted(runner.killing):  # every kill is answered
+            self.sink(E.KillDone(runner.id, attempt_id, killed=True))
+        self.sink(E.WorkerLost(runner.id, None, None, cause))
+
+    def _flush_one(self, runner: Runner) -> None:
+        if runner.outbox and not self._closed:
+            batch = [(runner.id, runner.topic, encode(runner.outbox))]
+            runner.outbox = []
+            self.client.loop.add_callback(self._post, batch)
+
+
+def _no_silent_retries(dask_scheduler: Any) -> None:
+    dask_scheduler.allowed_failures = 0
