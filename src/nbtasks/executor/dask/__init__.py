@@ -35,11 +35,17 @@ class DaskExecutor:
     """Attempts run on a Dask cluster, each in a process of its own on a Dask worker.
 
     ``target`` is a scheduler address (``"tcp://host:8786"``), a ``distributed.Client`` or a
-    cluster object (``LocalCluster``, dask-jobqueue, dask-kubernetes, Coiled...). One
+    cluster object (``LocalCluster``, dask-jobqueue, dask-kubernetes, Coiled...).
+    ``timeout``: how long connecting to an address may take before a trigger fails. One
     object serves every engine of the process: each engine gets a pool of its own."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, timeout: float = CONNECT_TIMEOUT_S) -> None:
         distributed = _distributed()
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(
+                f"DaskExecutor(timeout={timeout!r}) is not valid: use seconds, a number > 0"
+            )
+        self.timeout = float(timeout)
         if isinstance(target, str):
             if not target.strip():
                 raise ValueError(f"DaskExecutor(target={target!r}) is not valid: use a "
@@ -74,7 +80,7 @@ class DaskExecutor:
                 raise NbtasksError(f"the Dask client of {self.address} is {target.status}")
             return target, False
         try:
-            client = distributed.Client(target, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+            client = distributed.Client(target, timeout=self.timeout, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise NbtasksError(
                 f"the Dask scheduler at {self.address} cannot be reached: {exc}"

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import asyncio
 
 SUBSCRIBE_TIMEOUT_S = 10.0
+WATCH_EVERY_S = 0.25  # how often a pool whose scheduler went away tries it again
 
 
 @dataclass(eq=False)
@@ -40,8 +41,8 @@ class Runner:
 
     id: E.WorkerId
     topic: str
-    future: Any  # distributed.Future (Dask is not typed)
     resources: dict[str, float] | None = None
+    future: Any = None  # its distributed.Future, once submitted (Dask is not typed)
     where: str | None = None  # its Dask worker's address, once it says
     loaded: set[str] = field(default_factory=set)  # function keys it holds
     outbox: list[Any] = field(default_factory=list)  # requests of this loop step
@@ -70,16 +71,27 @@ class DaskPool:
         self._ids = itertools.count(1)
         self._flushing = False
         self._closed = False
+        self._watching = False  # connecting again in a thread
+        self.connection: Any = None  # the scheduler comm the subscription is on
         self._wire: dict[E.WorkerId, list[bytes]] = {}  # the client loop's: blobs to send
         self._sending: set[E.WorkerId] = set()
         self.loop: asyncio.AbstractEventLoop
         self.sink: E.Sink
 
-    # -- set-up ------------------------------------------------------------------------------
+    # -- the connection ------------------------------------------------------------------------
 
     def open(self, loop: asyncio.AbstractEventLoop, sink: E.Sink) -> list[E.WorkerId]:
         self.loop, self.sink = loop, sink
-        self.check()
+        if self.client.status != "running":
+            raise self._unreachable()
+        self._subscribe()
+        return []
+
+    def _subscribe(self) -> None:
+        """Subscribe to the runners' events on the client's present connection, and wait
+        until a probe comes back: from then on, nothing a runner says is missed."""
+        client, loop = self.client, self.loop
+        comm = client.scheduler_comm
         got = threading.Event()
 
         def on_event(event: tuple[float, Any]) -> None:  # on the Dask client's loop
@@ -90,48 +102,87 @@ class DaskPool:
                 loop.call_soon_threadsafe(self._deliver, msg[0], msg[1])
 
         topic = event_topic(self.session)
-        self.client.subscribe_topic(topic, on_event)
+        client.subscribe_topic(topic, on_event)
         waited = 0.0
-        while not got.wait(0.02):  # the subscription is in place once a probe comes back
+        while not got.wait(0.02):
             waited += 0.02
             if waited > SUBSCRIBE_TIMEOUT_S:
-                raise NbtasksError(f"the Dask scheduler at {self.address} does not answer")
-            self.client.log_event(topic, PROBE)
+                raise self._unreachable("it does not answer")
+            client.log_event(topic, PROBE)
         try:  # Dask must never run a runner again by itself (it would run its attempt twice)
-            self.client.run_on_scheduler(_no_silent_retries)
-        except Exception:
+            client.run_on_scheduler(_no_silent_retries)
+        except Exception:  # a scheduler that refuses: lost runners are seen anyway
             pass
-        return []
+        self.connection = comm
+
+    def _connected(self) -> bool:
+        client = self.client
+        comm = client.scheduler_comm
+        inner = getattr(comm, "comm", None)
+        return (client.status == "running" and comm is self.connection and inner is not None
+                and not inner.closed())  # fmt: skip
+
+    def _unreachable(self, why: str = "") -> NbtasksError:
+        why = why or f"the client is {self.client.status}"
+        return NbtasksError(f"the Dask scheduler at {self.address} cannot be reached ({why})")
+
+    def check(self) -> None:
+        if not self._connected():
+            self._watch()
+            raise NbtasksError(f"{self._unreachable()}: no run was made")
+
+    def _watch(self) -> None:
+        """While the scheduler is away: connect again (a client of the pool's own is made
+        anew once Dask gave up on it), subscribe again, then submit the runners the engine
+        asked for meanwhile. Runs wait QUEUED until then."""
+        if self._closed or self._watching:
+            return
+        if self._connected():
+            for runner in list(self.runners.values()):
+                if runner.future is None and not runner.lost:
+                    self._submit(runner)
+            return
+        self._watching = True
+
+        def reconnect() -> None:
+            try:
+                if self.owned and self.client.status in ("closing", "closed", "failed"):
+                    from distributed import Client
+
+                    self.client = Client(self.address, timeout=2, set_as_default=False)
+                if self.client.status == "running":
+                    self._subscribe()
+            except Exception:  # still away: try again in a while
+                pass
+            finally:
+                self._watching = False
+                if not self._closed:
+                    self.loop.call_soon_threadsafe(self.loop.call_later, WATCH_EVERY_S,
+                                                   self._watch)  # fmt: skip
+
+        threading.Thread(target=reconnect, name="nbtasks-dask-reconnect", daemon=True).start()
 
     def boot_slots(self) -> int:
         return max(1, self.size_hint)  # runners boot on the cluster's machines, in parallel
-
-    def check(self) -> None:
-        if self.client.status != "running" or self._scheduler_gone():
-            raise NbtasksError(
-                f"the Dask scheduler at {self.address} cannot be reached "
-                f"(client {self.client.status}): no run was made"
-            )
-
-    def _scheduler_gone(self) -> bool:
-        comm = getattr(self.client, "scheduler_comm", None)
-        inner = getattr(comm, "comm", None)
-        return inner is None or inner.closed()
 
     # -- requests ------------------------------------------------------------------------------
 
     def spawn(self, resources: dict[str, float] | None = None) -> E.WorkerId:
         wid = next(self._ids)
-        try:
-            future = self.client.submit(
-                serve, self.session, wid, self.preload, self.path, self.cwd,
-                key=f"nbtasks-runner-{self.session}-{wid}", pure=False, resources=resources,
-            )  # fmt: skip
-        except Exception as exc:
-            raise OSError(f"the Dask scheduler at {self.address}: {exc}") from exc
-        self.runners[wid] = Runner(wid, request_topic(self.session, wid), future, resources)
-        future.add_done_callback(lambda f: self._future_done(wid, f))
+        runner = self.runners[wid] = Runner(wid, request_topic(self.session, wid), resources)
+        if self._connected():
+            self._submit(runner)
+        else:
+            self._watch()  # submitted once the scheduler is back
         return wid
+
+    def _submit(self, runner: Runner) -> None:
+        wid = runner.id
+        runner.future = future = self.client.submit(
+            serve, self.session, wid, self.preload, self.path, self.cwd,
+            key=f"nbtasks-runner-{self.session}-{wid}", pure=False, resources=runner.resources,
+        )  # fmt: skip
+        future.add_done_callback(lambda f: self._future_done(wid, f))
 
     def start(self, worker: E.WorkerId, attempt: E.AttemptSpec, ahead: bool = False) -> None:
         runner = self.runners[worker]
@@ -177,7 +228,7 @@ class DaskPool:
         self._closed = True
         self.runners.clear()
         try:
-            self.client.cancel([r.future for r in runners])
+            self.client.cancel([r.future for r in runners if r.future is not None])
         except Exception:
             pass
         if self.owned:
@@ -256,8 +307,10 @@ class DaskPool:
                 cause = f"{type(exc).__name__}: {exc}"
             except Exception as exc:
                 cause = f"{type(exc).__name__}: {exc}"
+        elif status == "cancelled" and self.client.status != "running":
+            cause = f"the connection to the Dask scheduler at {self.address} was lost"
         elif status == "cancelled":
-            cause = f"the Dask scheduler at {self.address} was lost or let the runner go"
+            cause = "Dask canceled its task"
         else:
             cause = "the runner ended"
         if not self._closed:
@@ -268,6 +321,8 @@ class DaskPool:
         if runner is not None and not runner.lost:
             where = f" on Dask worker {runner.where}" if runner.where else ""
             self._lose(runner, f"the nbtasks worker{where} was lost: {cause}")
+        if not self._connected():
+            self._watch()
 
     def _lose(self, runner: Runner, cause: str) -> None:
         runner.outbox = [("stop",)]
@@ -275,7 +330,8 @@ class DaskPool:
         runner.lost = True
         self.runners.pop(runner.id, None)
         try:
-            self.client.cancel([runner.future])
+            if runner.future is not None:
+                self.client.cancel([runner.future])
         except Exception:
             pass
         for attempt_id in sorted(runner.killing):  # every kill is answered

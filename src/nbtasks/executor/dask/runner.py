@@ -184,8 +184,8 @@ def serve(session: str, wid: int, preload: tuple[str, ...], path: list[str],
             state = dask_worker.state.tasks.get(key)
             if state is None or state.state not in ("executing", "long-running"):
                 host.stop_threadsafe()  # the kernel let it go: canceled, closed or killed
-            elif client.status not in ("running", "connecting"):
-                host.stop_threadsafe()  # the scheduler is gone
+            elif client.status != "running":
+                host.stop_threadsafe()  # the scheduler is away: its runs are CRASHED
             wanted = host.freeze_wanted
             if wanted is not None and wanted != seceded:
                 if wanted:

@@ -1,0 +1,241 @@
+"""The Dask executor beyond the contract suite (``test_contract.py`` runs that on a
+LocalCluster): what only a cluster can do to a run. A Dask worker killed mid-attempt, the
+scheduler killed and started again, a scheduler that cannot be reached, the extra not
+installed, ``resources=``. Real clusters: a LocalCluster of worker processes, or a
+scheduler and workers started with the ``dask`` command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import nbtasks
+from nbtasks import AttemptStatus, NbtasksError, Retry, RunStatus, task
+
+from conftest import wait_for
+
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+
+
+@task
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task(retry=Retry(max_attempts=3, min_delay=0.05, randomize=False))
+def nap_with_retries(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def triple(x: int) -> int:
+    return 3 * x
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _executing_pid(run_id: str) -> int:
+    def pid() -> int | None:
+        run = nbtasks.runs.retrieve(run_id)
+        if run.status is RunStatus.EXECUTING and run.attempts and run.attempts[-1].pid:
+            return run.attempts[-1].pid
+        return None
+
+    found: int = wait_for(pid, "the run executing, with its pid")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class CommandCluster:
+    """A scheduler and two single-threaded workers, each started with the ``dask`` command,
+    so that the scheduler can be killed."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.scheduler = self._scheduler()
+        self.workers = self._workers()
+
+    def _scheduler(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+             "--no-dashboard"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def _workers(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [DASK, "worker", self.address, "--nworkers", "2", "--nthreads", "1",
+             "--no-dashboard", "--death-timeout", "60"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def wait_ready(self) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+
+    def kill_scheduler(self) -> None:
+        self.scheduler.send_signal(signal.SIGKILL)
+        self.scheduler.wait()
+
+    def restart(self) -> None:
+        """Start the scheduler again on the same port, and workers for it."""
+        self.scheduler = self._scheduler()
+        if self.workers.poll() is None:  # they give up on a lost scheduler by themselves
+            self.workers.wait(timeout=60)
+        self.workers = self._workers()
+        self.wait_ready()
+
+    def close(self) -> None:
+        for proc in (self.workers, self.scheduler):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@pytest.fixture
+def command_cluster() -> Iterator[CommandCluster]:
+    cluster = CommandCluster()
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        nbtasks.shutdown()
+        cluster.close()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Any]:
+    """A LocalCluster of two single-threaded worker processes, for one test (it gets hurt)."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    try:
+        yield cluster
+    finally:
+        nbtasks.shutdown()
+        cluster.close()
+
+
+def test_a_killed_dask_worker_crashes_its_attempt_with_the_cause(
+    own_cluster: Any, store_path: str
+) -> None:
+    nbtasks.configure(store=store_path, workers=2, executor=nbtasks.DaskExecutor(own_cluster))
+    handle = nap.trigger(30)
+    attempt_pid = _executing_pid(handle.id)
+    dask_worker = psutil.Process(attempt_pid).parent()
+    assert dask_worker is not None
+    dask_worker.send_signal(signal.SIGKILL)
+
+    run = nbtasks.runs.retrieve(handle.id)
+    result = handle.wait()
+    assert result.status is RunStatus.CRASHED, result
+    attempt = nbtasks.runs.retrieve(handle.id).attempts[0]
+    assert attempt.status is AttemptStatus.CRASHED
+    assert "Dask worker" in str(attempt.error) and "was lost" in str(attempt.error), attempt
+    wait_for(lambda: not _alive(attempt_pid), "the attempt's process gone with its worker")
+    assert run.id == handle.id
+    # Dask never ran it again behind the engine's back, and the next runs are fine
+    assert [a.number for a in nbtasks.runs.retrieve(handle.id).attempts] == [1]
+    assert [r.unwrap() for r in triple.batch_trigger_and_wait([1, 2, 3]).runs] == [3, 6, 9]
+
+
+def test_a_killed_scheduler_loses_no_acknowledged_run(
+    command_cluster: CommandCluster, store_path: str
+) -> None:
+    nbtasks.configure(
+        store=store_path, workers=2, executor=nbtasks.DaskExecutor(command_cluster.address)
+    )
+    executing = [nap_with_retries.trigger(1.5) for _ in range(2)]
+    queued = [nap.trigger(0.1) for _ in range(3)]
+    pids = [_executing_pid(h.id) for h in executing]
+
+    command_cluster.kill_scheduler()
+    for pid in pids:  # the attempts' process trees do not outlive their runners
+        wait_for(lambda pid=pid: not _alive(pid), "the attempt's process gone", timeout=30)
+    for h in executing:
+        first = wait_for(
+            lambda h=h: (
+                next(iter(nbtasks.runs.retrieve(h.id).attempts), None)
+                if nbtasks.runs.retrieve(h.id).attempts[0].status is AttemptStatus.CRASHED
+                else None
+            ),
+            "the first attempt CRASHED",
+        )
+        assert "Dask scheduler" in str(first.error), first
+    with pytest.raises(NbtasksError, match=command_cluster.address) as raised:
+        triple.trigger(1)
+    assert "no run was made" in str(raised.value)
+
+    command_cluster.restart()
+    results = [h.wait() for h in executing + queued]
+    assert [r.status for r in results] == [RunStatus.COMPLETED] * 5, results
+    for h in executing:  # retried by its policy: a second attempt completed
+        statuses = [a.status for a in nbtasks.runs.retrieve(h.id).attempts]
+        assert statuses == [AttemptStatus.CRASHED, AttemptStatus.COMPLETED], statuses
+    task_names = [r.task_id for r in nbtasks.runs.list(limit=100)]
+    assert sorted(task_names) == sorted(["nap_with_retries"] * 2 + ["nap"] * 3)
+
+
+def test_an_unreachable_scheduler_fails_the_trigger_naming_it(store_path: str) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    nbtasks.configure(store=store_path, executor=nbtasks.DaskExecutor(address, timeout=1))
+    try:
+        with pytest.raises(NbtasksError, match=address.replace(".", r"\.")):
+            triple.trigger(1)
+    finally:
+        nbtasks.configure(executor="local")
+    assert not Path(store_path).exists() or list(nbtasks.runs.list()) == []
+
+
+def test_without_dask_the_error_names_the_extra(tmp_path: Path) -> None:
+    script = (
+        "import sys; sys.modules['distributed'] = None\n"
+        "import nbtasks\n"
+        "try:\n"
+        "    nbtasks.DaskExecutor('tcp://127.0.0.1:8786')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert 'pip install "nbtasks[dask]"' in out.stdout, out
+
+
+def test_a_wrong_target_or_timeout_is_named() -> None:
+    with pytest.raises(ValueError, match=r"target=42"):
+        nbtasks.DaskExecutor(42)
+    with pytest.raises(ValueError, match=r"timeout='soon'"):
+        nbtasks.DaskExecutor("tcp://127.0.0.1:8786", timeout="soon")
