@@ -140,7 +140,7 @@ class FakeExecutor:
     def boot_slots(self) -> int:
         return self.slots
 
-    def spawn(self) -> WorkerId:
+    def spawn(self, resources: dict[str, float] | None = None) -> WorkerId:
         self._check_open("spawn")
         wid = next(self._ids)
         self.fleet[wid] = FakeWorker(wid)
@@ -227,6 +227,11 @@ class FakeExecutor:
             self._violate(f"reply({worker}, {request_id}): no body waits for that request")
             return
         w.body.request, w.body.freezing = None, False
+
+    accepts_resources = False
+
+    def room_for(self, resources: dict[str, float]) -> int:
+        return 1 << 30
 
     def check(self) -> None:
         self._check_open("check")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,15 @@ def _free_port() -> int:
 
 class CommandCluster:
     """A scheduler and two single-threaded workers, each started with the ``dask`` command,
-    so that the scheduler can be killed."""
+    so that the scheduler can be killed. With ``gpu``, one more worker has a resource
+    ``GPU=1``."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpu: bool = False) -> None:
         self.port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.scheduler = self._scheduler()
         self.workers = self._workers()
+        self.gpu = self._workers(1, "--resources", "GPU=1") if gpu else None
 
     def _scheduler(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -86,10 +89,10 @@ class CommandCluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
-    def _workers(self) -> subprocess.Popen[bytes]:
+    def _workers(self, n: int = 2, *options: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [DASK, "worker", self.address, "--nworkers", "2", "--nthreads", "1",
-             "--no-dashboard", "--death-timeout", "60"],
+            [DASK, "worker", self.address, "--nworkers", str(n), "--nthreads", "1",
+             "--no-dashboard", "--death-timeout", "60", *options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
@@ -97,7 +100,17 @@ class CommandCluster:
         from distributed import Client
 
         with Client(self.address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(2 if self.gpu is None else 3, timeout=60)
+
+    def gpu_worker_pid(self) -> int:
+        """The pid of the Dask worker process that has the GPU."""
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as client:
+            info = client.scheduler_info()["workers"]
+            (address,) = [a for a, w in info.items() if w.get("resources", {}).get("GPU")]
+            pid: int = client.run(os.getpid, workers=[address])[address]
+            return pid
 
     def kill_scheduler(self) -> None:
         self.scheduler.send_signal(signal.SIGKILL)
@@ -112,7 +125,9 @@ class CommandCluster:
         self.wait_ready()
 
     def close(self) -> None:
-        for proc in (self.workers, self.scheduler):
+        for proc in (self.gpu, self.workers, self.scheduler):
+            if proc is None:
+                continue
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -129,7 +144,18 @@ def command_cluster() -> Iterator[CommandCluster]:
         cluster.wait_ready()
         yield cluster
     finally:
-        nbtasks.shutdown()
+        nbtasks.configure(executor="local")  # shuts the engine down
+        cluster.close()
+
+
+@pytest.fixture
+def gpu_cluster() -> Iterator[CommandCluster]:
+    cluster = CommandCluster(gpu=True)
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        nbtasks.configure(executor="local")  # shuts the engine down
         cluster.close()
 
 
@@ -144,7 +170,7 @@ def own_cluster() -> Iterator[Any]:
     try:
         yield cluster
     finally:
-        nbtasks.shutdown()
+        nbtasks.configure(executor="local")  # shuts the engine down
         cluster.close()
 
 
@@ -239,3 +265,61 @@ def test_a_wrong_target_or_timeout_is_named() -> None:
         nbtasks.DaskExecutor(42)
     with pytest.raises(ValueError, match=r"timeout='soon'"):
         nbtasks.DaskExecutor("tcp://127.0.0.1:8786", timeout="soon")
+
+
+@task(resources={"GPU": 1})
+def on_gpu(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getppid()  # the Dask worker process hosting the attempt
+
+
+@task
+def where(_: object) -> int:
+    return os.getppid()
+
+
+def test_resources_place_runs_on_workers_that_have_them(
+    gpu_cluster: CommandCluster, store_path: str
+) -> None:
+    gpu_pid = gpu_cluster.gpu_worker_pid()
+    nbtasks.configure(
+        store=store_path, workers=3, executor=nbtasks.DaskExecutor(gpu_cluster.address)
+    )
+    # a task's resources, and the same given at trigger time to a task without them
+    gpu_runs = [on_gpu.trigger(0.2) for _ in range(3)]
+    by_trigger = where.trigger(None, resources={"GPU": 1})
+    plain = where.batch_trigger_and_wait([None] * 6)  # not held up by the GPU runs
+    assert all(r.unwrap() != gpu_pid for r in plain.runs)
+    assert [h.wait().unwrap() for h in gpu_runs] == [gpu_pid] * 3
+    assert by_trigger.wait().unwrap() == gpu_pid
+    assert nbtasks.runs.retrieve(by_trigger.id).resources == {"GPU": 1.0}
+    # the one GPU: never two GPU attempts at once
+    spans = sorted(
+        (a.started_at, a.finished_at)
+        for h in gpu_runs
+        for a in nbtasks.runs.retrieve(h.id).attempts
+    )
+    assert all(prev[1] <= nxt[0] for prev, nxt in pairwise(spans)), spans
+
+
+def test_a_run_needing_resources_no_worker_has_waits_without_blocking_others(
+    own_cluster: Any, store_path: str
+) -> None:
+    nbtasks.configure(store=store_path, workers=2, executor=nbtasks.DaskExecutor(own_cluster))
+    waiting = where.trigger(None, resources={"TPU": 1})
+    assert [r.unwrap() > 0 for r in where.batch_trigger_and_wait([None] * 4).runs] == [True] * 4
+    assert nbtasks.runs.retrieve(waiting.id).status is RunStatus.QUEUED
+    waiting.cancel()
+    assert waiting.wait().status is RunStatus.CANCELED
+
+
+def test_the_local_executor_refuses_resources_naming_them(nb: Any) -> None:
+    with pytest.raises(ValueError, match=r"resources=\{'GPU': 1\.0\}.*local executor"):
+        on_gpu.trigger(0)
+    with pytest.raises(ValueError, match=r"resources=\{'GPU': 2.0\}.*local executor"):
+        where.trigger(None, resources={"GPU": 2})
+    assert list(nbtasks.runs.list()) == []
+    with pytest.raises(ValueError, match=r"resources=\{'GPU': -1\} is not valid"):
+        where.trigger(None, resources={"GPU": -1})
+    with pytest.raises(ValueError, match=r"resources='GPU' is not valid"):
+        task(resources="GPU")

@@ -702,7 +702,9 @@ def test_a_store_from_a_newer_nbtasks_is_refused_and_left_as_it_was(tmp_path: Pa
     conn = duckdb.connect(str(path))
     conn.execute("INSERT INTO schema_version VALUES (99)")
     conn.close()
-    with pytest.raises(NbtasksError, match=r"schema version 99, newer than .* \(3\)"):
+    with pytest.raises(
+        NbtasksError, match=rf"schema version 99, newer than .* \({SCHEMA_VERSION}\)"
+    ):
         Store(str(path), lambda ticket, error: None)
     with open_store(path) as conn:
         assert conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
@@ -721,7 +723,9 @@ def test_a_store_of_schema_1_gains_the_journal_state_and_payloads_tables(tmp_pat
     conn.close()
     Store(str(path), lambda ticket, error: None).close()
     with open_store(path) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (
+            SCHEMA_VERSION,
+        )
         assert conn.execute("SELECT count(*) FROM journal_state").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM payloads").fetchone() == (0,)
 
@@ -908,3 +912,32 @@ def test_a_failed_fold_loses_nothing_and_the_next_store_folds_both_files(
         store.close()
     assert not os.path.exists(str(path) + ".journal")
     assert not os.path.exists(str(path) + ".journal.1")
+
+
+def test_a_store_of_schema_3_gains_the_resources_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    Store(str(path), lambda ticket, error: None).close()
+    conn = duckdb.connect(str(path))
+    conn.execute("ALTER TABLE runs DROP COLUMN resources")
+    conn.execute("DELETE FROM schema_version")
+    conn.execute("INSERT INTO schema_version VALUES (3)")
+    conn.close()
+    Store(str(path), lambda ticket, error: None).close()
+    with open_store(path) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
+        columns = [r[0] for r in conn.execute("DESCRIBE runs").fetchall()]
+        assert columns[-1] == "resources"
+
+
+def test_a_journal_frame_of_schema_3_is_read_with_no_resources() -> None:
+    from nbtasks.store.journal import Batch
+    from nbtasks.store.schema import RUN_COLUMNS
+
+    batch = Batch()
+    row = tuple(["run_1", "t", *([None] * (len(RUN_COLUMNS) - 3))])  # one column fewer
+    batch.new_runs["run_1"] = row
+    read = Batch.loads(batch.dumps())
+    assert read.new_runs["run_1"] == (*row, None)
+    batch.new_runs["run_1"] = row[:-1]  # two fewer: not a row of this store
+    with pytest.raises(ValueError, match="does not fit"):
+        Batch.loads(batch.dumps())

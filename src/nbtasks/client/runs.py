@@ -157,6 +157,8 @@ class Runs:
         options: dict[str, Any] = {"tags": list(original.tags)}
         if row[1]:
             options["metadata"] = json.loads(row[1])
+        if original.resources:
+            options["resources"] = original.resources
         task = registry.get(original.task_id)
         (spec,) = make_specs(task, [None if payload is _SAME else payload], options,
                              task_id=original.task_id)  # fmt: skip

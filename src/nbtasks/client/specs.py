@@ -15,7 +15,7 @@ from nbtasks.core import context as _context
 from nbtasks.core.durations import parse_delay, parse_duration
 from nbtasks.core.ids import new_id
 from nbtasks.core.models import BatchItem
-from nbtasks.core.options import coerce_queue
+from nbtasks.core.options import check_resources, coerce_queue
 from nbtasks.core.serialize import dumps_checked, preview
 from nbtasks.engine.state import RunSpec, utcnow
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 OPTIONS = (
     "delay", "ttl", "idempotency_key", "idempotency_key_ttl", "idempotency_key_scope",
-    "tags", "metadata", "max_attempts", "max_duration", "queue",
+    "tags", "metadata", "max_attempts", "max_duration", "queue", "resources",
 )  # fmt: skip
 DEFAULT_KEY_TTL_S = 30 * 86400.0
 
@@ -103,6 +103,7 @@ def spec_options(task: Task[Any, Any] | None, options: dict[str, Any]) -> dict[s
         "ttl_s": parse_duration("ttl", options.get("ttl")),
         "idempotency_key": key,
         "idempotency_key_ttl_s": key_ttl,
+        "resources": check_resources(options.get("resources")),
     }
 
 

@@ -17,12 +17,12 @@ from nbtasks.client.registry import register
 from nbtasks.core.durations import parse_duration, parse_memory
 from nbtasks.core.ids import check_task_id
 from nbtasks.core.models import BatchItem, BatchResult, Result
-from nbtasks.core.options import Queue, Retry, coerce_queue, coerce_retry
+from nbtasks.core.options import Queue, Retry, check_resources, coerce_queue, coerce_retry
 from nbtasks.engine.state import TaskVersion
 
 P = TypeVar("P")
 R = TypeVar("R")
-TASK_OPTIONS = ("id", "retry", "max_duration", "memory_limit", "queue", "ttl")
+TASK_OPTIONS = ("id", "retry", "max_duration", "memory_limit", "queue", "ttl", "resources")
 
 
 def _check_option_names(options: dict[str, Any]) -> None:
@@ -65,6 +65,7 @@ class Task(Generic[P, R]):
         memory_limit: int | str | None = None,
         queue: Queue | str | None = None,
         ttl: float | str | Any = None,
+        resources: dict[str, float] | None = None,
         source: str | None = None,
     ) -> None:
         if not callable(fn):
@@ -76,6 +77,7 @@ class Task(Generic[P, R]):
             _check_options(task_id, retry, max_duration, memory_limit, queue, ttl)
         )
         self.memory_limit_text = memory_limit if isinstance(memory_limit, str) else None
+        self.resources = check_resources(resources)
         self.source = source if source is not None else _source_of(fn)
         self.code_hash = hashlib.sha256(self.source.encode()).hexdigest()[:32]
         # (store, version shipped, fingerprint of the function then)
@@ -116,6 +118,7 @@ class Task(Generic[P, R]):
                 "memory_limit": self.memory_limit,
                 "queue": None if self.queue is None else self.queue.name,
                 "ttl_s": self.ttl_s,
+                "resources": self.resources,
             },
             sort_keys=True,
         )
@@ -145,7 +148,7 @@ class Task(Generic[P, R]):
             self.id, version, fn_key, fn_bytes, self.retry, self.memory_limit,
             self.max_duration_s, self.ttl_s, self.queue.name if self.queue else None,
             self.queue.concurrency_limit if self.queue else None,
-            getattr(self, "memory_limit_text", None),
+            getattr(self, "memory_limit_text", None), getattr(self, "resources", None),
         )  # fmt: skip
         self._shipped = (store, shipped, mark)
         return shipped
@@ -208,9 +211,11 @@ def _check_options(
     memory_limit: Any = None,
     queue: Queue | str | None = None,
     ttl: Any = None,
+    resources: Any = None,
 ) -> tuple[Retry | None, float | None, int | None, Queue | None, float | None]:
     if id is not None:
         check_task_id(id)
+    check_resources(resources)
     return (
         coerce_retry(retry),
         parse_duration("max_duration", max_duration),
@@ -248,6 +253,7 @@ def task(
     memory_limit: int | str | None = None,
     queue: Queue | str | None = None,
     ttl: float | str | Any = None,
+    resources: dict[str, float] | None = None,
 ) -> Callable[[Callable[[P], R]], Task[P, R]]: ...
 def task(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a task: ``@task`` or ``@task(id=..., retry=Retry(...), ...)``."""

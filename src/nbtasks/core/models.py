@@ -114,6 +114,7 @@ class Run:
     depth: int
     batch_id: str | None
     replayed_from: str | None
+    resources: dict[str, float] | None = None  # what its attempts need of a worker
     _payload_bytes: bytes | None = field(default=None, compare=False)
     _output_bytes: bytes | None = field(default=None, compare=False)
     _attempts: tuple[Attempt, ...] | None = field(default=None, compare=False)
@@ -302,7 +303,7 @@ def run_from_row(
      error, created_at, updated_at, queued_at, started_at, finished_at, delay_until, ttl_s,
      expired_at, idempotency_key, _key_expires, tags, metadata, _trigger_metadata,
      max_attempts, _max_duration, attempt_count, parent_id, root_id, depth, batch_id,
-     replayed_from, _owner) = row  # fmt: skip
+     replayed_from, _owner, resources) = row  # fmt: skip
     return Run(
         id=id_,
         task_id=task_id,
@@ -330,6 +331,7 @@ def run_from_row(
         depth=depth,
         batch_id=batch_id,
         replayed_from=replayed_from,
+        resources=json.loads(resources) if resources else None,
         _payload_bytes=payload,
         _output_bytes=output,
         _attempts=attempts,

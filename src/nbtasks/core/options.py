@@ -135,6 +135,27 @@ def coerce_retry(value: object) -> Retry | None:
     )
 
 
+def check_resources(value: object) -> dict[str, float] | None:
+    """``resources=``: abstract resources an attempt needs of its worker, as Dask worker
+    resources (``{"GPU": 1}``): names to positive amounts."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not value
+        or not all(isinstance(k, str) and 0 < len(k) <= 128 for k in value)
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+            for v in value.values()
+        )
+    ):
+        raise ValueError(
+            f"resources={value!r} is not valid: use a dict of resource names to positive "
+            'amounts, e.g. {"GPU": 1}'
+        )
+    return {k: float(v) for k, v in sorted(value.items())}
+
+
 def coerce_queue(value: object) -> Queue | None:
     """``None``, a ``Queue``, or a str meaning ``Queue(name=value)``."""
     if value is None or isinstance(value, Queue):

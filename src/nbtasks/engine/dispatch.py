@@ -17,11 +17,17 @@ interleavings, and by the real pool's stress test):
   queue slots are released only once the executor reports the body gone.
 - I3: a kill only ever hits the attempt it was meant for (the executor checks which one
   executes before it kills).
+
+Runs that need ``resources`` (a Dask cluster's GPUs, say) run only on workers started for
+exactly those resources, their worker's *kind*. A queued run finding no idle worker of its
+kind waits in ``wanted`` (still QUEUED) while one is started: at full capacity, an idle
+worker of a kind nobody waits for is retired to make room. Runs are never sent ahead to a
+worker of another kind.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,8 +42,12 @@ if TYPE_CHECKING:
 S = RunStatus
 AHEAD_BUDGET_S = 0.002  # the work a busy worker is sent ahead, in seconds of recent attempts
 AHEAD_MAX = 16  # and at most this many runs
+ROOM_EVERY_S = 1.0  # how often runs that wait for a kind of worker no machine has look again
 MAX_SPAWN_FAILURES = 3  # workers in a row dying before ready: the queued runs fail
 TAKEN_BACK = "taken back"  # the kill reason of an attempt that started after its run ended
+
+
+Kind = tuple[tuple[str, float], ...] | None
 
 
 @dataclass(eq=False)
@@ -50,6 +60,7 @@ class WorkerView:
     dying: bool = False  # retiring, or a kill was asked: nothing more is sent to it
     attempt: AttemptState | None = None  # holds capacity until Finished / WorkerLost
     frozen: bool = False  # its attempt is FROZEN: it gives its capacity up
+    kind: Kind = None  # the resources it was started for (RunState.kind)
     ahead: deque[tuple[RunState, AttemptState]] = field(default_factory=deque)
     taking_back: dict[str, tuple[RunState, AttemptState]] = field(default_factory=dict)
 
@@ -69,6 +80,8 @@ class Dispatch:
         self.attempt_s = AHEAD_BUDGET_S  # moving average of how long attempts take
         self.spawn_failures = 0
         self.boot_slots = executor.boot_slots()
+        self.wanted: dict[Kind, deque[RunState]] = {}  # runs waiting for a worker of their kind
+        self._asking = False  # a look again at the executor's room is due
 
     # -- capacity ----------------------------------------------------------------------
 
@@ -84,9 +97,15 @@ class Dispatch:
             or (w.attempt is None and (w.ahead or w.taking_back))
         )  # inline rather than a property of the view: counted several times per run
 
-    def add(self, worker_id: WorkerId) -> WorkerView:
-        view = self.workers[worker_id] = WorkerView(worker_id)
+    def add(self, worker_id: WorkerId, kind: Kind = None) -> WorkerView:
+        view = self.workers[worker_id] = WorkerView(worker_id, kind=kind)
         return view
+
+    def _spawn(self, kind: Kind) -> None:
+        if kind is None:
+            self.add(self.executor.spawn())
+        else:
+            self.add(self.executor.spawn(dict(kind)), kind)
 
     def top_up(self) -> None:
         """Keep one worker for every unit of capacity not taken by an executing attempt.
@@ -101,10 +120,97 @@ class Dispatch:
             return  # after workers failed to start, try again at the next trigger
         try:
             for _ in range(min(missing, self.boot_slots - starting)):
-                self.add(self.executor.spawn())
+                self._spawn(self._kind_to_start())
         except OSError as exc:
             self.spawn_failures = MAX_SPAWN_FAILURES
             e.fail_queued(f"{type(exc).__name__}: {exc}")
+
+    def _kind_to_start(self) -> Kind:
+        """The kind of the next worker: that of the oldest run waiting for a kind with
+        fewer workers starting than runs waiting; else any (None)."""
+        starting = Counter(w.kind for w in self.workers.values() if not w.ready and not w.dying)
+        alive = Counter(w.kind for w in self.workers.values() if not w.dying)
+        best: RunState | None = None
+        for kind, runs in self.wanted.items():
+            live = [r for r in runs if r.status is S.QUEUED]
+            if kind is not None and alive[kind] >= self.executor.room_for(dict(kind)):
+                self._ask_again()  # no machine has room for one more of this kind now
+                continue
+            if len(live) > starting[kind] and (best is None or live[0].id < best.id):
+                best = live[0]
+        return best.kind if best is not None else None
+
+    def _ask_again(self) -> None:
+        """Runs wait for a kind of worker the executor has no room for: look again in a
+        while (a cluster may grow), even if nothing else happens."""
+        if not self._asking and not self.engine.closed:
+            self._asking = True
+            self.engine.loop.call_later(ROOM_EVERY_S, self._asked)
+
+    def _asked(self) -> None:
+        self._asking = False
+        if self.wanted and not self.engine.closed:
+            self.top_up()
+            self.pump()
+
+    def _make_room(self) -> None:
+        """At full capacity with runs waiting for a kind that has no worker idle or
+        starting: retire idle workers of kinds nobody waits for (one per such kind)."""
+        for kind in list(self.wanted):
+            runs = self.wanted[kind]
+            while runs and runs[0].status is not S.QUEUED:
+                runs.popleft()
+            if not runs:
+                del self.wanted[kind]
+        if not self.wanted:
+            return
+        starting = sum(1 for w in self.workers.values() if not w.ready and not w.dying)
+        if self.size - self.executing - len(self.idle) - starting > 0:
+            self.top_up()
+            return
+        covered = {w.kind for w in self.workers.values() if not w.dying and (not w.ready or w.free)}
+        alive = Counter(w.kind for w in self.workers.values() if not w.dying)
+        needed = [
+            k for k in self.wanted
+            if k not in covered and (k is None or alive[k] < self.executor.room_for(dict(k)))
+        ]  # fmt: skip
+        for view in list(self.idle):
+            if not needed:
+                return
+            if view.kind not in self.wanted:
+                needed.pop()
+                self.idle.remove(view)
+                view.dying = True
+                self.executor.retire(view.id)  # its WorkerLost tops up with a needed kind
+
+    def parked(self) -> list[RunState]:
+        """Queued runs waiting for a worker of their kind."""
+        return [r for runs in self.wanted.values() for r in runs if r.status is S.QUEUED]
+
+    def _idle_for(self, kind: Kind) -> WorkerView | None:
+        """The idle worker of that kind used last, taken out of ``idle``."""
+        for i in range(len(self.idle) - 1, -1, -1):
+            if self.idle[i].kind == kind:
+                return self.idle.pop(i)
+        return None
+
+    def _start_wanted(self) -> None:
+        """Start runs waiting for a kind on idle workers of that kind, oldest first."""
+        for kind, runs in list(self.wanted.items()):
+            while runs and self.executing < self.size:
+                run = runs[0]
+                if run.status is not S.QUEUED:
+                    runs.popleft()
+                    continue
+                if not self.engine.scheduler.has_room(run.queue):
+                    break
+                view = self._idle_for(kind)
+                if view is None:
+                    break
+                runs.popleft()
+                self.start(run, view)
+            if not runs:
+                del self.wanted[kind]
 
     def retire_extra(self) -> None:
         """After a thawed run finished: stop idle workers beyond the pool size."""
@@ -126,12 +232,24 @@ class Dispatch:
         take their slot only when they start)."""
         e = self.engine
         e.resume_ready()
+        if self.wanted:
+            self._start_wanted()
+        parked = 0
         while self.idle and self.executing < self.size:
             run = e.scheduler.pop()
             if run is None:
                 self._reclaim()
-                return
-            self.start(run, self.idle.pop())
+                break
+            view = self._idle_for(run.kind)
+            if view is None:  # it waits for a worker of its kind
+                self.wanted.setdefault(run.kind, deque()).append(run)
+                parked += 1
+                if parked > self.size:
+                    break
+                continue
+            self.start(run, view)
+        if self.wanted:
+            self._make_room()
         if self.idle or e.closed:
             return
         depth = self._ahead_depth()
@@ -143,6 +261,10 @@ class Dispatch:
             while len(view.ahead) < depth:
                 run = e.scheduler.pop(unlimited_only=True)
                 if run is None:
+                    return
+                if run.kind != view.kind:  # never to a worker of another kind
+                    self.wanted.setdefault(run.kind, deque()).append(run)
+                    self._make_room()
                     return
                 self._send_ahead(run, view)
 
@@ -158,7 +280,8 @@ class Dispatch:
         says they were dropped."""
         if not any(w.ahead for w in self.workers.values()):
             return
-        wanted = len(self.idle) - sum(len(w.taking_back) for w in self.workers.values())
+        idle_any = sum(1 for w in self.idle if w.kind is None)  # what is sent ahead is of no kind
+        wanted = idle_any - sum(len(w.taking_back) for w in self.workers.values())
         for _ in range(wanted):
             view = max(self.workers.values(), key=lambda w: len(w.ahead), default=None)
             if view is None or not view.ahead:

@@ -30,6 +30,15 @@ class IntakeMixin(_Base):
         """Create runs; resolve ``fut`` with ``(run_id, is_cached)`` per spec once they are
         committed, and ``final`` (if given) with their final snapshots, in order."""
         self.executor.check()  # e.g. a cluster that cannot be reached: no run is made
+        if not self.executor.accepts_resources:
+            for spec in specs:
+                wanted = spec.resources or (spec.task.resources if spec.task else None)
+                if wanted:
+                    raise ValueError(
+                        f"resources={wanted!r} is not valid here: the local executor runs "
+                        "every attempt on this machine; use nbtasks.DaskExecutor to place "
+                        "runs on workers that have them"
+                    )
         if final is None:
             created = self._create(specs)
             self._ack_after_commit(fut, created)
@@ -108,6 +117,7 @@ class IntakeMixin(_Base):
             owner=self.owner,
             concurrency_limit=spec.concurrency_limit,
             payload_stored=spec.payload_stored,
+            resources=spec.resources,
         )
         if spec.idempotency_key is not None:
             ttl = spec.idempotency_key_ttl_s
@@ -133,6 +143,8 @@ class IntakeMixin(_Base):
             run.max_duration_s = tv.max_duration_s
         if run.ttl_s is None:
             run.ttl_s = tv.ttl_s
+        if run.resources is None:
+            run.resources = tv.resources
         if run.queue is None and tv.queue is not None:
             run.queue, run.concurrency_limit = tv.queue, tv.concurrency_limit
         self.scheduler.set_limit(run.queue, run.concurrency_limit)

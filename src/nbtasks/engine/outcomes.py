@@ -257,7 +257,7 @@ class OutcomesMixin(_Base):
             "WorkerStartError",
             f"nbtasks could not start a worker process:\n{log.strip() or 'no output'}",
         )
-        for run in self.scheduler.queued():
+        for run in self.scheduler.queued() + self.dispatch.parked():
             self._transition(run, S.SYSTEM_FAILURE, error=text)
         self.scheduler.clear()
 

@@ -34,6 +34,7 @@ class TaskVersion:
     queue: str | None = None
     concurrency_limit: int | None = None
     memory_limit_text: str | None = None  # as the user wrote it (for messages)
+    resources: dict[str, float] | None = None  # what its attempts need of a worker
 
 
 @dataclass(slots=True, eq=False)
@@ -60,6 +61,7 @@ class RunSpec:
     replayed_from: str | None = None
     parent_id: str | None = None  # set by the engine for runs triggered inside a task
     payload_stored: bool = False  # in the store's payloads table already (payloads.py)
+    resources: dict[str, float] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -140,6 +142,7 @@ class RunState:
     batch_id: str | None = None
     replayed_from: str | None = None
     owner: str | None = None
+    resources: dict[str, float] | None = None  # what its attempts need of a worker
     concurrency_limit: int | None = None
     attempts: list[AttemptState] = field(default_factory=list)
     timer: Any = None  # delay or backoff
@@ -150,6 +153,11 @@ class RunState:
     waiters: list[Any] = field(default_factory=list)  # called with (snapshot, error)
     batch_wait: BatchWait | None = None  # the blocking batch wait that created it
     payload_stored: bool = False  # its payload is in the payloads table, not its row
+
+    @property
+    def kind(self) -> tuple[tuple[str, float], ...] | None:
+        """The kind of worker its attempts need (``resources``), comparable; None: any."""
+        return tuple(sorted(self.resources.items())) if self.resources else None
 
     @property
     def attempt(self) -> AttemptState | None:
@@ -170,6 +178,7 @@ class RunState:
             json.dumps(self.trigger_metadata) if self.trigger_metadata else None,
             self.max_attempts, self.max_duration_s, self.attempt_count, self.parent_id,
             self.root_id, self.depth, self.batch_id, self.replayed_from, self.owner,
+            json.dumps(self.resources) if self.resources else None,
         )  # fmt: skip
 
     @classmethod
@@ -179,7 +188,7 @@ class RunState:
          output_preview, error, created_at, updated_at, queued_at, started_at, finished_at,
          delay_until, ttl_s, expired_at, key, key_expires, tags, metadata, trigger_metadata,
          max_attempts, max_duration_s, attempt_count, parent_id, root_id, depth, batch_id,
-         replayed_from, owner) = row  # fmt: skip
+         replayed_from, owner, resources) = row  # fmt: skip
         return cls(
             id=id_, task_id=task_id, version=version, status=RunStatus(status), queue=queue,
             payload=payload, payload_preview=payload_preview, created_at=created_at,
@@ -192,6 +201,7 @@ class RunState:
             max_attempts=max_attempts or 1, max_duration_s=max_duration_s,
             attempt_count=attempt_count, parent_id=parent_id, root_id=root_id, depth=depth,
             batch_id=batch_id, replayed_from=replayed_from, owner=owner,
+            resources=json.loads(resources) if resources else None,
         )  # fmt: skip
 
     def update_row(self) -> tuple[Any, ...]:
@@ -231,6 +241,7 @@ class RunState:
             depth=self.depth,
             batch_id=self.batch_id,
             replayed_from=self.replayed_from,
+            resources=self.resources,
             _payload_bytes=self.payload,
             _output_bytes=self.output,
             _attempts=tuple(a.snapshot() for a in self.attempts),

@@ -159,6 +159,8 @@ class Executor(Protocol):
 
     #: what attempts report about their process: "pid", "exit_code", "signal"
     capabilities: frozenset[str]
+    #: whether ``spawn(resources)`` places a worker where those resources are
+    accepts_resources: bool
 
     def open(self, loop: asyncio.AbstractEventLoop, sink: Sink) -> list[WorkerId]:
         """Bind to the engine's loop; return the workers already booting (launched before
@@ -169,8 +171,14 @@ class Executor(Protocol):
         """How many workers may boot at once."""
         ...
 
-    def spawn(self) -> WorkerId:
-        """Start a worker: ``WorkerReady`` follows, or ``WorkerLost`` if it fails."""
+    def room_for(self, resources: dict[str, float]) -> int:
+        """How many workers started for ``resources`` can run at once (0: none can start
+        now; asked again as runs come and go)."""
+        ...
+
+    def spawn(self, resources: dict[str, float] | None = None) -> WorkerId:
+        """Start a worker (on a machine with ``resources``): ``WorkerReady`` follows, or
+        ``WorkerLost`` if it fails."""
         ...
 
     def start(self, worker: WorkerId, attempt: AttemptSpec, ahead: bool = False) -> None: ...

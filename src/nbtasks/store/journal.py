@@ -140,6 +140,9 @@ class Batch:
         batch = cls()
         (batch.new_runs, batch.run_updates, batch.new_attempts, batch.attempt_updates,
          batch.events, batch.versions) = body  # fmt: skip
+        for key, row in batch.new_runs.items():  # written before schema 4: no resources
+            if len(row) == len(RUN_COLUMNS) - 1:
+                batch.new_runs[key] = (*row, None)
         for name, rows, width in (
             ("new run", batch.new_runs, len(RUN_COLUMNS)),
             ("run update", batch.run_updates, len(RUN_UPDATE_COLUMNS)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3  # 2: journal_state; 3: payloads
+SCHEMA_VERSION = 4  # 2: journal_state; 3: payloads; 4: runs.resources
 
 RUN_COLUMNS: tuple[str, ...] = (
     "id", "task_id", "version", "status", "queue",
@@ -11,6 +11,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "delay_until", "ttl_s", "expired_at", "idempotency_key", "idempotency_expires_at",
     "tags", "metadata", "trigger_metadata", "max_attempts", "max_duration_s",
     "attempt_count", "parent_id", "root_id", "depth", "batch_id", "replayed_from", "owner",
+    "resources",
 )  # fmt: skip
 
 # The columns that change after a run is created; updates write only these.
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS runs (
     depth INTEGER NOT NULL,
     batch_id VARCHAR,
     replayed_from VARCHAR,
-    owner VARCHAR
+    owner VARCHAR,
+    resources JSON
 );
 CREATE TABLE IF NOT EXISTS attempts (
     id VARCHAR PRIMARY KEY,
@@ -105,4 +107,6 @@ CREATE TABLE IF NOT EXISTS payloads (run_id VARCHAR PRIMARY KEY, data BLOB NOT N
 CREATE TABLE IF NOT EXISTS journal_state (folded_seq BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_run ON attempts (run_id);
 CREATE INDEX IF NOT EXISTS events_run ON run_events (run_id);
+-- Stores made before schema 4.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS resources JSON;
 """

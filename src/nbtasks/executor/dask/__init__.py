@@ -81,7 +81,7 @@ class DaskExecutor:
             return target, False
         try:
             client = distributed.Client(target, timeout=self.timeout, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, RuntimeError) as exc:  # RuntimeError: a closed cluster
             raise NbtasksError(
                 f"the Dask scheduler at {self.address} cannot be reached: {exc}"
             ) from exc

@@ -55,6 +55,7 @@ class DaskPool:
 
     # reported by the local worker on the Dask worker's machine (the pid is of that machine)
     capabilities = frozenset({"pid", "exit_code", "signal"})
+    accepts_resources = True  # Dask places a runner on a worker with its resources
 
     def __init__(self, client: Any, owned: bool, preload: tuple[str, ...] = (),
                  size_hint: int = 1) -> None:  # fmt: skip
@@ -165,6 +166,30 @@ class DaskPool:
     def boot_slots(self) -> int:
         return max(1, self.size_hint)  # runners boot on the cluster's machines, in parallel
 
+    def _plain_workers(self) -> list[str] | None:
+        """Where a runner that needs no resources goes: to Dask workers that declare none,
+        while there are any, so that it never holds the thread of a worker a run that
+        needs its resources waits for; else anywhere."""
+        try:
+            workers = self.client.scheduler_info()["workers"]
+        except Exception:
+            return None
+        plain = [address for address, w in workers.items() if not w.get("resources")]
+        return plain if plain and len(plain) < len(workers) else None
+
+    def room_for(self, resources: dict[str, float]) -> int:
+        """How many runners needing ``resources`` the cluster's workers hold at once, as
+        the client last heard (a runner holds its resources while it lives)."""
+        try:
+            workers = self.client.scheduler_info()["workers"].values()
+        except Exception:  # away: none for now
+            return 0
+        room = 0
+        for w in workers:
+            has = w.get("resources") or {}
+            room += min(int(has.get(name, 0) // amount) for name, amount in resources.items())
+        return room
+
     # -- requests ------------------------------------------------------------------------------
 
     def spawn(self, resources: dict[str, float] | None = None) -> E.WorkerId:
@@ -181,6 +206,7 @@ class DaskPool:
         runner.future = future = self.client.submit(
             serve, self.session, wid, self.preload, self.path, self.cwd,
             key=f"nbtasks-runner-{self.session}-{wid}", pure=False, resources=runner.resources,
+            workers=None if runner.resources else self._plain_workers(),
         )  # fmt: skip
         future.add_done_callback(lambda f: self._future_done(wid, f))
 

@@ -84,6 +84,7 @@ class LocalExecutor:
     """Runs attempts in worker processes on this machine (the default executor)."""
 
     capabilities = frozenset({"pid", "exit_code", "signal"})
+    accepts_resources = False  # every worker is on this machine
 
     def __init__(self, launched: list[WorkerProc] | None = None,
                  preload: tuple[str, ...] = (), path: list[str] | None = None,
@@ -105,9 +106,14 @@ class LocalExecutor:
     def boot_slots(self) -> int:
         return boot_slots()
 
+    def room_for(self, resources: dict[str, float]) -> int:
+        """Resources mean nothing here (runs that need them are refused at trigger time;
+        one recorded with them and taken over by a local engine runs as any other)."""
+        return 1 << 30
+
     # -- requests ----------------------------------------------------------------------
 
-    def spawn(self) -> E.WorkerId:
+    def spawn(self, resources: dict[str, float] | None = None) -> E.WorkerId:
         return self._adopt(launch(self.preload, self.path, self.cwd)).id
 
     def _adopt(self, worker: WorkerProc) -> WorkerProc:
