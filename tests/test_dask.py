@@ -323,3 +323,37 @@ def test_the_local_executor_refuses_resources_naming_them(nb: Any) -> None:
         where.trigger(None, resources={"GPU": -1})
     with pytest.raises(ValueError, match=r"resources='GPU' is not valid"):
         task(resources="GPU")
+
+
+@task
+def reverse(data: bytes) -> bytes:
+    return data[::-1]
+
+
+def test_big_payloads_and_outputs_travel_as_dask_data(dask_cluster: Any, store_path: str) -> None:
+    """Past 1 MiB, a payload goes to the runner's worker as Dask data and an output comes
+    back the same way: neither sits in the scheduler's event log, and neither is left on
+    the cluster once read."""
+    from distributed import Client
+
+    nbtasks.configure(store=store_path, workers=2, executor=nbtasks.DaskExecutor(dask_cluster))
+    try:
+        data = os.urandom(3 << 20)
+        assert reverse.trigger_and_wait(data).unwrap() == data[::-1]
+        assert reverse.trigger_and_wait(b"small").unwrap() == b"llams"
+        with Client(dask_cluster, set_as_default=False) as client:
+            logged = sum(
+                len(str(msg))
+                for topic, events in client.get_events().items()
+                if topic.startswith("nbtasks-")
+                for _, msg in events
+            )
+            assert logged < 200_000, logged  # the 3 MiB went elsewhere, twice
+
+            def left() -> list[str]:
+                keys = [str(k) for k in client.who_has()]
+                return [k for k in keys if "payload" in k or "output" in k]
+
+            wait_for(lambda: left() == [], "the payload and output let go on the cluster")
+    finally:
+        nbtasks.configure(executor="local")

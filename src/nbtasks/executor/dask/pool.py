@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import asyncio
 
 SUBSCRIBE_TIMEOUT_S = 10.0
+BIG = 1 << 20  # a payload or output this big travels as Dask data, not in an event
 WATCH_EVERY_S = 0.25  # how often a pool whose scheduler went away tries it again
 
 
@@ -47,6 +48,8 @@ class Runner:
     loaded: set[str] = field(default_factory=set)  # function keys it holds
     outbox: list[Any] = field(default_factory=list)  # requests of this loop step
     killing: set[str] = field(default_factory=set)  # kills not answered yet
+    big: dict[str, bytes] = field(default_factory=dict)  # payloads to scatter, by key
+    backlog: list[bytes] | None = None  # events that wait while a big output is fetched
     lost: bool = False
 
 
@@ -74,7 +77,9 @@ class DaskPool:
         self._closed = False
         self._watching = False  # connecting again in a thread
         self.connection: Any = None  # the scheduler comm the subscription is on
-        self._wire: dict[E.WorkerId, list[bytes]] = {}  # the client loop's: blobs to send
+        # the client loop's: messages to send, and the big payloads held until read
+        self._wire: dict[E.WorkerId, list[tuple[bytes, dict[str, bytes], str | None]]] = {}
+        self._scattered: dict[str, Any] = {}
         self._sending: set[E.WorkerId] = set()
         self.loop: asyncio.AbstractEventLoop
         self.sink: E.Sink
@@ -215,7 +220,15 @@ class DaskPool:
         if attempt.fn_key in runner.loaded:
             attempt = attempt._replace(fn_bytes=b"")  # it holds the function: not again
         runner.loaded.add(attempt.fn_key)
-        self._send(runner, ("start", attempt, ahead))
+        if len(attempt.payload) < BIG:
+            self._send(runner, ("start", attempt, ahead, None))
+            return
+        # A big payload goes to the runner's Dask worker as Dask data (straight to it when
+        # the client can reach it), not through the scheduler's event log: sent before
+        # the request that names it, held until the runner says it has read it.
+        key = f"nbtasks-payload-{attempt.attempt_id}"
+        runner.big[key] = attempt.payload
+        self._send(runner, ("start", attempt._replace(payload=b""), ahead, key))
 
     def take_back(self, worker: E.WorkerId, attempt_id: str) -> None:
         self._send(self.runners[worker], ("take_back", attempt_id))
@@ -279,22 +292,31 @@ class DaskPool:
         batches = []
         for runner in self.runners.values():
             if runner.outbox:
-                batches.append((runner.id, runner.topic, encode(runner.outbox)))
-                runner.outbox = []
+                batches.append((runner.id, runner.topic, encode(runner.outbox), runner.big,
+                                runner.where))  # fmt: skip
+                runner.outbox, runner.big = [], {}
         if batches and not self._closed:
             self.client.loop.add_callback(self._post, batches)
 
-    async def _post(self, batches: list[tuple[E.WorkerId, str, bytes]]) -> None:
-        """On the Dask client's loop: publish each runner's messages in order."""
-        for wid, topic, blob in batches:
-            self._wire.setdefault(wid, []).append(blob)
+    async def _post(self, batches: list[tuple[E.WorkerId, str, bytes, dict[str, bytes],
+                                              str | None]]) -> None:  # fmt: skip
+        """On the Dask client's loop: publish each runner's messages in order, the big
+        payloads they name scattered to its worker first."""
+        for wid, topic, blob, big, where in batches:
+            self._wire.setdefault(wid, []).append((blob, big, where))
             if wid in self._sending:
                 continue
             self._sending.add(wid)
             try:
                 while self._wire.get(wid):
-                    blobs, self._wire[wid] = self._wire[wid], []
-                    for b in blobs:
+                    queued, self._wire[wid] = self._wire[wid], []
+                    for b, data, at in queued:
+                        if data:
+                            futures = await self.client.scatter(
+                                data, workers=[at] if at else None, hash=False,
+                                asynchronous=True,
+                            )  # fmt: skip
+                            self._scattered.update(futures)
                         await self.client.scheduler.log_event(topic=topic, msg=b)
             except Exception:
                 self._wire.pop(wid, None)
@@ -307,8 +329,60 @@ class DaskPool:
         runner = self.runners.get(wid)
         if runner is None or runner.lost:
             return
-        sink = self.sink
-        for event in pickle.loads(blob):
+        if runner.backlog is not None:  # a big output is on its way: in order, after it
+            runner.backlog.append(blob)
+            return
+        events = pickle.loads(blob)
+        refs = [e[1] for e in events if isinstance(e, tuple) and e and e[0] == "output"]
+        if refs:
+            runner.backlog = []
+            threading.Thread(target=self._fetch, args=(runner, events, refs), daemon=True,
+                             name="nbtasks-dask-output").start()  # fmt: skip
+            return
+        self._events(runner, events)
+
+    def _fetch(self, runner: Runner, events: list[Any], keys: list[str]) -> None:
+        """In a thread of its own: get the big outputs a runner holds as Dask data, then
+        hand its events (and what came meanwhile) to the engine's loop."""
+        from distributed import Future
+
+        outputs: dict[str, Any] = {}
+        for key in keys:
+            try:
+                outputs[key] = Future(key, self.client, state="memory").result(timeout=300)
+            except Exception as exc:
+                outputs[key] = exc
+        self.loop.call_soon_threadsafe(self._fetched, runner, events, outputs)
+
+    def _fetched(self, runner: Runner, events: list[Any], outputs: dict[str, Any]) -> None:
+        backlog, runner.backlog = runner.backlog or [], None
+        filled = []
+        for event in events:
+            key = f"nbtasks-output-{getattr(event, 'attempt_id', '')}"
+            if isinstance(event, E.Finished) and key in outputs:
+                got = outputs[key]
+                if isinstance(got, bytes):
+                    event = event._replace(output=got)
+                else:
+                    event = event._replace(outcome="system_failure", error={
+                        "type": "OutputLost", "traceback": "",
+                        "message": f"the output could not be fetched from Dask: {got!r}",
+                    })  # fmt: skip
+            filled.append(event)
+        if runner.lost:
+            return
+        self._events(runner, filled)
+        self._send(runner, ("release", sorted(outputs)))
+        for blob in backlog:
+            self._deliver(runner.id, blob)
+
+    def _events(self, runner: Runner, events: list[Any]) -> None:
+        sink, wid = self.sink, runner.id
+        for event in events:
+            if isinstance(event, tuple) and event and event[0] in ("read", "output"):
+                if event[0] == "read":  # the runner has read a big payload: let it go
+                    self.client.loop.add_callback(self._unscatter, event[1])
+                continue
             if isinstance(event, tuple) and event and event[0] == "at":
                 if runner.where is not None:  # run a second time: its first life is over
                     self._lose(runner, f"the runner on Dask worker {runner.where} was lost")
@@ -350,6 +424,11 @@ class DaskPool:
         if not self._connected():
             self._watch()
 
+    async def _unscatter(self, key: str) -> None:
+        future = self._scattered.pop(key, None)
+        if future is not None:
+            future.release()
+
     def _lose(self, runner: Runner, cause: str) -> None:
         runner.outbox = [("stop",)]
         self._flush_one(runner)
@@ -366,8 +445,8 @@ class DaskPool:
 
     def _flush_one(self, runner: Runner) -> None:
         if runner.outbox and not self._closed:
-            batch = [(runner.id, runner.topic, encode(runner.outbox))]
-            runner.outbox = []
+            batch = [(runner.id, runner.topic, encode(runner.outbox), runner.big, runner.where)]
+            runner.outbox, runner.big = [], {}
             self.client.loop.add_callback(self._post, batch)
 
 

@@ -31,6 +31,7 @@ from nbtasks.executor import base as E
 from nbtasks.executor.local.pool import LocalExecutor
 
 PROBE = "probe"  # a message that only proves a subscription is in place
+BIG = 1 << 20  # an output this big goes to the kernel as Dask data, not in an event
 WATCH_EVERY_S = 0.05  # how often the task's thread checks that it is still wanted
 
 
@@ -52,9 +53,11 @@ class Host:
     The worker process is started from the loop thread, which lives as long as the runner:
     a worker dies with the thread that started it."""
 
-    def __init__(self, dask_worker: Any, session: str, wid: int, preload: tuple[str, ...],
-                 path: list[str], cwd: str) -> None:  # fmt: skip
+    def __init__(self, dask_worker: Any, client: Any, session: str, wid: int,
+                 preload: tuple[str, ...], path: list[str], cwd: str) -> None:  # fmt: skip
         self.dask_worker = dask_worker
+        self.client = client  # the Dask worker's own client
+        self.held: dict[str, Any] = {}  # big outputs as Dask data, until the kernel has them
         self.topic = event_topic(session)
         self.wid = wid
         self.pool = LocalExecutor(preload=preload, path=path, cwd=cwd)
@@ -90,15 +93,26 @@ class Host:
     # -- kernel -> runner ------------------------------------------------------------------
 
     def requests(self, blob: bytes) -> None:
-        """Called on the Dask worker's loop: step onto the runner's."""
+        """Called on the Dask worker's loop (where its data may be read): big payloads the
+        kernel scattered here are put back in their requests; then onto the runner's loop."""
+        requests = pickle.loads(blob)
+        read = []
+        for i, request in enumerate(requests):
+            if request[0] == "start" and request[3] is not None:
+                key = request[3]
+                payload = self.dask_worker.data[key]
+                requests[i] = ("start", request[1]._replace(payload=payload), request[2], None)
+                read.append(("read", key))
         try:
-            self.loop.call_soon_threadsafe(self._apply, blob)
+            self.loop.call_soon_threadsafe(self._apply, requests, read)
         except RuntimeError:  # the runner's loop is closed: it is ending anyway
             pass
 
-    def _apply(self, blob: bytes) -> None:
+    def _apply(self, requests: list[Any], read: list[Any]) -> None:
         pool, local = self.pool, self.local
-        for request in pickle.loads(blob):
+        for item in read:
+            self._event(item)
+        for request in requests:
             op = request[0]
             if op == "stop":
                 self.stop()
@@ -119,14 +133,31 @@ class Host:
                 pool.retire(local)
             elif op == "frozen":
                 self.freeze_wanted = request[1]
+            elif op == "release":  # the kernel has these outputs
+                for key in request[1]:
+                    future = self.held.pop(key, None)
+                    if future is not None:
+                        future.release()
 
     # -- runner -> kernel ------------------------------------------------------------------
 
-    def _event(self, event: E.Event) -> None:
+    def _event(self, event: Any) -> None:
         if not self.outbox:
             self.loop.call_soon(self._flush)
+        if not hasattr(event, "_fields"):  # not an executor event: the runner's own word
+            self.outbox.append(event)  # ("read", key) of a big payload
+            return
         if isinstance(event, E.Call):  # its arguments were unpickled by the pool
             event = event._replace(args=encode(list(event.args)))  # type: ignore[arg-type]
+        elif isinstance(event, E.Finished) and event.output and len(event.output) >= BIG:
+            # a big output stays here as Dask data for the kernel to fetch (straight from
+            # this worker when it can reach it), not in the scheduler's event log
+            key = f"nbtasks-output-{event.attempt_id}"
+            futures = self.client.scatter({key: event.output}, hash=False,
+                                          workers=[self.dask_worker.address])  # fmt: skip
+            self.held.update(futures)
+            self.outbox.append(("output", key))
+            event = event._replace(output=None)
         self.outbox.append(event._replace(worker=self.wid))
         if isinstance(event, E.WorkerLost):
             self.loop.call_soon(self.stop)
@@ -161,7 +192,7 @@ def serve(session: str, wid: int, preload: tuple[str, ...], path: list[str],
     dask_worker = get_worker()
     key = dask_worker.get_current_task()
     client = get_client()
-    host = Host(dask_worker, session, wid, preload, path, cwd)
+    host = Host(dask_worker, client, session, wid, preload, path, cwd)
     subscribed = threading.Event()
 
     def on_request(event: tuple[float, Any]) -> None:
