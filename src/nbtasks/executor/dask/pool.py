@@ -349,7 +349,9 @@ class DaskPool:
         outputs: dict[str, Any] = {}
         for key in keys:
             try:
-                outputs[key] = Future(key, self.client, state="memory").result(timeout=300)
+                # as distributed's own queues hand a future to another client: "memory"
+                held = Future(key, self.client, state="memory")  # type: ignore[arg-type]
+                outputs[key] = held.result(timeout=300)
             except Exception as exc:
                 outputs[key] = exc
         self.loop.call_soon_threadsafe(self._fetched, runner, events, outputs)
