@@ -350,7 +350,7 @@ class DaskPool:
         for key in keys:
             try:
                 # as distributed's own queues hand a future to another client: "memory"
-                held = Future(key, self.client, state="memory")  # type: ignore[arg-type]
+                held: Any = Future(key, self.client, state="memory")  # type: ignore[arg-type]
                 outputs[key] = held.result(timeout=300)
             except Exception as exc:
                 outputs[key] = exc
