@@ -260,6 +260,22 @@ def test_nested_batch_freezes_the_parent(executor: str) -> None:
     assert RunStatus.FROZEN.value in _statuses_of(result.run.id)
 
 
+def test_a_task_shipped_by_value_triggers_and_waits_from_its_worker(executor: str) -> None:
+    """A task defined where the workers cannot import it (a notebook cell; here a
+    function's locals) travels by value, and can still trigger runs from its worker."""
+
+    @task(id="by_value_child")
+    def by_value_child(x: int) -> int:
+        return 2 * x
+
+    @task(id="by_value_parent")
+    def by_value_parent(n: int) -> int:
+        return sum(by_value_child.batch_trigger_and_wait(list(range(n))).outputs)
+
+    assert "<locals>" in by_value_parent.__qualname__
+    assert by_value_parent.trigger_and_wait(4).output == 2 * sum(range(4))
+
+
 def test_nesting_deeper_than_the_workers_never_deadlocks(executor: str) -> None:
     assert nest.trigger_and_wait(5).output == 5
 

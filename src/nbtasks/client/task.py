@@ -107,7 +107,8 @@ class Task(Generic[P, R]):
             and getattr(sys.modules.get(module), self.__qualname__, None) is self
         ):
             return (_task_by_reference, (module, self.__qualname__))
-        options = (self.retry, self.max_duration_s, self.memory_limit, self.queue, self.ttl_s)
+        options = (self.retry, self.max_duration_s, self.memory_limit, self.queue, self.ttl_s,
+                   self.resources)  # fmt: skip
         return (_task_by_value, (self.fn, self.id, options))
 
     def options_json(self) -> str:
@@ -237,7 +238,7 @@ def _task_by_value(fn: Callable[[Any], Any], task_id: str,
     """Rebuild a notebook-defined task in a worker, without registering it there."""
     t: Task[Any, Any] = Task.__new__(Task)
     t.fn, t.id, t.source, t.code_hash, t._shipped = fn, task_id, "", "", None
-    (t.retry, t.max_duration_s, t.memory_limit, t.queue, t.ttl_s) = options
+    (t.retry, t.max_duration_s, t.memory_limit, t.queue, t.ttl_s, t.resources) = options
     t._look_like(fn)
     return t
 
