@@ -229,6 +229,7 @@ class FakeExecutor:
         w.body.request, w.body.freezing = None, False
 
     accepts_resources = False
+    round_trip_s = 0.0
 
     def room_for(self, resources: dict[str, float]) -> int:
         return 1 << 30

@@ -357,3 +357,17 @@ def test_big_payloads_and_outputs_travel_as_dask_data(dask_cluster: Any, store_p
             wait_for(lambda: left() == [], "the payload and output let go on the cluster")
     finally:
         nbtasks.configure(executor="local")
+
+
+def test_a_big_batch_of_quick_runs_completes(dask_cluster: Any, store_path: str) -> None:
+    """Thousands of quick runs sent ahead to busy workers: Dask may deliver the messages
+    between the kernel and a runner out of order (seen: 2 in 6,000), and the runner and the
+    kernel put them back in order; out of order, a worker would start its runs in the wrong
+    order and the engine stop with an error."""
+    nbtasks.configure(store=store_path, workers=2, executor=nbtasks.DaskExecutor(dask_cluster))
+    try:
+        for _ in range(2):
+            result = triple.batch_trigger_and_wait(list(range(3000)))
+            assert result.outputs == [3 * i for i in range(3000)]
+    finally:
+        nbtasks.configure(executor="local")

@@ -27,6 +27,15 @@ class System:
 
 SYSTEMS: tuple[System, ...] = (
     System("nbtasks", "nbtasks", "nbtasks_bench", ("nbtasks", "duckdb", "dill"), anchor=False),
+    System(
+        "nbtasks-dask",
+        "nbtasks on Dask (DaskExecutor)",
+        "nbtasks_bench",
+        ("nbtasks", "duckdb", "dill", "dask", "distributed"),
+        {"executor": "dask"},
+        anchor=False,
+        memory=False,
+    ),
     System("pool", "ProcessPoolExecutor", "pool_bench", ()),
     System("ipyparallel", "ipyparallel", "ipyparallel_bench", ("ipyparallel",)),
     System("dask", "Dask distributed", "dask_bench", ("dask", "distributed")),

@@ -57,10 +57,46 @@ class NbtasksSession(Session):
 
 @contextmanager
 def open_session(workers: int, options: dict[str, Any]) -> Iterator[Session]:
+    if options.get("executor") == "dask":
+        with _on_dask(workers) as session:
+            yield session
+        return
     with tempfile.TemporaryDirectory(prefix="nbtasks-bench-") as tmp:
         nbtasks.configure(store=os.path.join(tmp, "bench.duckdb"), workers=workers)
         session = NbtasksSession(workers)
         session.notes["store"] = "fresh DuckDB file in a temp dir"
+        try:
+            yield session
+        finally:
+            nbtasks.shutdown()
+
+
+@contextmanager
+def _on_dask(workers: int) -> Iterator[Session]:
+    """nbtasks with the Dask executor, on the cluster the Dask row uses: a LocalCluster of
+    ``workers`` single-threaded worker processes."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with (
+        tempfile.TemporaryDirectory(prefix="nbtasks-bench-") as tmp,
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+    ):
+        nbtasks.configure(
+            store=os.path.join(tmp, "bench.duckdb"),
+            workers=workers,
+            executor=nbtasks.DaskExecutor(cluster),
+        )
+        session = NbtasksSession(workers)
+        session.notes["store"] = "fresh DuckDB file in a temp dir"
+        session.notes["cluster"] = f"LocalCluster(n_workers={workers}, threads_per_worker=1)"
         try:
             yield session
         finally:

@@ -269,10 +269,12 @@ class Dispatch:
                 self._send_ahead(run, view)
 
     def _ahead_depth(self) -> int:
-        """How many runs to send a busy worker ahead: about AHEAD_BUDGET_S of work, so
+        """How many runs to send a busy worker ahead: about AHEAD_BUDGET_S of work, plus
+        the executor's round trip (a worker on a cluster hears of its next run later), so
         quick runs follow each other without waiting on the kernel, while slow ones stay
         in the queue for whichever worker frees up first. Topped up at half."""
-        return max(1, min(AHEAD_MAX, int(AHEAD_BUDGET_S / max(self.attempt_s, 1e-6))))
+        budget = AHEAD_BUDGET_S + self.executor.round_trip_s
+        return max(1, min(AHEAD_MAX, int(budget / max(self.attempt_s, 1e-6))))
 
     def _reclaim(self) -> None:
         """Idle workers and nothing queued: take back runs sent ahead to busy workers (the

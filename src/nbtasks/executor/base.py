@@ -161,6 +161,9 @@ class Executor(Protocol):
     capabilities: frozenset[str]
     #: whether ``spawn(resources)`` places a worker where those resources are
     accepts_resources: bool
+    #: how long a request takes to reach a worker and its answer to come back (seconds,
+    #: about): what is sent ahead to a busy worker covers it
+    round_trip_s: float
 
     def open(self, loop: asyncio.AbstractEventLoop, sink: Sink) -> list[WorkerId]:
         """Bind to the engine's loop; return the workers already booting (launched before

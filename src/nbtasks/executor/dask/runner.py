@@ -63,6 +63,9 @@ class Host:
         self.pool = LocalExecutor(preload=preload, path=path, cwd=cwd)
         self.local: int | None = None  # the local worker's id (its pid)
         self.outbox: list[Any] = []
+        self.sent = 0  # messages sent to the kernel, numbered
+        self.heard = 0  # the last message from the kernel taken, and those come early
+        self.early: dict[int, list[Any]] = {}
         self.done = threading.Event()
         self.freeze_wanted: bool | None = None  # what the task's thread should do next
         self.loop = asyncio.new_event_loop()
@@ -95,7 +98,17 @@ class Host:
     def requests(self, blob: bytes) -> None:
         """Called on the Dask worker's loop (where its data may be read): big payloads the
         kernel scattered here are put back in their requests; then onto the runner's loop."""
-        requests = pickle.loads(blob)
+        seq, requests = pickle.loads(blob)
+        if seq != self.heard + 1:  # Dask does not keep them in order: put them back in it
+            self.early[seq] = requests
+            return
+        self.heard = seq
+        self._take(requests)
+        while self.heard + 1 in self.early:
+            self.heard += 1
+            self._take(self.early.pop(self.heard))
+
+    def _take(self, requests: list[Any]) -> None:
         read = []
         for i, request in enumerate(requests):
             if request[0] == "start" and request[3] is not None:
@@ -165,7 +178,8 @@ class Host:
     def _flush(self) -> None:
         events, self.outbox = self.outbox, []
         if events:
-            self.send(encode(events))
+            self.sent += 1
+            self.send(encode([self.sent, events]))
 
     def send(self, blob: bytes) -> None:
         w = self.dask_worker

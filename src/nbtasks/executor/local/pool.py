@@ -85,6 +85,7 @@ class LocalExecutor:
 
     capabilities = frozenset({"pid", "exit_code", "signal"})
     accepts_resources = False  # every worker is on this machine
+    round_trip_s = 0.0  # a pipe: next to nothing
 
     def __init__(self, launched: list[WorkerProc] | None = None,
                  preload: tuple[str, ...] = (), path: list[str] | None = None,
