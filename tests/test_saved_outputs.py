@@ -75,6 +75,16 @@ def test_a_saved_notebook_shows_its_finished_runs_without_a_kernel(
     assert table.count("<tr>") == 1 + 7
     assert "Run(task='gated', live)" not in str(cells[HANDLE].outputs)  # the text is final too
 
+    # The widget state saved beside them (what a trusted JupyterLab draws) is final too.
+    state = saved.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+
+    def widget_state(i: int) -> dict[str, object]:
+        (shown,) = [o for o in cells[i].outputs if VIEW in o.get("data", {})]
+        return dict(state[shown.data[VIEW]["model_id"]]["state"])
+
+    assert widget_state(HANDLE)["run"]["status"] == "COMPLETED"  # type: ignore[index]
+    assert widget_state(BATCH)["counts"] == {"COMPLETED": 5}
+
     # Without widget state (GitHub, nbviewer of a notebook saved without it), nbconvert
     # shows the static copies.
     saved.metadata.pop("widgets", None)

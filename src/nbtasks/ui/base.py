@@ -98,6 +98,10 @@ class LiveWidget(anywidget.AnyWidget):
         """The widget's current state as plain HTML (``nbtasks.ui.static``)."""
         raise NotImplementedError
 
+    def _send(self, msg: Any, buffers: Any = None) -> None:
+        with _current_request():  # from the engine's or the throttle's thread too
+            super()._send(msg, buffers=buffers)
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)
         data, metadata = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
@@ -144,23 +148,32 @@ class LiveWidget(anywidget.AnyWidget):
 
 @contextlib.contextmanager
 def _current_request() -> Iterator[None]:
-    """Send display updates on behalf of the request the kernel handles now (the cell that
-    runs), not the one that started this thread: ipykernel 7 gives a thread the parent of
-    the cell that started it, and a client like nbclient drops an update whose parent
-    cell is over. (ipykernel 6 has one parent for all threads, always the latest.)"""
-    from IPython import get_ipython  # type: ignore[attr-defined,unused-ignore]
-
-    publisher = getattr(get_ipython(), "display_pub", None)
-    latest = getattr(publisher, "_parent_header_global", None)
-    set_parent = getattr(publisher, "set_thread_parent", None)
-    if not latest or set_parent is None:
+    """Send what this thread sends (widget updates, display updates) on behalf of the
+    request the kernel handles now (the cell that runs), not the one that started the
+    thread: ipykernel 7 gives a thread the parent of the cell that started it, and a client
+    like nbclient drops a message whose parent cell is over (so a notebook it saves would
+    keep a stale widget state and static copy). ipykernel 6 has one parent for all threads,
+    always the latest: nothing to do there, nor on the kernel's main thread."""
+    if threading.current_thread() is threading.main_thread():
         yield
         return
-    token = set_parent(latest)
+    from IPython import get_ipython  # type: ignore[attr-defined,unused-ignore]
+
+    shell = get_ipython()
+    kernel = getattr(shell, "kernel", None)
+    var = getattr(kernel, "_shell_parent", None)  # ipykernel 7: a ContextVar
+    latest = getattr(kernel, "_shell_context", {}).get(var) if var is not None else None
+    publisher = getattr(shell, "display_pub", None)
+    if not latest or not hasattr(publisher, "set_thread_parent"):
+        yield
+        return
+    token = var.set(latest)  # type: ignore[union-attr]
+    display_token = publisher.set_thread_parent(latest)  # type: ignore[union-attr]
     try:
         yield
     finally:
-        publisher.reset_thread_parent(token)  # type: ignore[union-attr]
+        publisher.reset_thread_parent(display_token)  # type: ignore[union-attr]
+        var.reset(token)  # type: ignore[union-attr]
 
 
 def _error(error: Any) -> dict[str, str] | None:
