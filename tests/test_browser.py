@@ -646,8 +646,9 @@ def item(i):
     'later = add.trigger({"a": 1, "b": 1}, delay="1h")\nlater',
     "big = item.batch_trigger_and_wait(list(range(2000)))",  # its live view shows
     "%runs --task ad",
+    "%runs --id {later.id[:12]}",
 ]
-LATER, BIG, FILTERED = 1, 2, 3
+LATER, BIG, FILTERED, BY_ID = 1, 2, 3, 4
 
 
 def test_reschedule_big_batch_table_filters_and_copied_ids(
@@ -665,7 +666,7 @@ def test_reschedule_big_batch_table_filters_and_copied_ids(
     client = None
     try:
         run_all(page)
-        expect_ran_in_order(page, FILTERED, timeout=RUN_MS)
+        expect_ran_in_order(page, BY_ID, timeout=RUN_MS)
         cell = cells(page).nth
         client = lab.kernel_client(FEATURES)
         later_id = kernel_value(client, "later.id").strip("'")
@@ -735,7 +736,46 @@ def test_reschedule_big_batch_table_filters_and_copied_ids(
         rows.first.locator("button.nbt-copy").click()
         expect(rows.first.locator("button.nbt-copy")).to_have_text("copied")
         assert page.evaluate(clipboard) == later_id
+
+        # Replay selected: the new run is named, and the row is no longer ticked.
+        ticked = rows.first.locator("input[type=checkbox]")
+        ticked.check()
+        table.locator("button.nbt-replay-selected").click()
+        expect(table.locator(".nbt-feedback")).to_have_text(
+            re.compile(r"^replayed 1 selected run as run_\w+$"), timeout=UI_MS
+        )
+        expect(ticked).not_to_be_checked()
+        expect(table.locator("button.nbt-replay-selected")).to_be_disabled()
+
+        # Bulk cancel by the filter, once confirmed with its count.
+        table.locator("button.nbt-bulk-cancel").click()
+        confirm = table.locator(".nbt-confirm")
+        expect(confirm).to_contain_text(
+            f'Cancel the 1 unfinished run matching id starts with "{later_id[4:16]}"?'
+        )
+        confirm.locator("button.nbt-confirm-yes").click()
+        expect(table.locator(".nbt-feedback")).to_have_text("canceled 1 matching run",
+                                                            timeout=UI_MS)  # fmt: skip
+        expect(rows.first).to_have_attribute("data-status", "CANCELED", timeout=UI_MS)
+        expect(later).to_have_attribute("data-status", "CANCELED", timeout=UI_MS)
         cell(FILTERED).screenshot(path=tmp_path / "table.png")
+
+        # %runs --id PREFIX.
+        by_id = cell(BY_ID).locator(".nbt-table-widget")
+        expect(by_id.locator("input.nbt-filter-id")).to_have_value(later_id[:12])
+        expect(by_id.locator("tbody tr[data-status]")).to_have_count(1)
+        expect(by_id.locator("tbody tr").first).to_have_attribute("data-id", later_id)
+
+        # Replay from the run widget: a button opens the new run below it, live.
+        later.locator("button.nbt-replay").click()
+        opener = later.locator("button.nbt-open-replay")
+        expect(opener).to_have_count(1, timeout=UI_MS)
+        opener.click()
+        replayed = later.locator(".nbt-detail")
+        expect(replayed).to_have_attribute("data-detail-status", "COMPLETED", timeout=RUN_MS)
+        expect(replayed.locator(".nbt-id code")).to_have_text(
+            (opener.get_attribute("data-id") or "").strip()
+        )
     except BaseException:
         shot(page, tmp_path / "failure.png")
         raise
