@@ -7,6 +7,7 @@ runs.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -62,6 +63,7 @@ class RunWidget(LiveWidget):
         self.run_id = run_id
         self._pending: Run | None = None
         self._final_drawn = False
+        self._drawing = threading.Lock()
         self._detail_id: str | None = None
         self._pending_detail: Run | None = None
         self._ready = False  # snapshots that arrive before the first one wait for it
@@ -109,15 +111,20 @@ class RunWidget(LiveWidget):
             self.detail = run_state(detail, logs=True)
 
     def _apply(self, snapshot: Run) -> None:
-        with self._lock:
-            timeline = list(self._timeline)
-        with self.hold_sync():
-            self.run = run_state(snapshot, logs=snapshot.is_final)
-            self.timeline = timeline
-            self.logs = _logs(snapshot)
-        if snapshot.is_final and not self._final_drawn:
-            self._final_drawn = True
-            self.redisplay()  # the outputs' static copies show the final state
+        # The engine's and the throttle's threads both draw: one at a time, and a snapshot
+        # taken before the final one is never drawn after it.
+        with self._drawing:
+            if self._final_drawn and not snapshot.is_final:
+                return
+            with self._lock:
+                timeline = list(self._timeline)
+            with self.hold_sync():
+                self.run = run_state(snapshot, logs=snapshot.is_final)
+                self.timeline = timeline
+                self.logs = _logs(snapshot)
+            if snapshot.is_final and not self._final_drawn:
+                self._final_drawn = True
+                self.redisplay()  # the outputs' static copies show the final state
 
     def _static_html(self) -> str:
         return static.run_html(self.run, self.logs, self.replays)
@@ -256,8 +263,12 @@ class BatchWidget(LiveWidget):
                  "status": statuses.get(self.run_ids[i], "QUEUED")}
                 for i in shown
             ]  # fmt: skip
-        if finished and not self._final_drawn:
-            self._final_drawn = True
+        with self._lock:  # the engine's and the throttle's threads may both get here
+            first_end, self._final_drawn = (
+                finished and not self._final_drawn,
+                (self._final_drawn or finished),
+            )
+        if first_end:
             self.redisplay()  # the outputs' static copies show the batch's end
 
     def _static_html(self) -> str:
