@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from IPython.core.formatters import DisplayFormatter
 
 import nbtasks
 from nbtasks import RunStatus, runs
@@ -181,11 +182,16 @@ def test_widget_reprs_are_stable(nb: object) -> None:
 
 
 class _FakeView:
+    displayed: list[tuple[Any, ...]] = []
+
     def __init__(self, *args: Any) -> None:
         self.args = args
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         return {"view": self.args}
+
+    def _ipython_display_(self) -> None:  # a view that displays itself (to update it later)
+        self.displayed.append(self.args)
 
 
 class _FakeUI:
@@ -219,8 +225,10 @@ def test_without_a_ui_runs_show_as_text_and_waits_do_not_pump(
     assert result.unwrap() == 3
     batch = add.batch_trigger_and_wait([{"a": 1, "b": 1}])
     handle = add.trigger({"a": 2, "b": 2})
+    formatter = DisplayFormatter()  # as IPython displays: _ipython_display_ declines
     for shown in (result.run, batch, handle, add.batch_trigger([{"a": 0, "b": 0}])):
         assert shown._repr_mimebundle_() == {"text/plain": repr(shown)}
+        assert formatter.format(shown) == ({"text/plain": repr(shown)}, {})
     with pytest.raises(nbtasks.NbtasksError, match="notebook UI"):
         runs.table()
     handle.wait(timeout=10)
@@ -242,6 +250,9 @@ def test_the_ui_is_loaded_on_first_need_and_reached_through_the_hook(
     assert loads == [1]
     monkeypatch.setattr(display, "kernel", lambda main_thread_only=True: object())  # "Jupyter"
     assert result.run._repr_mimebundle_() == {"view": ("run", result.id, repr(result.run))}
+    monkeypatch.setattr(_FakeView, "displayed", [])
+    assert DisplayFormatter().format(result.run) == ({}, {})  # displayed by the view itself
+    assert _FakeView.displayed == [("run", result.id, repr(result.run))]
     batch = add.batch_trigger_and_wait([{"a": 1, "b": 1}, {"a": 2, "b": 2}])
     assert batch._repr_mimebundle_() == {
         "view": ("batch", [r.id for r in batch], "add", repr(batch))

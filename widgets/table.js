@@ -116,8 +116,12 @@ function render({ model, el }) {
       idCell.append(idLabel(r.id));
       const st = document.createElement("td");
       st.append(badge(r.status));
-      tr.append(cb, idCell, text("td", dateTime(r.created_at)), text("td", dateTime(r.started_at)),
-        text("td", dateTime(r.finished_at)), text("td", r.task_id), st,
+      // started and finished as a time of day (the date when hovered): rows stay short
+      const started = text("td", clock(r.started_at), "nbt-date");
+      const finished = text("td", clock(r.finished_at), "nbt-date");
+      started.title = dateTime(r.started_at); finished.title = dateTime(r.finished_at);
+      tr.append(cb, idCell, text("td", dateTime(r.created_at), "nbt-date"), started, finished,
+        text("td", r.task_id), st,
         text("td", String(r.attempt_count)), text("td", ms(r.duration_ms)),
         text("td", r.error ? `${r.error}` : (r.output_preview ?? "")));
       for (const cell of [...tr.children].slice(2)) {
