@@ -51,11 +51,16 @@ function render({ model, el }) {
 
   const current = () => ({ status: status.value, task: boxes.task.value.trim(),
     tag: boxes.tag.value.trim(), id: boxes.id.value.trim() });
-  const sendFilter = () => model.send({ action: "filter", ...current() });
+  const edited = new Set(); // boxes changed since the filter was last sent: kept as typed
+  const sendFilter = () => {
+    edited.clear();
+    model.send({ action: "filter", ...current() });
+  };
   let typing = null;
   status.addEventListener("change", sendFilter);
   for (const box of Object.values(boxes)) {
     box.addEventListener("input", () => {
+      edited.add(box);
       clearTimeout(typing);
       typing = setTimeout(sendFilter, TYPING_MS);
     });
@@ -134,7 +139,7 @@ function render({ model, el }) {
     const f = model.get("filters") || {};
     if (document.activeElement !== status) status.value = f.status || "";
     for (const [name, box] of Object.entries(boxes)) {
-      if (document.activeElement !== box) box.value = f[name] || "";
+      if (document.activeElement !== box && !edited.has(box)) box.value = f[name] || "";
     }
     const total = model.get("total");
     totalLabel.textContent = `${total} run${total === 1 ? "" : "s"}`;
