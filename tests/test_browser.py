@@ -647,8 +647,9 @@ def item(i):
     "big = item.batch_trigger_and_wait(list(range(2000)))",  # its live view shows
     "%runs --task ad",
     "%runs --id {later.id[:12]}",
+    "stopped = slow.batch_trigger_and_wait([0, 0, 30, 30, 30, 30])",  # stopped midway
 ]
-LATER, BIG, FILTERED, BY_ID = 1, 2, 3, 4
+LATER, BIG, FILTERED, BY_ID, STOPPED = 1, 2, 3, 4, 5
 
 
 def test_reschedule_big_batch_table_filters_and_copied_ids(
@@ -668,6 +669,22 @@ def test_reschedule_big_batch_table_filters_and_copied_ids(
         run_all(page)
         expect_ran_in_order(page, BY_ID, timeout=RUN_MS)
         cell = cells(page).nth
+
+        # A batch stopped with the stop button: its count and its bar agree, and it says
+        # what was canceled.
+        stopped = cell(STOPPED).locator(".nbt-batch")
+        expect(stopped.locator(".nbt-done")).to_have_text("2/6 finished", timeout=RUN_MS)
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:interrupt-kernel'); }")
+        expect(stopped.locator(".nbt-done")).to_have_text("6/6 finished (4 canceled)",
+                                                          timeout=UI_MS)  # fmt: skip
+        expect_done(cell(STOPPED), timeout=UI_MS)
+        bar = stopped.locator(".nbt-stacked")
+        widths = bar.evaluate(
+            "b => [b.clientWidth, ...[...b.children].map(s => s.getBoundingClientRect().width)]"
+        )
+        assert abs(sum(widths[1:]) - widths[0]) < 1, widths  # full, in two colours
+        assert len(widths) == 3, widths
+
         client = lab.kernel_client(FEATURES)
         later_id = kernel_value(client, "later.id").strip("'")
         clipboard = "() => navigator.clipboard.readText()"
