@@ -164,6 +164,31 @@ def test_run_table_bulk_actions_act_on_what_the_filter_matches(nb: object) -> No
         runs.cancel(r.id)
 
 
+class _Output:
+    """Stands for an output a widget was displayed in (an IPython DisplayHandle)."""
+
+    def __init__(self) -> None:
+        self.html: list[str] = []
+
+    def update(self, data: dict[str, Any], **kwargs: Any) -> None:
+        self.html.append(data["text/html"])
+
+
+def test_static_copies_are_drawn_again_when_their_runs_end(nb: object) -> None:
+    handle = sleep_for.trigger(0.5)
+    widget, table = RunWidget(handle.id), RunTable()
+    outputs = {widget: _Output(), table: _Output()}
+    for shown, output in outputs.items():
+        shown._displays.append(output)
+        assert "COMPLETED" not in shown._repr_mimebundle_()[0]["text/html"]
+    handle.wait(timeout=10)
+    wait_for(lambda: all(o.html for o in outputs.values()), "both copies drawn again")
+    for output in outputs.values():
+        (html,) = output.html  # once, at the end
+        assert html.startswith('<div class="nbt-static"') and "COMPLETED" in html
+        assert handle.id in html and "EXECUTING" not in html
+
+
 def test_run_table_validates_its_filters(nb: object) -> None:
     with pytest.raises(ValueError, match="status='NOPE'"):
         RunTable(status="NOPE")
