@@ -18,7 +18,13 @@ import pytest
 import nbtasks
 
 ROOT = Path(__file__).resolve().parent.parent
-DEADLINE_S = 15.0  # generous: every awaited state normally holds well within a second
+DEADLINE_S = 15.0
+# Kernels, Jupyter servers and scripts the tests start run in other folders: a relative
+# PYTHONPATH (``PYTHONPATH=src pytest``) must still lead them to this checkout's code.
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        str(Path(p).resolve()) if p else p for p in os.environ["PYTHONPATH"].split(os.pathsep)
+    )  # generous: every awaited state normally holds well within a second
 T = TypeVar("T")
 
 

@@ -66,3 +66,11 @@ def size_of(p: bytes) -> int:
 def forward(n: int) -> int:
     """Triggers a child with an ``n``-byte payload from inside a task."""
     return size_of.trigger_and_wait(bytes(n)).unwrap()
+
+
+@task
+def fail_some(i: int) -> int:
+    """Fails for the items whose number ends in 7 (2 in every 20)."""
+    if i % 10 == 7:
+        raise ValueError(f"item {i}")
+    return i

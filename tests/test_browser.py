@@ -318,8 +318,9 @@ def browser() -> Iterator[Browser]:
 # -- driving the page ------------------------------------------------------------------------
 
 
-def open_notebook(server: JupyterServer, browser: Browser, notebook: str) -> Page:
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+def open_notebook(server: JupyterServer, browser: Browser, notebook: str,
+                  page: Page | None = None) -> Page:  # fmt: skip
+    page = page or browser.new_page(viewport={"width": 1280, "height": 1000})
     page.goto(server.page_url(notebook))
     panel = page.locator(".jp-NotebookPanel")
     expect(panel).to_be_visible(timeout=KERNEL_READY_MS)
@@ -453,7 +454,8 @@ def test_run_widgets_and_table_in_jupyterlab(lab: Lab, browser: Browser, tmp_pat
         expect(timeline.first).to_have_attribute("data-status", "QUEUED")
         expect(timeline.last).to_have_attribute("data-status", "COMPLETED")
         expect(cell(QUICK).locator(".nbt-attempts")).to_contain_text("output: 3")
-        expect(cell(BATCH).locator(".nbt-batch")).to_contain_text("6/6 done", timeout=RUN_MS)
+        done = cell(BATCH).locator(".nbt-batch .nbt-done")
+        expect(done).to_have_text("6/6 finished", timeout=RUN_MS)
         expect(cell(BATCH).locator('.nbt-counts .nbt-badge[data-status="COMPLETED"]')).to_have_text(
             "COMPLETED 6"
         )
@@ -484,6 +486,9 @@ def test_run_widgets_and_table_in_jupyterlab(lab: Lab, browser: Browser, tmp_pat
             "data-status", "idle", timeout=UI_MS
         )
         cell(LONG).screenshot(path=tmp_path / "2-long-run-executing.png")
+        elapsed = long.locator(".nbt-head .nbt-elapsed")  # counts on while it executes
+        expect(elapsed).to_have_text(re.compile(r"^running \d"))
+        expect(elapsed).not_to_have_text(elapsed.inner_text(), timeout=UI_MS)
         long.locator("button.nbt-cancel").click()
         expect(long).to_have_attribute("data-status", "CANCELED", timeout=UI_MS)
         expect(long.locator('.nbt-head .nbt-badge[data-status="CANCELED"]')).to_be_visible()
@@ -626,3 +631,173 @@ def test_quickstart_and_cancel_in_notebook7(
         raise
     finally:
         page.close()
+
+
+FEATURES = "features.ipynb"
+FEATURE_CELLS = [
+    CELLS[0]
+    + """
+
+@task
+def item(i):
+    if i % 100 == 7:
+        raise ValueError(f"item {i}")
+    return i""",
+    'later = add.trigger({"a": 1, "b": 1}, delay="1h")\nlater',
+    "big = item.batch_trigger_and_wait(list(range(2000)))",  # its live view shows
+    "%runs --task ad",
+    "%runs --id {later.id[:12]}",
+    "stopped = slow.batch_trigger_and_wait([0, 0, 30, 30, 30, 30])",  # stopped midway
+]
+LATER, BIG, FILTERED, BY_ID, STOPPED = 1, 2, 3, 4, 5
+
+
+def test_reschedule_big_batch_table_filters_and_copied_ids(
+    lab: Lab, browser: Browser, tmp_path: Path
+) -> None:
+    """Issue 14: Reschedule +1m from when the run is due, shown in one clock format; every
+    item of a 2,000-run batch reachable, its status badges filtering the grid; the table's
+    text filters shown, applied on Enter and while typing, by substring and id prefix; a
+    run id copied from the run widget and from the table."""
+    lab.fresh_kernels()
+    write_notebook(lab.root / FEATURES, FEATURE_CELLS)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                  permissions=["clipboard-read", "clipboard-write"])  # fmt: skip
+    page = open_notebook(lab, browser, FEATURES, context.new_page())
+    client = None
+    try:
+        run_all(page)
+        expect_ran_in_order(page, BY_ID, timeout=RUN_MS)
+        cell = cells(page).nth
+
+        # A batch stopped with the stop button: its count and its bar agree, and it says
+        # what was canceled.
+        stopped = cell(STOPPED).locator(".nbt-batch")
+        expect(stopped.locator(".nbt-done")).to_have_text("2/6 finished", timeout=RUN_MS)
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:interrupt-kernel'); }")
+        expect(stopped.locator(".nbt-done")).to_have_text("6/6 finished (4 canceled)",
+                                                          timeout=UI_MS)  # fmt: skip
+        expect_done(cell(STOPPED), timeout=UI_MS)
+        bar = stopped.locator(".nbt-stacked")
+        widths = bar.evaluate(
+            "b => [b.clientWidth, ...[...b.children].map(s => s.getBoundingClientRect().width)]"
+        )
+        assert abs(sum(widths[1:]) - widths[0]) < 1, widths  # full, in two colours
+        assert len(widths) == 3, widths
+
+        client = lab.kernel_client(FEATURES)
+        later_id = kernel_value(client, "later.id").strip("'")
+        clipboard = "() => navigator.clipboard.readText()"
+
+        # Reschedule +1m: one minute after it was due (not after now), in the view's clock.
+        later = run_widget(cell(LATER))
+        expect(later).to_have_attribute("data-status", "DELAYED", timeout=RUN_MS)
+        due = "later.retrieve().delay_until"
+        before = kernel_value(client, f"{due}.isoformat()").strip("'")
+        later.locator("button.nbt-reschedule").click()
+        moved = f"({due} - __import__('datetime').datetime.fromisoformat({before!r}))"
+        moved += ".total_seconds()"
+        wait_for(lambda: kernel_value(client, moved) == "60.0", "the run to move by 60 s", 15, 0.2)
+        after = kernel_value(client, f"{due}.isoformat()").strip("'")
+        shown = page.evaluate("iso => new Date(iso).toLocaleTimeString()", after)
+        expect(later.locator(".nbt-until")).to_have_text(f"until {shown}", timeout=UI_MS)
+        expect(later.locator(".nbt-feedback")).to_have_text(f"rescheduled to {shown}")
+
+        # Its id, copied from the widget.
+        expect(later.locator(".nbt-head .nbt-id code")).to_have_text(later_id)
+        later.locator(".nbt-head button.nbt-copy").click()
+        expect(later.locator(".nbt-head button.nbt-copy")).to_have_text("copied")
+        assert page.evaluate(clipboard) == later_id
+
+        # The batch: 2,000 items, 20 FAILED; every one reachable.
+        big = cell(BIG).locator(".nbt-batch")
+        expect(big.locator(".nbt-done")).to_have_text("2000/2000 finished (20 failed)",
+                                                      timeout=RUN_MS)  # fmt: skip
+        grid = big.locator(".nbt-grid span")
+        expect(grid).to_have_count(200)
+        expect(big.locator(".nbt-grid-range")).to_have_text("items 1\u2013200 of 2000")
+        big.locator(".nbt-grid-next").click()
+        expect(grid.first).to_have_attribute("data-index", "200", timeout=UI_MS)
+        expect(grid.last).to_have_attribute("data-index", "399")
+        big.locator('.nbt-counts .nbt-badge[data-status="FAILED"]').click()
+        expect(big.locator(".nbt-grid-range")).to_have_text(
+            "FAILED: items 1\u201320 of 20 (#7\u2013#1907)", timeout=UI_MS
+        )
+        expect(grid).to_have_count(20)
+        expect(big.locator('.nbt-grid span:not([data-status="FAILED"])')).to_have_count(0)
+        grid.last.click()
+        expect(big.locator(".nbt-detail")).to_contain_text("ValueError: item 1907",
+                                                           timeout=UI_MS)  # fmt: skip
+        big.locator('.nbt-counts .nbt-badge[data-status="FAILED"]').click()  # again: all
+        expect(grid).to_have_count(200, timeout=UI_MS)
+        cell(BIG).screenshot(path=tmp_path / "batch.png")
+
+        # The table of %runs --task ad: the filter is in its box; text boxes match by
+        # substring, on Enter and while typing; the id box by prefix.
+        table = cell(FILTERED).locator(".nbt-table-widget")
+        rows = table.locator("tbody tr[data-status]")
+        task_box = table.locator("input.nbt-filter-task")
+        expect(task_box).to_have_value("ad", timeout=UI_MS)
+        expect(rows).to_have_count(1)
+        expect(table.locator(".nbt-total")).to_have_text("1 run")
+        task_box.fill("ITE")
+        task_box.press("Enter")
+        expect(table.locator(".nbt-total")).to_have_text("2000 runs", timeout=UI_MS)
+        expect(rows).to_have_count(25)
+        task_box.fill("")
+        id_box = table.locator("input.nbt-filter-id")
+        id_box.press_sequentially(later_id[4:16])  # applied while typing, after a pause
+        expect(rows).to_have_count(1, timeout=UI_MS)
+        expect(table.locator(".nbt-total")).to_have_text("1 run")
+        expect(rows.first).to_have_attribute("data-id", later_id)
+        rows.first.locator("button.nbt-copy").click()
+        expect(rows.first.locator("button.nbt-copy")).to_have_text("copied")
+        assert page.evaluate(clipboard) == later_id
+
+        # Replay selected: the new run is named, and the row is no longer ticked.
+        ticked = rows.first.locator("input[type=checkbox]")
+        ticked.check()
+        table.locator("button.nbt-replay-selected").click()
+        expect(table.locator(".nbt-feedback")).to_have_text(
+            re.compile(r"^replayed 1 selected run as run_\w+$"), timeout=UI_MS
+        )
+        expect(ticked).not_to_be_checked()
+        expect(table.locator("button.nbt-replay-selected")).to_be_disabled()
+
+        # Bulk cancel by the filter, once confirmed with its count.
+        table.locator("button.nbt-bulk-cancel").click()
+        confirm = table.locator(".nbt-confirm")
+        expect(confirm).to_contain_text(
+            f'Cancel the 1 unfinished run matching id starts with "{later_id[4:16]}"?'
+        )
+        confirm.locator("button.nbt-confirm-yes").click()
+        expect(table.locator(".nbt-feedback")).to_have_text("canceled 1 matching run",
+                                                            timeout=UI_MS)  # fmt: skip
+        expect(rows.first).to_have_attribute("data-status", "CANCELED", timeout=UI_MS)
+        expect(later).to_have_attribute("data-status", "CANCELED", timeout=UI_MS)
+        cell(FILTERED).screenshot(path=tmp_path / "table.png")
+
+        # %runs --id PREFIX.
+        by_id = cell(BY_ID).locator(".nbt-table-widget")
+        expect(by_id.locator("input.nbt-filter-id")).to_have_value(later_id[:12])
+        expect(by_id.locator("tbody tr[data-status]")).to_have_count(1)
+        expect(by_id.locator("tbody tr").first).to_have_attribute("data-id", later_id)
+
+        # Replay from the run widget: a button opens the new run below it, live.
+        later.locator("button.nbt-replay").click()
+        opener = later.locator("button.nbt-open-replay")
+        expect(opener).to_have_count(1, timeout=UI_MS)
+        opener.click()
+        replayed = later.locator(".nbt-detail")
+        expect(replayed).to_have_attribute("data-detail-status", "COMPLETED", timeout=RUN_MS)
+        expect(replayed.locator(".nbt-id code")).to_have_text(
+            (opener.get_attribute("data-id") or "").strip()
+        )
+    except BaseException:
+        shot(page, tmp_path / "failure.png")
+        raise
+    finally:
+        if client is not None:
+            client.stop_channels()
+        page.close()
+        context.close()

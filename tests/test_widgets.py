@@ -5,9 +5,11 @@ button sends are delivered the way ipywidgets delivers them (``_handle_custom_ms
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from IPython.core.formatters import DisplayFormatter
 
 import nbtasks
 from nbtasks import RunStatus, runs
@@ -17,7 +19,7 @@ from nbtasks.ui.widgets import BatchWidget, RunWidget
 
 from conftest import wait_for
 from crashers import sleep_for
-from tasks import add, always_fail, succeed_on_third
+from tasks import add, always_fail, fail_some, succeed_on_third
 
 
 def _click(widget: Any, content: dict[str, Any]) -> None:
@@ -42,56 +44,149 @@ def test_run_widget_follows_a_run_to_its_end(nb: object) -> None:
 def test_run_widget_buttons_cancel_and_replay(nb: object) -> None:
     handle = sleep_for.trigger(30)
     widget = RunWidget(handle.id)
+    assert widget.run["id"] == handle.id and widget.run["payload_preview"] == "30"
     _click(widget, {"action": "cancel"})
     assert widget.feedback == "canceled: CANCELED"
     wait_for(lambda: widget.run.get("status") == "CANCELED", "the widget to show CANCELED")
     _click(widget, {"action": "replay"})
     (replay_id,) = widget.replays
+    assert widget.feedback == f"replayed as {replay_id}"
     assert runs.retrieve(replay_id).replayed_from == handle.id
+    _click(widget, {"action": "open", "id": replay_id})  # the link to the new run
+    assert widget.detail["id"] == replay_id
     runs.cancel(replay_id)
+    wait_for(lambda: widget.detail["status"] == "CANCELED", "the opened replay to follow")
     _click(widget, {"action": "reschedule", "delay": "1m"})
     assert "only a DELAYED run can be rescheduled" in widget.feedback
 
 
-def test_reschedule_button_moves_a_delayed_run(nb: object) -> None:
+def test_reschedule_button_moves_a_delayed_run_from_when_it_is_due(nb: object) -> None:
     handle = add.trigger({"a": 1, "b": 1}, delay="1h")
+    due = handle.retrieve().delay_until
+    assert due is not None
     widget = RunWidget(handle.id)
-    _click(widget, {"action": "reschedule", "delay": "1m"})
-    assert widget.feedback.startswith("rescheduled to ")
-    run = handle.retrieve()
-    assert run.delay_until is not None
-    assert 50 < (run.delay_until - run.updated_at).total_seconds() < 70
+    for minutes in (1, 2):  # from when it is due, not from now: twice is two minutes
+        _click(widget, {"action": "reschedule", "by_s": 60})
+        until = handle.retrieve().delay_until
+        assert until == due + timedelta(minutes=minutes)
+        # the feedback names the time for the front-end to write as it writes the view's
+        assert widget.feedback == f"rescheduled to {{time:{until.isoformat()}}}"
+        assert widget.run["delay_until"] == until.isoformat()
 
 
-def test_batch_widget_counts_every_run_of_a_big_batch(nb: object) -> None:
-    handle = add.batch_trigger([{"a": i, "b": 0} for i in range(2000)])
-    widget = BatchWidget([h.id for h in handle.runs], "add")
+def test_batch_grid_reaches_every_item_and_filters_by_status(nb: object) -> None:
+    handle = fail_some.batch_trigger(list(range(2000)))
+    widget = BatchWidget([h.id for h in handle.runs], "fail_some")
     handle.wait(timeout=60)
-    wait_for(lambda: widget.counts == {"COMPLETED": 2000}, "the widget to count 2000 COMPLETED")
-    assert widget.total == 2000 and len(widget.sample) == 200
-    _click(widget, {"action": "select", "run_id": handle.runs[5].id})
-    assert widget.selected["output_preview"] == "5"
+    wait_for(lambda: widget.counts == {"COMPLETED": 1800, "FAILED": 200}, "the final counts")
+    assert widget.grid == {"status": "", "page": 0, "size": 200, "matching": 2000}
+    assert [c["index"] for c in widget.sample] == list(range(200))
+    _click(widget, {"action": "grid", "page": 9})  # the last page: items 1800-1999
+    assert [c["index"] for c in widget.sample] == list(range(1800, 2000))
+    _click(widget, {"action": "grid", "page": 10})  # past the end: the last page
+    assert widget.grid["page"] == 9
+    _click(widget, {"action": "grid", "status": "FAILED"})  # the FAILED badge
+    assert widget.grid == {"status": "FAILED", "page": 0, "size": 200, "matching": 200}
+    assert [c["index"] for c in widget.sample] == [i for i in range(2000) if i % 10 == 7]
+    assert {c["status"] for c in widget.sample} == {"FAILED"}
+    _click(widget, {"action": "select", "run_id": widget.sample[-1]["id"]})
+    assert widget.selected["error"]["message"] == "item 1997"
+    _click(widget, {"action": "grid", "status": "FAILED"})  # the same badge again: all
+    assert widget.grid["status"] == "" and widget.grid["matching"] == 2000
+
+
+def test_a_stopped_batch_says_what_did_not_complete(nb: object) -> None:
+    handle = sleep_for.batch_trigger([0.0, 0.0, 30, 30, 30, 30])
+    widget = BatchWidget([h.id for h in handle.runs], "sleep_for")
+    wait_for(lambda: widget.counts.get("COMPLETED") == 2, "the quick runs to complete")
+    _click(widget, {"action": "cancel_all"})
+    assert widget.feedback == "canceled 4 unfinished run(s)"
+    wait_for(lambda: widget.counts == {"COMPLETED": 2, "CANCELED": 4}, "the batch to end")
+    html = widget._repr_mimebundle_()[0]["text/html"]
+    assert "6/6 finished" in html and "CANCELED 4" in html and "COMPLETED 2" in html
 
 
 def test_run_table_filters_sorts_pages_and_acts(nb: object) -> None:
     add.batch_trigger_and_wait([{"a": i, "b": 0} for i in range(30)])
     always_fail.trigger_and_wait(None, max_attempts=1)
     table = RunTable(limit=10)
-    assert len(table.rows) == 10 and table.has_next
+    assert len(table.rows) == 10 and table.has_next and table.total == 31
     _click(table, {"action": "page", "delta": 1})
     assert table.page == 1 and len(table.rows) == 10
     _click(table, {"action": "filter", "status": "FAILED", "task": "", "tag": ""})
     assert [r["status"] for r in table.rows] == ["FAILED"] and table.page == 0
-    assert table.rows[0]["error"] == "RuntimeError: always"
+    assert table.total == 1 and table.rows[0]["error"] == "RuntimeError: always"
+    row = table.rows[0]
+    assert row["created_at"] <= row["started_at"] <= row["finished_at"]
     _click(table, {"action": "filter", "status": "", "task": "add", "tag": ""})
     _click(table, {"action": "sort", "col": "task_id"})
-    assert {r["task_id"] for r in table.rows} == {"add"}
+    assert {r["task_id"] for r in table.rows} == {"add"} and table.total == 30
     failed_id = runs.list(status="FAILED")[0].id
     _click(table, {"action": "open", "id": failed_id})
     assert table.detail["status"] == "FAILED"
     _click(table, {"action": "replay", "ids": [failed_id]})
-    assert table.feedback == "replay: 1 run(s)"
-    assert len(runs.list(task="always_fail")) == 2
+    (replayed,) = [r for r in runs.list(task="always_fail") if r.id != failed_id]
+    assert table.feedback == f"replayed 1 selected run as {replayed.id}"
+
+
+def test_run_table_matches_task_and_tag_by_substring_and_ids_by_prefix(nb: object) -> None:
+    add.trigger_and_wait({"a": 1, "b": 1}, tags=["nightly-crawl"])
+    target = succeed_on_third.trigger_and_wait(None)
+    table = RunTable(task="on_th")  # as %runs --task on_th
+    assert table.filters == {"status": "", "task": "on_th", "tag": "", "id": ""}
+    assert [r["task_id"] for r in table.rows] == ["succeed_on_third"]
+    _click(table, {"action": "filter", "task": "ADD"})
+    assert [r["task_id"] for r in table.rows] == ["add"]
+    _click(table, {"action": "filter", "tag": "crawl"})
+    assert [r["task_id"] for r in table.rows] == ["add"]
+    for prefix in (target.id[:12], target.id[4:14]):  # with or without "run_"
+        _click(table, {"action": "filter", "id": prefix})
+        assert [r["id"] for r in table.rows] == [target.id], prefix
+    assert RunTable(id=target.id[:-3]).total == 1
+    _click(table, {"action": "open", "id": target.id})  # its finished attempts' logs
+    assert [a["status"] for a in table.detail["attempts"]] == ["FAILED", "FAILED", "COMPLETED"]
+    assert "stdout" in table.detail["attempts"][0] and table.detail["payload_preview"] == "None"
+
+
+def test_run_table_bulk_actions_act_on_what_the_filter_matches(nb: object) -> None:
+    add.trigger_and_wait({"a": 1, "b": 1})
+    sleepers = sleep_for.batch_trigger([30] * 3)
+    table = RunTable(task="sleep")
+    assert table.total == 3 and table.unfinished == 3
+    _click(table, {"action": "bulk", "op": "cancel", "filters": dict(table.filters)})
+    assert table.feedback == "canceled 3 matching runs"
+    assert {h.retrieve().status.value for h in sleepers.runs} == {"CANCELED"}
+    assert runs.list(task="add")[0].status is RunStatus.COMPLETED  # not matched: untouched
+    _click(table, {"action": "bulk", "op": "replay", "filters": {"task": "add"}})
+    assert table.feedback.startswith("replayed 1 matching run as run_")
+    assert len(runs.list(task="add")) == 2
+    for r in runs.list(task="sleep_for"):
+        runs.cancel(r.id)
+
+
+class _Output:
+    """Stands for an output a widget was displayed in (an IPython DisplayHandle)."""
+
+    def __init__(self) -> None:
+        self.html: list[str] = []
+
+    def update(self, data: dict[str, Any], **kwargs: Any) -> None:
+        self.html.append(data["text/html"])
+
+
+def test_static_copies_are_drawn_again_when_their_runs_end(nb: object) -> None:
+    handle = sleep_for.trigger(0.5)
+    widget, table = RunWidget(handle.id), RunTable()
+    outputs = {widget: _Output(), table: _Output()}
+    for shown, output in outputs.items():
+        shown._displays.append(output)
+        assert "COMPLETED" not in shown._repr_mimebundle_()[0]["text/html"]
+    handle.wait(timeout=10)
+    wait_for(lambda: all(o.html for o in outputs.values()), "both copies drawn again")
+    for output in outputs.values():
+        (html,) = output.html  # once, at the end
+        assert html.startswith('<div class="nbt-static"') and "COMPLETED" in html
+        assert handle.id in html and "EXECUTING" not in html
 
 
 def test_run_table_validates_its_filters(nb: object) -> None:
@@ -112,11 +207,16 @@ def test_widget_reprs_are_stable(nb: object) -> None:
 
 
 class _FakeView:
+    displayed: list[tuple[Any, ...]] = []
+
     def __init__(self, *args: Any) -> None:
         self.args = args
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         return {"view": self.args}
+
+    def _ipython_display_(self) -> None:  # a view that displays itself (to update it later)
+        self.displayed.append(self.args)
 
 
 class _FakeUI:
@@ -150,8 +250,10 @@ def test_without_a_ui_runs_show_as_text_and_waits_do_not_pump(
     assert result.unwrap() == 3
     batch = add.batch_trigger_and_wait([{"a": 1, "b": 1}])
     handle = add.trigger({"a": 2, "b": 2})
+    formatter = DisplayFormatter()  # as IPython displays: _ipython_display_ declines
     for shown in (result.run, batch, handle, add.batch_trigger([{"a": 0, "b": 0}])):
         assert shown._repr_mimebundle_() == {"text/plain": repr(shown)}
+        assert formatter.format(shown) == ({"text/plain": repr(shown)}, {})
     with pytest.raises(nbtasks.NbtasksError, match="notebook UI"):
         runs.table()
     handle.wait(timeout=10)
@@ -173,6 +275,9 @@ def test_the_ui_is_loaded_on_first_need_and_reached_through_the_hook(
     assert loads == [1]
     monkeypatch.setattr(display, "kernel", lambda main_thread_only=True: object())  # "Jupyter"
     assert result.run._repr_mimebundle_() == {"view": ("run", result.id, repr(result.run))}
+    monkeypatch.setattr(_FakeView, "displayed", [])
+    assert DisplayFormatter().format(result.run) == ({}, {})  # displayed by the view itself
+    assert _FakeView.displayed == [("run", result.id, repr(result.run))]
     batch = add.batch_trigger_and_wait([{"a": 1, "b": 1}, {"a": 2, "b": 2}])
     assert batch._repr_mimebundle_() == {
         "view": ("batch", [r.id for r in batch], "add", repr(batch))

@@ -9,6 +9,7 @@ function render({ model, el }) {
   const cancel = text("button", "Cancel");
   const replay = text("button", "Replay");
   const reschedule = text("button", "Reschedule +1m");
+  reschedule.title = "start one minute later than it is due now";
   cancel.className = "nbt-cancel"; replay.className = "nbt-replay";
   reschedule.className = "nbt-reschedule";
   buttons.append(cancel, replay, reschedule);
@@ -22,19 +23,25 @@ function render({ model, el }) {
   const attemptsEl = document.createElement("tbody");
   table.append(attemptsEl);
   const logs = document.createElement("details");
+  logs.className = "nbt-logs";
   const logsPre = text("pre", "");
   logs.append(text("summary", "logs"), logsPre);
+  const replays = text("div", "", "nbt-replays");
+  const detail = document.createElement("div");
   const feedback = text("div", "", "nbt-feedback");
-  root.append(head, progress, timelineEl, table, logs, feedback);
+  root.append(head, progress, timelineEl, table, logs, feedback, replays, detail);
   el.append(root);
 
   cancel.addEventListener("click", () => model.send({ action: "cancel" }));
   replay.addEventListener("click", () => model.send({ action: "replay" }));
-  reschedule.addEventListener("click", () => model.send({ action: "reschedule", delay: "1m" }));
+  reschedule.addEventListener("click", () => model.send({ action: "reschedule", by_s: 60 }));
 
   const update = () => {
     const run = model.get("run") || {};
-    renderRun(run, { head, progress, timelineEl, attemptsEl, timeline: model.get("timeline") });
+    const n = (run.attempts || []).length;
+    // the last attempt's output is in "logs" below; earlier ones in their rows
+    renderRun(run, { head, progress, timelineEl, attemptsEl, timeline: model.get("timeline"),
+      logsOf: (a, i) => i < n - 1 });
     head.append(buttons);
     root.dataset.status = run.status || "";
     cancel.disabled = FINAL.has(run.status);
@@ -43,10 +50,25 @@ function render({ model, el }) {
     logsPre.textContent = l;
     logs.style.display = l ? "block" : "none";
     if (!FINAL.has(run.status) && l) logs.open = true;
-    feedback.textContent = model.get("feedback") || "";
+    feedback.textContent = feedbackText(model.get("feedback"));
+    const ids = model.get("replays") || [];
+    const opened = (model.get("detail") || {}).id;
+    replays.replaceChildren(...(ids.length ? [text("span", "replays:", "nbt-muted")] : []),
+      ...ids.map((id) => {
+        const b = text("button", `open ${id}`, "nbt-open-replay");
+        b.dataset.id = id;
+        if (id === opened) b.classList.add("nbt-active");
+        b.addEventListener("click", () => model.send({ action: "open", id }));
+        return b;
+      }));
+    renderDetail(detail, model.get("detail"));
   };
-  for (const name of ["run", "timeline", "logs", "feedback"]) model.on(`change:${name}`, update);
+  for (const name of ["run", "timeline", "logs", "feedback", "replays", "detail"]) {
+    model.on(`change:${name}`, update);
+  }
   update();
+  const timer = setInterval(() => tick(root), 250);
+  return () => clearInterval(timer);
 }
 
 export default { render };

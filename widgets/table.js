@@ -1,7 +1,10 @@
-// The interactive run table: filter, sort, page, live updates, select to cancel or replay,
-// open a run.
-const COLUMNS = [["created", "created"], ["task_id", "task"], ["status", "status"],
+// The interactive run table: filter, sort, page, live updates, select to cancel or replay
+// (or every run the filter matches, once confirmed), open a run.
+const COLUMNS = [["id", "id"], ["created", "created"], ["started", "started"],
+  ["finished", "finished"], ["task_id", "task"], ["status", "status"],
   ["attempt_count", "attempts"], ["duration_ms", "duration"], ["output", "output / error"]];
+const SORTABLE = new Set(["created", "task_id", "status", "attempt_count", "duration_ms"]);
+const TYPING_MS = 300; // a text filter applies this long after the last key, or on Enter
 
 function render({ model, el }) {
   const root = document.createElement("div");
@@ -16,14 +19,24 @@ function render({ model, el }) {
     o.textContent = s || "any status";
     status.append(o);
   }
-  const task = Object.assign(document.createElement("input"), { placeholder: "task" });
-  const tag = Object.assign(document.createElement("input"), { placeholder: "tag" });
-  task.className = "nbt-filter-task"; tag.className = "nbt-filter-tag";
+  const boxes = {};
+  for (const [name, hint] of [["task", "task contains"], ["tag", "tag contains"],
+    ["id", "id starts with"]]) {
+    boxes[name] = Object.assign(document.createElement("input"),
+      { placeholder: hint, className: `nbt-filter-${name}` });
+  }
   const prev = text("button", "◀"); const next = text("button", "▶");
-  const cancel = text("button", "Cancel selected"); const replay = text("button", "Replay selected");
-  cancel.className = "nbt-cancel-selected"; replay.className = "nbt-replay-selected";
-  const pageLabel = text("span", "", "nbt-muted");
-  filters.append(status, task, tag, prev, pageLabel, next, cancel, replay);
+  prev.className = "nbt-page-prev"; next.className = "nbt-page-next";
+  const pageLabel = text("span", "", "nbt-muted nbt-page");
+  const totalLabel = text("span", "", "nbt-total");
+  filters.append(status, boxes.task, boxes.tag, boxes.id, totalLabel, prev, pageLabel, next);
+  const actions = text("div", "", "nbt-filters");
+  const cancel = text("button", "Cancel selected", "nbt-cancel-selected");
+  const replay = text("button", "Replay selected", "nbt-replay-selected");
+  const bulkCancel = text("button", "Cancel all matching…", "nbt-bulk-cancel");
+  const bulkReplay = text("button", "Replay all matching…", "nbt-bulk-replay");
+  actions.append(cancel, replay, bulkCancel, bulkReplay);
+  const confirmBar = text("div", "", "nbt-confirm");
   const table = document.createElement("table");
   table.className = "nbt-table";
   const thead = document.createElement("thead");
@@ -31,19 +44,50 @@ function render({ model, el }) {
   table.append(thead, tbody);
   const detail = document.createElement("div");
   const feedback = text("div", "", "nbt-feedback");
-  root.append(filters, table, detail, feedback);
+  root.append(filters, actions, confirmBar, table, detail, feedback);
   el.append(root);
   const selected = new Set();
+  let confirming = null; // {op, filters, count} while the confirmation shows
 
-  const sendFilter = () => model.send({ action: "filter", status: status.value,
-    task: task.value.trim(), tag: tag.value.trim() });
+  const current = () => ({ status: status.value, task: boxes.task.value.trim(),
+    tag: boxes.tag.value.trim(), id: boxes.id.value.trim() });
+  const edited = new Set(); // boxes changed since the filter was last sent: kept as typed
+  const sendFilter = () => {
+    edited.clear();
+    model.send({ action: "filter", ...current() });
+  };
+  let typing = null;
   status.addEventListener("change", sendFilter);
-  task.addEventListener("change", sendFilter);
-  tag.addEventListener("change", sendFilter);
+  for (const box of Object.values(boxes)) {
+    box.addEventListener("input", () => {
+      edited.add(box);
+      clearTimeout(typing);
+      typing = setTimeout(sendFilter, TYPING_MS);
+    });
+    box.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        clearTimeout(typing);
+        sendFilter();
+      }
+    });
+  }
   prev.addEventListener("click", () => model.send({ action: "page", delta: -1 }));
   next.addEventListener("click", () => model.send({ action: "page", delta: 1 }));
-  cancel.addEventListener("click", () => model.send({ action: "cancel", ids: [...selected] }));
-  replay.addEventListener("click", () => model.send({ action: "replay", ids: [...selected] }));
+  const act = (action) => {
+    model.send({ action, ids: [...selected] });
+    selected.clear(); // acted on: nothing stays ticked
+    update();
+  };
+  cancel.addEventListener("click", () => act("cancel"));
+  replay.addEventListener("click", () => act("replay"));
+  const ask = (op) => {
+    const f = model.get("filters") || {};
+    const count = op === "cancel" ? model.get("unfinished") : model.get("total");
+    confirming = { op, filters: f, count };
+    update();
+  };
+  bulkCancel.addEventListener("click", () => ask("cancel"));
+  bulkReplay.addEventListener("click", () => ask("replay"));
 
   const update = () => {
     const sort = model.get("sort") || {};
@@ -52,7 +96,7 @@ function render({ model, el }) {
     for (const [key, label] of COLUMNS) {
       const th = text("th", label + (sort.col === key ? (sort.desc ? " ▼" : " ▲") : ""));
       th.dataset.col = key;
-      if (key !== "output") th.addEventListener("click", () => model.send({ action: "sort", col: key }));
+      if (SORTABLE.has(key)) th.addEventListener("click", () => model.send({ action: "sort", col: key }));
       head.append(th);
     }
     thead.replaceChildren(head);
@@ -63,6 +107,7 @@ function render({ model, el }) {
     tbody.replaceChildren(...rows.map((r) => {
       const tr = document.createElement("tr");
       tr.dataset.status = r.status;
+      tr.dataset.id = r.id;
       if (r.id === opened) tr.className = "nbt-open";
       const box = Object.assign(document.createElement("input"), { type: "checkbox" });
       box.checked = selected.has(r.id);
@@ -72,12 +117,19 @@ function render({ model, el }) {
       });
       const cb = document.createElement("td");
       cb.append(box);
+      const idCell = document.createElement("td");
+      idCell.append(idLabel(r.id));
       const st = document.createElement("td");
       st.append(badge(r.status));
-      tr.append(cb, text("td", new Date(r.created_at).toLocaleTimeString()), text("td", r.task_id), st,
+      // started and finished as a time of day (the date when hovered): rows stay short
+      const started = text("td", clock(r.started_at), "nbt-date");
+      const finished = text("td", clock(r.finished_at), "nbt-date");
+      started.title = dateTime(r.started_at); finished.title = dateTime(r.finished_at);
+      tr.append(cb, idCell, text("td", dateTime(r.created_at), "nbt-date"), started, finished,
+        text("td", r.task_id), st,
         text("td", String(r.attempt_count)), text("td", ms(r.duration_ms)),
         text("td", r.error ? `${r.error}` : (r.output_preview ?? "")));
-      for (const cell of [...tr.children].slice(1)) {
+      for (const cell of [...tr.children].slice(2)) {
         cell.addEventListener("click", () => model.send({ action: "open", id: r.id }));
         cell.style.cursor = "pointer";
       }
@@ -86,28 +138,43 @@ function render({ model, el }) {
     cancel.disabled = replay.disabled = selected.size === 0;
     const f = model.get("filters") || {};
     if (document.activeElement !== status) status.value = f.status || "";
+    for (const [name, box] of Object.entries(boxes)) {
+      if (document.activeElement !== box && !edited.has(box)) box.value = f[name] || "";
+    }
+    const total = model.get("total");
+    totalLabel.textContent = `${total} run${total === 1 ? "" : "s"}`;
+    totalLabel.dataset.total = String(total);
     pageLabel.textContent = `page ${model.get("page") + 1}`;
     prev.disabled = model.get("page") === 0;
     next.disabled = !model.get("has_next");
-    const d = model.get("detail");
-    if (d && d.id) {
-      const h = document.createElement("div"); h.className = "nbt-head";
-      const p = document.createElement("div"); p.className = "nbt-progress";
-      p.append(document.createElement("div"));
-      const t = document.createElement("div"); t.className = "nbt-timeline";
-      const tb = document.createElement("tbody");
-      const tbl = document.createElement("table"); tbl.className = "nbt-attempts"; tbl.append(tb);
-      renderRun(d, { head: h, progress: p, timelineEl: t, attemptsEl: tb, timeline: [] });
-      const box = document.createElement("div");
-      box.className = "nbt nbt-run nbt-detail";
-      box.append(h, p, tbl);
-      detail.replaceChildren(box);
+    bulkCancel.disabled = !model.get("unfinished");
+    bulkReplay.disabled = !total;
+    if (confirming) {
+      const { op, count } = confirming;
+      const what = op === "cancel" ? `Cancel the ${count} unfinished` : `Replay the ${count}`;
+      const yes = text("button", `${op === "cancel" ? "Cancel" : "Replay"} ${count} run${count === 1 ? "" : "s"}`,
+        "nbt-confirm-yes");
+      const no = text("button", "Back", "nbt-confirm-no");
+      yes.addEventListener("click", () => {
+        model.send({ action: "bulk", op, filters: confirming.filters });
+        confirming = null;
+        update();
+      });
+      no.addEventListener("click", () => { confirming = null; update(); });
+      const shown = Object.entries(confirming.filters).filter(([, v]) => v)
+        .map(([k, v]) => `${k} ${k === "id" ? "starts with" : k === "status" ? "is" : "contains"} "${v}"`);
+      confirmBar.replaceChildren(text("span", `${what} run${count === 1 ? "" : "s"} matching `
+        + `${shown.length ? shown.join(", ") : "no filter (every run)"}?`), yes, no);
+      confirmBar.style.display = "flex";
     } else {
-      detail.replaceChildren();
+      confirmBar.replaceChildren();
+      confirmBar.style.display = "none";
     }
-    feedback.textContent = model.get("feedback") || "";
+    renderDetail(detail, model.get("detail"));
+    feedback.textContent = feedbackText(model.get("feedback"));
   };
-  for (const name of ["rows", "sort", "page", "has_next", "detail", "filters", "feedback"]) {
+  for (const name of ["rows", "sort", "page", "has_next", "detail", "filters", "feedback",
+    "total", "unfinished"]) {
     model.on(`change:${name}`, update);
   }
   update();

@@ -44,6 +44,10 @@ class RunHandle(Generic[R]):
         """In a notebook: the live run widget; elsewhere, the text."""
         return display.run_bundle(self.id, repr(self), **kwargs)
 
+    def _ipython_display_(self) -> None:
+        """In a notebook: the live run widget, in an output it can update."""
+        display.display_run(self.id, repr(self))
+
     def __repr__(self) -> str:
         cached = ", cached" if self.is_cached else ""
         return f"RunHandle(task={self.task_id!r}{cached})"
@@ -72,6 +76,11 @@ class BatchHandle(Generic[R]):
         """In a notebook: the live batch widget; elsewhere, the text."""
         task_id = self.runs[0].task_id if self.runs else ""
         return display.batch_bundle([h.id for h in self.runs], task_id, repr(self), **kwargs)
+
+    def _ipython_display_(self) -> None:
+        """In a notebook: the live batch widget, in an output it can update."""
+        task_id = self.runs[0].task_id if self.runs else ""
+        display.display_batch([h.id for h in self.runs], task_id, repr(self))
 
     def __repr__(self) -> str:
         return f"BatchHandle({len(self.runs)} runs)"

@@ -186,9 +186,10 @@ class Runs:
         return engine().store.select(query, params)
 
     def table(self, status: str | None = None, task: str | None = None, tag: str | None = None,
-              limit: int = 25) -> Any:  # fmt: skip
-        """The interactive run table widget (filter, sort, page, cancel/replay, open)."""
-        return display.run_table(status=status, task=task, tag=tag, limit=limit)
+              limit: int = 25, id: str | None = None) -> Any:  # fmt: skip
+        """The interactive run table widget (filter, sort, page, cancel/replay, open).
+        ``task`` and ``tag`` match by substring, ``id`` by prefix."""
+        return display.run_table(status=status, task=task, tag=tag, limit=limit, id=id)
 
     def subscribe(self, run_id: str) -> Iterator[Run]:
         """Yield a snapshot now and at every change of the run, ending when it is final."""

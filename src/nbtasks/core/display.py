@@ -29,7 +29,8 @@ class Pump(Protocol):
 
 
 class UI(Protocol):
-    """What a UI provides. Views are displayable objects (``_repr_mimebundle_``)."""
+    """What a UI provides. Views are displayable objects (``_repr_mimebundle_``); a view
+    with ``_ipython_display_`` displays itself, so it can update its output later."""
 
     def run_view(self, run_id: str, text: str) -> Any:
         """A live view of a run; ``text`` is its plain-text form."""
@@ -44,7 +45,7 @@ class UI(Protocol):
         """A pump for the cell that is about to block, if it can have one."""
 
     def run_table(self, status: str | None, task: str | None, tag: str | None,
-                  limit: int) -> Any:  # fmt: skip
+                  limit: int, id: str | None = None) -> Any:  # fmt: skip
         """The interactive table of the store's runs."""
 
 
@@ -113,6 +114,31 @@ def batch_bundle(run_ids: list[str], task_id: str, text: str, **kwargs: Any) -> 
     return ui.batch_view(run_ids, task_id, text)._repr_mimebundle_(**kwargs)
 
 
+def _show(view: Any) -> None:
+    shown = getattr(view, "_ipython_display_", None)
+    if shown is None:
+        raise NotImplementedError  # IPython then asks for the MIME bundle
+    shown()
+
+
+def display_run(run_id: str, text: str) -> None:
+    """IPython's ``_ipython_display_`` of a run: its live view displays itself (so that its
+    output can show the final state later). Elsewhere ``NotImplementedError``, on which
+    IPython falls back to ``_repr_mimebundle_``."""
+    ui = current() if in_notebook() else None
+    if ui is None:
+        raise NotImplementedError
+    _show(ui.run_view(run_id, text))
+
+
+def display_batch(run_ids: list[str], task_id: str, text: str) -> None:
+    """``display_run`` for a batch."""
+    ui = current() if in_notebook() else None
+    if ui is None:
+        raise NotImplementedError
+    _show(ui.batch_view(run_ids, task_id, text))
+
+
 def show_wait(run_ids: list[str], task_id: str, batch: bool) -> None:
     """In a notebook's cell, show the live view of what a blocking wait waits for."""
     if not run_ids or kernel() is None:
@@ -131,8 +157,10 @@ def start_pump() -> Pump | None:
 
 
 def run_table(status: str | None = None, task: str | None = None, tag: str | None = None,
-              limit: int = 25) -> Any:  # fmt: skip
+              limit: int = 25, id: str | None = None) -> Any:  # fmt: skip
     ui = current()
     if ui is None:
         raise NbtasksError("runs.table() needs the nbtasks notebook UI, which is not installed")
-    return ui.run_table(status, task, tag, limit)
+    if id is None:
+        return ui.run_table(status, task, tag, limit)
+    return ui.run_table(status, task, tag, limit, id=id)

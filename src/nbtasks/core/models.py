@@ -160,6 +160,10 @@ class Run:
         """In a notebook: the live run widget; elsewhere, the text."""
         return display.run_bundle(self.id, repr(self), **kwargs)
 
+    def _ipython_display_(self) -> None:
+        """In a notebook: the live run widget, in an output it can update."""
+        display.display_run(self.id, repr(self))
+
     def __repr__(self) -> str:
         parts = [f"task={self.task_id!r}", f"status={self.status.value}"]
         parts.append(f"attempts={self.attempt_count}")
@@ -264,6 +268,11 @@ class BatchResult(Generic[T]):
         """In a notebook: the live batch widget; elsewhere, the text."""
         task_id = self.runs[0].task_id if self.runs else ""
         return display.batch_bundle([r.id for r in self.runs], task_id, repr(self), **kwargs)
+
+    def _ipython_display_(self) -> None:
+        """In a notebook: the live batch widget, in an output it can update."""
+        task_id = self.runs[0].task_id if self.runs else ""
+        display.display_batch([r.id for r in self.runs], task_id, repr(self))
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts().items()))

@@ -207,11 +207,13 @@ class EngineBase:
             if self._keys.get(key) == run.id:
                 del self._keys[key]
         snapshot = run.snapshot()
+        # Listeners first: a notebook view draws the final state before a wait returns,
+        # so what the cell shows when it ends is final.
+        for listener in self._listeners.pop(run.id, ()):
+            listener(snapshot)
         waiters, run.waiters = run.waiters, []
         for waiter in waiters:
             waiter(snapshot, error)
-        for listener in self._listeners.pop(run.id, ()):
-            listener(snapshot)
 
     def _notify(self, run: RunState) -> None:
         listeners = self._listeners.get(run.id)

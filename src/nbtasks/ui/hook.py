@@ -39,10 +39,10 @@ class NotebookUI:
         return start()
 
     def run_table(self, status: str | None, task: str | None, tag: str | None,
-                  limit: int) -> Any:  # fmt: skip
+                  limit: int, id: str | None = None) -> Any:  # fmt: skip
         from nbtasks.ui.table import RunTable
 
-        return RunTable(status=status, task=task, tag=tag, limit=limit)
+        return RunTable(status=status, task=task, tag=tag, limit=limit, id=id)
 
 
 def install() -> None:

@@ -153,8 +153,9 @@ class TaskMagics(Magics):
 
     @magic_arguments()
     @argument("--status", default=None, help="only runs with this status")
-    @argument("--task", default=None, help="only runs of this task")
-    @argument("--tag", default=None, help="only runs with this tag")
+    @argument("--task", default=None, help="only runs of a task whose id contains this")
+    @argument("--tag", default=None, help="only runs with a tag containing this")
+    @argument("--id", default=None, help="only runs whose id starts with this")
     @argument("--limit", type=int, default=25, help="rows per page")
     @line_magic
     def runs(self, line: str) -> Any:
@@ -166,7 +167,8 @@ class TaskMagics(Magics):
         from nbtasks.client.runs import runs
 
         try:
-            return runs.table(status=args.status, task=args.task, tag=args.tag, limit=args.limit)
+            return runs.table(status=args.status, task=args.task, tag=args.tag, limit=args.limit,
+                              id=args.id)  # fmt: skip
         except ValueError as exc:
             raise UsageError(f"%runs: {exc}") from None
 

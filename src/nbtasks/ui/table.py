@@ -1,5 +1,6 @@
 """The run table widget: the store's runs, filtered, sorted, paged and kept fresh, with
-the selected rows canceled or replayed and a row opened as a run view."""
+the selected rows (or every run the filter matches) canceled or replayed, and a row opened
+as a run view with its attempts' logs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import traitlets
 
 from nbtasks.client.config import engine
 from nbtasks.client.runs import runs, status_values
+from nbtasks.ui import static
 from nbtasks.ui.base import FINAL_VALUES, LiveWidget, asset, esm, run_state
 
 _SORTS = {
@@ -21,10 +23,33 @@ _SORTS = {
     "attempt_count": "attempt_count",
     "duration_ms": "finished_at - started_at",
 }
+FILTERS = ("status", "task", "tag", "id")
+BULK_LIMIT = 1000  # runs one bulk action acts on at most
+_FINAL_SQL = ", ".join(f"'{s}'" for s in sorted(FINAL_VALUES))
+
+
+def filter_sql(filters: dict[str, str]) -> tuple[str, list[Any]]:
+    """The WHERE clause of a filter: a status; a task and a tag by substring, any case;
+    an id by prefix (with or without its ``run_``)."""
+    where, params = [], []
+    if filters.get("status"):
+        where.append("status = ?")
+        params.append(filters["status"].upper())
+    if filters.get("task"):
+        where.append("contains(lower(task_id), lower(?))")
+        params.append(filters["task"])
+    if filters.get("tag"):  # chr(31) never occurs in what anyone types
+        where.append("contains(lower(array_to_string(tags, chr(31))), lower(?))")
+        params.append(filters["tag"])
+    if filters.get("id"):
+        where.append("(starts_with(id, ?) OR starts_with(id, 'run_' || ?))")
+        params += [filters["id"], filters["id"]]
+    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
 class RunTable(LiveWidget):
-    """The runs of the store: filter, sort, page, live refresh, cancel/replay selected, open."""
+    """The runs of the store: filter, sort, page, live refresh, cancel/replay selected or
+    every match, open."""
 
     _esm = esm("table.js")
     _css = asset("nbtasks.css").read_text()
@@ -34,58 +59,61 @@ class RunTable(LiveWidget):
     page = traitlets.Int(0).tag(sync=True)
     page_size = traitlets.Int(25).tag(sync=True)
     has_next = traitlets.Bool(False).tag(sync=True)
+    total = traitlets.Int(0).tag(sync=True)  # runs the filter matches
+    unfinished = traitlets.Int(0).tag(sync=True)  # ... of them not final yet
     detail = traitlets.Dict().tag(sync=True)
 
     def __init__(self, status: str | None = None, task: str | None = None,
-                 tag: str | None = None, limit: int = 25) -> None:  # fmt: skip
+                 tag: str | None = None, limit: int = 25,
+                 id: str | None = None) -> None:  # fmt: skip
         super().__init__()
         if status is not None:
             status_values(status)  # a bad status names itself now
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ValueError(f"limit={limit!r} is not valid: use an integer from 1 to 1000")
         self.page_size = limit
-        self.filters = {"status": status or "", "task": task or "", "tag": tag or ""}
+        given = {"status": status, "task": task, "tag": tag, "id": id}
+        self.filters = {k: str(v or "") for k, v in given.items()}
         shown = ", ".join(f"{k}={v!r}" for k, v in self.filters.items() if v)
         self._text = f"RunTable({shown})"
         self._refreshing = False
+        self._redrawn = False
         self.refresh()
 
     def refresh(self) -> None:
         """Load the current page; keep refreshing every second while it shows live runs."""
-        f = self.filters
-        where, params = [], []
-        if f.get("status"):
-            where.append("status = ?")
-            params.append(f["status"].upper())
-        if f.get("task"):
-            where.append("task_id = ?")
-            params.append(f["task"])
-        if f.get("tag"):
-            where.append("list_contains(tags, ?)")
-            params.append(f["tag"])
+        where, params = filter_sql(self.filters)
         order = _SORTS.get(str(self.sort.get("col", "created")), "id")
         direction = "DESC" if self.sort.get("desc", True) else "ASC"
         sql = (
             "SELECT id, task_id, status, attempt_count, created_at, started_at, finished_at, "
-            "output_preview, error FROM runs"
-            + (" WHERE " + " AND ".join(where) if where else "")
+            "output_preview, error FROM runs" + where
             + f" ORDER BY {order} {direction} NULLS LAST, id DESC"
             + f" LIMIT {self.page_size + 1} OFFSET {self.page * self.page_size}"
+        )  # fmt: skip
+        store = engine().store
+        rows = store.query(sql, params)
+        ((total, unfinished),) = store.query(
+            f"SELECT count(*), count(*) FILTER (WHERE status NOT IN ({_FINAL_SQL})) FROM runs"
+            + where,
+            params,
         )
-        rows = engine().store.query(sql, params)
         out = []
         for run_id, task_id, status, attempts, created, started, finished, preview, err in rows:
             duration = (finished - started).total_seconds() * 1000 if started and finished else None
             error = json.loads(err) if err else None
             out.append({
                 "id": run_id, "task_id": task_id, "status": status, "attempt_count": attempts,
-                "created_at": created.isoformat(), "duration_ms": duration,
-                "output_preview": preview,
+                "created_at": created.isoformat(),
+                "started_at": started.isoformat() if started else None,
+                "finished_at": finished.isoformat() if finished else None,
+                "duration_ms": duration, "output_preview": preview,
                 "error": f"{error['type']}: {error['message']}" if error else None,
             })  # fmt: skip
         with self.hold_sync():
             self.has_next = len(out) > self.page_size
             self.rows = out[: self.page_size]
+            self.total, self.unfinished = total, unfinished
         if self.detail.get("id"):
             self._open(self.detail["id"])
         live = any(r["status"] not in FINAL_VALUES for r in self.rows)
@@ -100,6 +128,9 @@ class RunTable(LiveWidget):
                 self.refresh_quietly()
         finally:
             self._refreshing = False
+        if not self._redrawn:  # the static copy was drawn with live runs: draw it again, once
+            self._redrawn = True
+            self.redisplay()
 
     def refresh_quietly(self) -> None:
         try:
@@ -109,12 +140,21 @@ class RunTable(LiveWidget):
             pass
 
     def _open(self, run_id: str) -> None:
-        self.detail = run_state(runs.retrieve(run_id))
+        self.detail = run_state(runs.retrieve(run_id), logs=True)
+
+    def _matching(self, filters: dict[str, str], unfinished: bool) -> list[str]:
+        where, params = filter_sql(filters)
+        if unfinished:
+            where += (" AND " if where else " WHERE ") + f"status NOT IN ({_FINAL_SQL})"
+        rows = engine().store.query(
+            f"SELECT id FROM runs{where} ORDER BY id DESC LIMIT {BULK_LIMIT}", params
+        )
+        return [run_id for (run_id,) in rows]
 
     def _act(self, content: dict[str, Any]) -> str | None:
         action = content["action"]
         if action == "filter":
-            self.filters = {k: str(content.get(k) or "") for k in ("status", "task", "tag")}
+            self.filters = {k: str(content.get(k) or "").strip() for k in FILTERS}
             self.page = 0
         elif action == "sort":
             col = str(content.get("col"))
@@ -127,12 +167,34 @@ class RunTable(LiveWidget):
             return None
         elif action in ("cancel", "replay"):
             ids = [str(i) for i in content.get("ids", [])]
-            for run_id in ids:
-                runs.cancel(run_id) if action == "cancel" else runs.replay(run_id)
-            self.refresh()
-            return f"{action}: {len(ids)} run(s)"
+            return self._apply_to(action, ids, "selected")
+        elif action == "bulk":  # every run the filter the user confirmed matches
+            op = str(content.get("op"))
+            if op not in ("cancel", "replay"):
+                return f"unknown bulk action {op!r}"
+            filters = {k: str((content.get("filters") or {}).get(k) or "") for k in FILTERS}
+            return self._apply_to(op, self._matching(filters, op == "cancel"), "matching")
         self.refresh()
         return None
+
+    def _apply_to(self, action: str, ids: list[str], which: str) -> str:
+        new = []
+        for run_id in ids:
+            if action == "cancel":
+                runs.cancel(run_id)
+            else:
+                new.append(runs.replay(run_id).id)
+        self.refresh()
+        done = "canceled" if action == "cancel" else "replayed"
+        text = f"{done} {len(ids)} {which} run{'s' if len(ids) != 1 else ''}"
+        if new:
+            text += (
+                " as " + ", ".join(new[:3]) + (f" and {len(new) - 3} more" if len(new) > 3 else "")
+            )
+        return text
+
+    def _static_html(self) -> str:
+        return static.table_html(self.rows, self.total, self.filters)
 
     def _flush(self) -> None:
         self.refresh()

@@ -7,8 +7,10 @@ runs.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import traitlets
@@ -18,10 +20,18 @@ from nbtasks.client.config import engine
 from nbtasks.client.runs import runs
 from nbtasks.core.display import in_notebook
 from nbtasks.core.models import Run
-from nbtasks.ui.base import LiveWidget, asset, esm, run_state, throttle
+from nbtasks.ui import static
+from nbtasks.ui.base import (
+    FINAL_VALUES,
+    LOG_TAIL_CHARS,
+    LiveWidget,
+    asset,
+    esm,
+    run_state,
+    throttle,
+)
 
-LOG_TAIL_CHARS = 20_000
-BATCH_SAMPLE = 200  # runs of a batch listed for drill-down
+BATCH_SAMPLE = 200  # items of a batch on one page of its grid
 
 
 def _logs(run: Run) -> str:
@@ -33,7 +43,8 @@ def _logs(run: Run) -> str:
 
 
 class RunWidget(LiveWidget):
-    """A run, live: status, timeline, attempts, logs, progress, Cancel/Replay/Reschedule."""
+    """A run, live: status, timeline, attempts, logs, progress, Cancel/Replay/Reschedule;
+    the runs its Replay button started, one of them opened below it, live too."""
 
     _esm = esm("run.js")
     _css = asset("nbtasks.css").read_text()
@@ -43,6 +54,7 @@ class RunWidget(LiveWidget):
     replays: traitlets.List[str] = traitlets.List().tag(
         sync=True
     )  # ids of runs started by the Replay button
+    detail = traitlets.Dict().tag(sync=True)  # run_state of the replay opened below
 
     def __init__(self, run_id: str, *, follow: bool = True, text: str | None = None) -> None:
         """``text`` is the widget's plain text (the displayed object's repr); without it,
@@ -50,6 +62,10 @@ class RunWidget(LiveWidget):
         super().__init__()
         self.run_id = run_id
         self._pending: Run | None = None
+        self._final_drawn = False
+        self._drawing = threading.Lock()
+        self._detail_id: str | None = None
+        self._pending_detail: Run | None = None
         self._ready = False  # snapshots that arrive before the first one wait for it
         self._timeline: list[list[str]] = []
         live = _follow(run_id, self._on_snapshot) if follow else None
@@ -88,16 +104,44 @@ class RunWidget(LiveWidget):
             return
         with self._lock:
             snapshot, self._pending = self._pending, None
+            detail, self._pending_detail = self._pending_detail, None
         if snapshot is not None:
             self._apply(snapshot)
+        if detail is not None and detail.id == self._detail_id:
+            self.detail = run_state(detail, logs=True)
 
     def _apply(self, snapshot: Run) -> None:
+        # The engine's and the throttle's threads both draw: one at a time, and a snapshot
+        # taken before the final one is never drawn after it.
+        with self._drawing:
+            if self._final_drawn and not snapshot.is_final:
+                return
+            with self._lock:
+                timeline = list(self._timeline)
+            with self.hold_sync():
+                self.run = run_state(snapshot, logs=snapshot.is_final)
+                self.timeline = timeline
+                self.logs = _logs(snapshot)
+            if snapshot.is_final and not self._final_drawn:
+                self._final_drawn = True
+                self.redisplay()  # the outputs' static copies show the final state
+
+    def _static_html(self) -> str:
+        return static.run_html(self.run, self.logs, self.replays)
+
+    def _on_detail(self, snapshot: Run) -> None:
         with self._lock:
-            timeline = list(self._timeline)
-        with self.hold_sync():
-            self.run = run_state(snapshot)
-            self.timeline = timeline
-            self.logs = _logs(snapshot)
+            self._pending_detail = snapshot
+        if snapshot.is_final:
+            self._flush()
+        else:
+            throttle.mark(self)
+
+    def _open(self, run_id: str) -> None:
+        """Show ``run_id`` below this run, following it while it is live."""
+        self._detail_id = run_id
+        live = _follow(run_id, self._on_detail)
+        self.detail = run_state(live or runs.retrieve(run_id), logs=True)
 
     def _act(self, content: dict[str, Any]) -> str | None:
         action = content["action"]
@@ -106,11 +150,18 @@ class RunWidget(LiveWidget):
         if action == "replay":
             handle = runs.replay(self.run_id)
             self.replays = [*self.replays, handle.id]
-            return "replayed as a new run"
+            return f"replayed as {handle.id}"
+        if action == "open":
+            self._open(str(content["id"]))
+            return None
         if action == "reschedule":
-            run = runs.reschedule(self.run_id, content.get("delay"))
+            # Later by ``by`` than the run is due now (not than the clock): +1m twice is +2m.
+            by = timedelta(seconds=float(content.get("by_s", 60)))
+            due = runs.retrieve(self.run_id).delay_until
+            run = runs.reschedule(self.run_id, due + by if due is not None else by)
             self._apply(run)
-            return f"rescheduled to {run.delay_until:%H:%M:%S}"
+            until = run.delay_until.isoformat() if run.delay_until else ""
+            return f"rescheduled to {{time:{until}}}"
         return f"unknown action {action!r}"
 
     def __repr__(self) -> str:
@@ -118,7 +169,8 @@ class RunWidget(LiveWidget):
 
 
 class BatchWidget(LiveWidget):
-    """A batch in one compact view: counts per status, progress, drill-down into runs."""
+    """A batch in one compact view: counts per status, progress, and a grid of its items,
+    a page at a time, filtered by a status (its badge), for drill-down into runs."""
 
     _esm = esm("batch.js")
     _css = asset("nbtasks.css").read_text()
@@ -126,14 +178,19 @@ class BatchWidget(LiveWidget):
     counts = traitlets.Dict().tag(sync=True)
     sample: traitlets.List[dict[str, Any]] = traitlets.List().tag(
         sync=True
-    )  # [{id, index, status}] for drill-down
-    selected = traitlets.Dict().tag(sync=True)  # run_state of the run picked in the list
+    )  # [{id, index, status}]: the grid's page
+    grid = traitlets.Dict().tag(sync=True)  # {status, page, size, matching}
+    selected = traitlets.Dict().tag(sync=True)  # run_state of the run picked in the grid
 
     def __init__(self, run_ids: list[str], task_id: str, text: str | None = None) -> None:
         super().__init__()
         self.run_ids = run_ids
         self.task_id = task_id
         self._statuses: dict[str, str] = {}
+        self._counts: Counter[str] | None = None  # kept up to date once the view is set up
+        self._grid_status = ""
+        self._grid_page = 0
+        self._final_drawn = False
         self._changed = False
         self._text = text or f"Batch(task={task_id!r}, runs={len(run_ids)})"
         self.total = len(run_ids)
@@ -151,14 +208,32 @@ class BatchWidget(LiveWidget):
             )
             with self._lock:
                 self._statuses.update({run_id: status for run_id, status in rows})
+        with self._lock:
+            self._counts = Counter(self._statuses.values())
         self._flush_now()
 
+    def _finished(self) -> bool:
+        counts: Counter[str] = self._counts or Counter()
+        return sum(n for s, n in counts.items() if s in FINAL_VALUES) == len(self.run_ids)
+
     def _on_status(self, run_id: str, status: str) -> None:
-        """From the engine's thread, at every status change: only mark, never draw here."""
+        """From the engine's thread, at every status change: only mark, and draw at once
+        only the batch's end (before a wait on it returns, so the cell ends with it)."""
         with self._lock:
+            old = self._statuses.get(run_id)
             self._statuses[run_id] = status
+            if self._counts is not None:
+                if old is not None:
+                    self._counts[old] -= 1
+                    if not self._counts[old]:
+                        del self._counts[old]
+                self._counts[status] += 1
             self._changed = True
-        throttle.mark(self)
+            ended = self._counts is not None and not self._final_drawn and self._finished()
+        if ended:
+            self._flush()
+        else:
+            throttle.mark(self)
 
     def _flush(self) -> None:
         with self._lock:
@@ -169,21 +244,57 @@ class BatchWidget(LiveWidget):
     def _flush_now(self) -> None:
         with self._lock:
             statuses = dict(self._statuses)
+            counts: dict[str, int] = dict(self._counts or Counter(statuses.values()))
+            finished = self._counts is not None and self._finished()
+            want, page = self._grid_status, self._grid_page
+        if want:
+            matching = [i for i, run_id in enumerate(self.run_ids)
+                        if statuses.get(run_id, "QUEUED") == want]  # fmt: skip
+        else:
+            matching = range(len(self.run_ids))  # type: ignore[assignment]
+        page = min(page, max(0, (len(matching) - 1) // BATCH_SAMPLE))
+        shown = matching[page * BATCH_SAMPLE : (page + 1) * BATCH_SAMPLE]
         with self.hold_sync():
-            self.counts = dict(Counter(statuses.values()))
+            self.counts = counts
+            self.grid = {"status": want, "page": page, "size": BATCH_SAMPLE,
+                         "matching": len(matching)}  # fmt: skip
             self.sample = [
-                {"id": run_id, "index": i, "status": statuses.get(run_id, "QUEUED")}
-                for i, run_id in enumerate(self.run_ids[:BATCH_SAMPLE])
-            ]
+                {"id": self.run_ids[i], "index": i,
+                 "status": statuses.get(self.run_ids[i], "QUEUED")}
+                for i in shown
+            ]  # fmt: skip
+        with self._lock:  # the engine's and the throttle's threads may both get here
+            first_end, self._final_drawn = (
+                finished and not self._final_drawn,
+                (self._final_drawn or finished),
+            )
+        if first_end:
+            self.redisplay()  # the outputs' static copies show the batch's end
+
+    def _static_html(self) -> str:
+        return static.batch_html(self.task_id, self.total, self.counts, FINAL_VALUES)
 
     def _act(self, content: dict[str, Any]) -> str | None:
-        if content["action"] == "select":
-            self.selected = run_state(runs.retrieve(str(content["run_id"])))
+        action = content["action"]
+        if action == "select":
+            self.selected = run_state(runs.retrieve(str(content["run_id"])), logs=True)
             return None
-        if content["action"] == "cancel_all":
-            for run_id in self.run_ids:
+        if action == "grid":  # a status badge (again: every status), or a page
+            with self._lock:
+                if "status" in content:
+                    status = str(content["status"] or "")
+                    self._grid_status = "" if status == self._grid_status else status
+                    self._grid_page = 0
+                if "page" in content:
+                    self._grid_page = max(0, int(content["page"]))
+            self._flush_now()
+            return None
+        if action == "cancel_all":
+            with self._lock:
+                live = [r for r in self.run_ids if self._statuses.get(r) not in FINAL_VALUES]
+            for run_id in live:
                 runs.cancel(run_id)
-            return "canceled the batch's unfinished runs"
+            return f"canceled {len(live)} unfinished run(s)"
         return None
 
     def __repr__(self) -> str:
@@ -220,19 +331,15 @@ def show_run(run_id: str, task_id: str) -> RunWidget | None:
     """Display the live widget of a run in the current cell, when in a notebook."""
     if not in_notebook():
         return None
-    from IPython.display import display  # type: ignore[import-not-found,unused-ignore]
-
     # the text of what a wait shows must not depend on how fast the run is
     widget = RunWidget(run_id, text=f"Run(task={task_id!r}, live)")
-    display(widget)
+    widget._ipython_display_()
     return widget
 
 
 def show_batch(run_ids: list[str], task_id: str) -> BatchWidget | None:
     if not in_notebook():
         return None
-    from IPython.display import display  # type: ignore[import-not-found,unused-ignore]
-
     widget = BatchWidget(run_ids, task_id)
-    display(widget)
+    widget._ipython_display_()
     return widget
