@@ -371,3 +371,57 @@ def test_a_big_batch_of_quick_runs_completes(dask_cluster: Any, store_path: str)
             assert result.outputs == [3 * i for i in range(3000)]
     finally:
         nbtasks.configure(executor="local")
+
+
+def test_the_environment_variable_chooses_the_cluster(
+    dask_cluster: Any, store_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NBTASKS_DASK_SCHEDULER", dask_cluster.scheduler_address)
+    nbtasks.configure(store=store_path, workers=2)
+    try:
+        dask_pids = set(_dask_worker_pids(dask_cluster))
+        assert where.trigger_and_wait(None).unwrap() in dask_pids
+    finally:
+        nbtasks.shutdown()
+        monkeypatch.delenv("NBTASKS_DASK_SCHEDULER")
+    nbtasks.configure(store=store_path, workers=2)  # without it: this machine's workers
+    try:
+        assert where.trigger_and_wait(None).unwrap() == os.getpid()
+    finally:
+        nbtasks.shutdown()
+
+
+def _dask_worker_pids(cluster: Any) -> list[int]:
+    from distributed import Client
+
+    with Client(cluster, set_as_default=False) as client:
+        return list(client.run(os.getpid).values())
+
+
+def test_a_tasks_function_goes_to_each_runner_once(dask_cluster: Any, store_path: str) -> None:
+    """A function of 200 kB, 100 runs: it crosses the scheduler once per runner, not once
+    per run (the scheduler's event log would hold 20 MB)."""
+    from distributed import Client
+
+    big_constant = os.urandom(200_000)
+
+    @task(id="uses_a_big_constant")
+    def uses_a_big_constant(i: int) -> int:  # by value (a closure): 200 kB with it
+        return len(big_constant) + i
+
+    nbtasks.configure(store=store_path, workers=2, executor=nbtasks.DaskExecutor(dask_cluster))
+    try:
+        fn_bytes = len(uses_a_big_constant.shipping(lambda *args: "v").fn_bytes)
+        assert fn_bytes > 200_000
+        for i in range(100):
+            assert uses_a_big_constant.trigger_and_wait(i).unwrap() == 200_000 + i
+        with Client(dask_cluster, set_as_default=False) as client:
+            logged = sum(
+                len(str(msg))
+                for topic, events in client.get_events().items()
+                if topic.startswith("nbtasks-")
+                for _, msg in events
+            )
+        assert logged < 5 * 200_000 * 4, logged  # a few runners' worth, as bytes' repr
+    finally:
+        nbtasks.configure(executor="local")

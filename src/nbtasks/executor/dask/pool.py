@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 SUBSCRIBE_TIMEOUT_S = 10.0
 BIG = 1 << 20  # a payload or output this big travels as Dask data, not in an event
 WATCH_EVERY_S = 0.25  # how often a pool whose scheduler went away tries it again
+WORKERS_EVERY_S = 1.0  # how often the cluster's workers (and their resources) are read
 
 
 @dataclass(eq=False)
@@ -82,6 +83,8 @@ class DaskPool:
         self._closed = False
         self._watching = False  # connecting again in a thread
         self.connection: Any = None  # the scheduler comm the subscription is on
+        # the cluster's workers as last read (address -> info), refreshed on the client's loop
+        self.cluster: dict[str, Any] = dict(client.scheduler_info()["workers"])
         # the client loop's: messages to send, and the big payloads held until read
         self._wire: dict[E.WorkerId, list[tuple[bytes, dict[str, bytes], str | None]]] = {}
         self._scattered: dict[str, Any] = {}
@@ -96,7 +99,22 @@ class DaskPool:
         if self.client.status != "running":
             raise self._unreachable()
         self._subscribe()
+        self.client.loop.add_callback(self._read_workers)
         return []
+
+    async def _read_workers(self) -> None:
+        """On the Dask client's loop, while the pool is open: the cluster's workers, for
+        placing runners (``room_for``, ``_plain_workers``) without a call on the engine's
+        loop."""
+        import asyncio
+
+        while not self._closed:
+            try:
+                info = await self.client.scheduler.identity(n_workers=-1)
+                self.cluster = dict(info["workers"])
+            except Exception:  # away for now: the last known stays
+                pass
+            await asyncio.sleep(WORKERS_EVERY_S)
 
     def _subscribe(self) -> None:
         """Subscribe to the runners' events on the client's present connection, and wait
@@ -161,6 +179,7 @@ class DaskPool:
                     from distributed import Client
 
                     self.client = Client(self.address, timeout=2, set_as_default=False)
+                    self.client.loop.add_callback(self._read_workers)
                 if self.client.status == "running":
                     self._subscribe()
             except Exception:  # still away: try again in a while
@@ -180,22 +199,15 @@ class DaskPool:
         """Where a runner that needs no resources goes: to Dask workers that declare none,
         while there are any, so that it never holds the thread of a worker a run that
         needs its resources waits for; else anywhere."""
-        try:
-            workers = self.client.scheduler_info()["workers"]
-        except Exception:
-            return None
+        workers = self.cluster
         plain = [address for address, w in workers.items() if not w.get("resources")]
         return plain if plain and len(plain) < len(workers) else None
 
     def room_for(self, resources: dict[str, float]) -> int:
         """How many runners needing ``resources`` the cluster's workers hold at once, as
         the client last heard (a runner holds its resources while it lives)."""
-        try:
-            workers = self.client.scheduler_info()["workers"].values()
-        except Exception:  # away: none for now
-            return 0
         room = 0
-        for w in workers:
+        for w in self.cluster.values():
             has = w.get("resources") or {}
             room += min(int(has.get(name, 0) // amount) for name, amount in resources.items())
         return room
