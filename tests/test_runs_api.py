@@ -390,7 +390,8 @@ def test_cancel_an_executing_run(nb: object) -> None:
 
     run = runs.cancel(handle.id)
     assert run.status is S.CANCELED
-    assert run.error is not None
+    assert run.error is not None and run.error.message == "by runs.cancel()"  # the cause
+    assert "error=Canceled: by runs.cancel()" in repr(run)
     (attempt,) = run.attempts
     assert attempt.status is AttemptStatus.CANCELED
     assert attempt.finished_at is not None
@@ -632,6 +633,11 @@ def test_unwrap_of_a_canceled_run_raises_run_error(nb: object) -> None:
     with pytest.raises(RunError) as info:
         result.unwrap()
     assert info.value.status == "CANCELED"
+    assert str(info.value) == "CANCELED: by handle.cancel()"  # said once, with its cause
+    ((detail,),) = runs.sql(
+        "select detail from run_events where run_id = ? and status = 'CANCELED'", [handle.id]
+    ).fetchall()
+    assert detail == "by handle.cancel()"
 
 
 # --------------------------------------------------------------------------- reprs

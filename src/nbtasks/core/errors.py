@@ -86,6 +86,26 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.tb.rstrip()}\n"""'
 
 
+class ShownAs:
+    """Set as an exception's ``_render_traceback_``: the lines IPython shows for it instead
+    of its traceback. A task's exception re-raised in the kernel shows the worker's
+    traceback (the task's own frames), as ipyparallel's ``RemoteError`` does; an
+    interrupted wait shows one line, not the frames of the wait."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.rstrip().splitlines()
+
+    def __call__(self) -> list[str]:
+        return self.lines
+
+
+def interrupted(message: str) -> KeyboardInterrupt:
+    """A ``KeyboardInterrupt`` that IPython shows as its one-line ``message``."""
+    exc = KeyboardInterrupt(message)
+    exc._render_traceback_ = ShownAs(f"KeyboardInterrupt: {message}")  # type: ignore[attr-defined]
+    return exc
+
+
 class RunError(NbtasksError):
     """A run did not produce output: the error it ended with, as recorded.
 
@@ -109,7 +129,7 @@ class RunError(NbtasksError):
         self.traceback = traceback
         self.run_id = run_id
         self.exc_bytes = exc_bytes
-        super().__init__(f"{status}: {type}: {message}" if message else f"{status}: {type}")
+        super().__init__(_summary(status, type, message))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_run_error, (self.status, self.type, self.message, self.traceback,
@@ -127,6 +147,16 @@ class RunError(NbtasksError):
         """How IPython shows this error: the worker's traceback, then the summary."""
         lines = self.traceback.rstrip().splitlines() if self.traceback else []
         return [*lines, f"nbtasks.RunError: {self}"]
+
+
+def _summary(status: str, type_: str, message: str) -> str:
+    """``CANCELED: by runs.cancel()``, ``FAILED: ValueError: bad``: the type is left out
+    where it only repeats the status."""
+    if not message:
+        return f"{status}: {type_}"
+    if type_.lower() == status.replace("_", "").lower():
+        return f"{status}: {message}"
+    return f"{status}: {type_}: {message}"
 
 
 def _rebuild_run_error(status: str, type_: str, message: str, tb: str, run_id: str | None,

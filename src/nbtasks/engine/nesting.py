@@ -66,7 +66,7 @@ class NestingMixin(_Base):
                 (run_id,) = args
                 target = self.runs.get(run_id)
                 if target is not None:
-                    self._cancel(target)
+                    self._cancel(target, "by runs.cancel() in the task of another run")
                     self._when_durable(lambda e: reply(e is None, e))
                 else:
                     self.require_run(run_id)

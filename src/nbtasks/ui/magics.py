@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import builtins
+import threading
+import types
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -103,26 +105,52 @@ def names_of(source: str) -> tuple[list[str], list[str]]:
 
 
 class CellBody:
-    """A ``%%task`` cell body as a task function: inputs in, named outputs out."""
+    """A ``%%task`` cell body as a task function: inputs in, named outputs out.
 
-    def __init__(self, source: str, outputs: list[str], ipython_syntax: bool) -> None:
-        self.source = source
+    The body runs under the file name ``<%%task NAME>``, numbered as the cell is (its
+    ``%%task`` line is line 1), and its text goes to the worker's ``linecache``, so a
+    traceback shows the cell's own lines. Its IPython syntax (``%magic``, ``!cmd``) is
+    transformed in the kernel and runs in the worker's IPython shell."""
+
+    def __init__(self, source: str, outputs: list[str], ipython_syntax: bool,
+                 name: str = "", header: str = "", python: str | None = None) -> None:  # fmt: skip
+        self.source = source  # the body as written
         self.outputs = outputs
         self.ipython_syntax = ipython_syntax
+        self.name = name
+        self.header = header  # the cell's first line, "%%task NAME ..."
+        self.python = python  # the body as Python (IPython syntax transformed)
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # versions stored before the header and the transformed body were kept lack them
+        header, python = getattr(self, "header", ""), getattr(self, "python", None)
+        filename = f"<%%task {getattr(self, 'name', '') or 'cell'}>"
         if self.ipython_syntax:
             from IPython.core.interactiveshell import InteractiveShell
 
             shell = InteractiveShell.instance()
-            shell.user_ns.update(payload)
-            result = shell.run_cell(self.source, store_history=False)
-            result.raise_error()
+            python = python if python is not None else shell.transform_cell(self.source)
             namespace = shell.user_ns
         else:
-            namespace = {"__name__": "__main__", **payload}
-            exec(compile(self.source, "<%%task cell>", "exec"), namespace)
-        return {name: namespace[name] for name in self.outputs if name in namespace}
+            python = self.source
+            namespace = {"__name__": "__main__"}
+        namespace.update(payload)
+        # show the lines as written, where the transformed body keeps their numbers
+        shown = self.source if _lines(self.source) == _lines(python) else python
+        offset = 1 if header else 0
+        from nbtasks.core.sources import register
+
+        register({filename: f"{header}\n{shown}" if header else shown})
+        exec(compile("\n" * offset + python, filename, "exec"), namespace)
+        return {
+            name: namespace[name]
+            for name in self.outputs
+            if name in namespace and not isinstance(namespace[name], types.ModuleType)
+        }
+
+
+def _lines(text: str) -> int:
+    return len(text.rstrip("\n").splitlines())
 
 
 @magics_class
@@ -149,7 +177,7 @@ class TaskMagics(Magics):
             raise
         except SystemExit:
             raise UsageError(f"%%task: cannot parse the options {line!r}") from None
-        return run_cell_task(self.shell, args, cell)
+        return run_cell_task(self.shell, args, cell, line)
 
     @magic_arguments()
     @argument("--status", default=None, help="only runs with this status")
@@ -175,7 +203,7 @@ def _split(value: str | None) -> list[str]:
     return [n.strip() for n in (value or "").split(",") if n.strip()]
 
 
-def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
+def run_cell_task(shell: Any, args: Any, cell: str, line: str = "") -> Any:
     from nbtasks.client.task import Task
     from nbtasks.core.options import Queue, Retry
 
@@ -199,7 +227,7 @@ def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
     options: dict[str, Any] = {}
     try:
         task = Task(
-            CellBody(cell if python != cell else python, outputs, python != cell),
+            CellBody(cell, outputs, python != cell, args.name, f"%%task {line}".rstrip(), python),
             id=args.name,
             retry=Retry(max_attempts=args.retries + 1) if args.retries is not None else None,
             max_duration=args.max_duration,
@@ -214,9 +242,8 @@ def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
         if sizes:
             print("inputs:", ", ".join(sizes))
         if args.bg:
-            handle = task.trigger(payload, **options)
-            shell.user_ns["_"] = handle
-            return handle
+            _in_background(shell, task.trigger(payload, **options), outputs)
+            return None
         result = task.trigger_and_wait(payload, **options)
     except ValueError as exc:
         raise UsageError(f"%%task {args.name}: {exc}") from None
@@ -225,6 +252,27 @@ def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
     if values:
         print("assigned:", ", ".join(values))
     return None
+
+
+def _in_background(shell: Any, handle: Any, outputs: list[str]) -> None:
+    """``%%task --bg``: show the run, and assign its outputs into the notebook when it
+    completes (from a thread that waits for it, while the kernel lives). ``_`` and the
+    cell's output are left alone."""
+    from IPython.display import display
+
+    display(handle)
+    if outputs:
+        print(f"in the background: {', '.join(outputs)} will be assigned when it completes")
+
+    def assign_back() -> None:
+        try:
+            result = handle.wait()
+            if result.ok:
+                shell.user_ns.update(result.output)
+        except Exception:  # the run's own view shows how it ended
+            pass
+
+    threading.Thread(target=assign_back, daemon=True, name=f"nbtasks-bg-{handle.id}").start()
 
 
 def load(shell: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import traitlets
 
 from nbtasks.client.config import engine
+from nbtasks.client.control import cancel
 from nbtasks.client.runs import runs, status_values
 from nbtasks.ui.base import FINAL_VALUES, LiveWidget, asset, esm, run_state
 
@@ -128,7 +129,10 @@ class RunTable(LiveWidget):
         elif action in ("cancel", "replay"):
             ids = [str(i) for i in content.get("ids", [])]
             for run_id in ids:
-                runs.cancel(run_id) if action == "cancel" else runs.replay(run_id)
+                if action == "cancel":
+                    cancel(run_id, "from the run table")
+                else:
+                    runs.replay(run_id)
             self.refresh()
             return f"{action}: {len(ids)} run(s)"
         self.refresh()

@@ -15,9 +15,11 @@ import traitlets
 
 from nbtasks.client.blocking import block
 from nbtasks.client.config import engine
+from nbtasks.client.control import cancel
 from nbtasks.client.runs import runs
 from nbtasks.core.display import in_notebook
 from nbtasks.core.models import Run
+from nbtasks.core.status import RunStatus
 from nbtasks.ui.base import LiveWidget, asset, esm, run_state, throttle
 
 LOG_TAIL_CHARS = 20_000
@@ -102,7 +104,8 @@ class RunWidget(LiveWidget):
     def _act(self, content: dict[str, Any]) -> str | None:
         action = content["action"]
         if action == "cancel":
-            return f"canceled: {runs.cancel(self.run_id).status.value}"
+            run = cancel(self.run_id, "by the Cancel button of its run widget")
+            return "canceled" if run.status is RunStatus.CANCELED else f"already {run.status.value}"
         if action == "replay":
             handle = runs.replay(self.run_id)
             self.replays = [*self.replays, handle.id]
@@ -182,7 +185,7 @@ class BatchWidget(LiveWidget):
             return None
         if content["action"] == "cancel_all":
             for run_id in self.run_ids:
-                runs.cancel(run_id)
+                cancel(run_id, "by the Cancel button of its batch widget")
             return "canceled the batch's unfinished runs"
         return None
 
