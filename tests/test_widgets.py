@@ -43,8 +43,11 @@ def test_run_widget_buttons_cancel_and_replay(nb: object) -> None:
     handle = sleep_for.trigger(30)
     widget = RunWidget(handle.id)
     _click(widget, {"action": "cancel"})
-    assert widget.feedback == "canceled: CANCELED"
+    assert widget.feedback == "canceled"  # not "canceled: CANCELED"
+    assert str(handle.retrieve().error) == "CANCELED: by the Cancel button of its run widget"
     wait_for(lambda: widget.run.get("status") == "CANCELED", "the widget to show CANCELED")
+    _click(widget, {"action": "cancel"})
+    assert widget.feedback == "already CANCELED"
     _click(widget, {"action": "replay"})
     (replay_id,) = widget.replays
     assert runs.retrieve(replay_id).replayed_from == handle.id

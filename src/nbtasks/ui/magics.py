@@ -242,8 +242,11 @@ def run_cell_task(shell: Any, args: Any, cell: str, line: str = "") -> Any:
         if sizes:
             print("inputs:", ", ".join(sizes))
         if args.bg:
-            _in_background(shell, task.trigger(payload, **options), outputs)
-            return None
+            handle = task.trigger(payload, **options)
+            BACKGROUND.add(shell, handle)
+            if outputs:
+                print(f"in the background: {', '.join(outputs)} assigned when it completes")
+            return handle  # the cell's output: Out[n], and _ until the next output
         result = task.trigger_and_wait(payload, **options)
     except ValueError as exc:
         raise UsageError(f"%%task {args.name}: {exc}") from None
@@ -254,26 +257,65 @@ def run_cell_task(shell: Any, args: Any, cell: str, line: str = "") -> Any:
     return None
 
 
-def _in_background(shell: Any, handle: Any, outputs: list[str]) -> None:
-    """``%%task --bg``: show the run, and assign its outputs into the notebook when it
-    completes (from a thread that waits for it, while the kernel lives). ``_`` and the
-    cell's output are left alone."""
-    from IPython.display import display
+class Background:
+    """``%%task --bg`` runs whose outputs are still to be assigned into the notebook.
 
-    display(handle)
-    if outputs:
-        print(f"in the background: {', '.join(outputs)} will be assigned when it completes")
+    A thread per run waits for it and assigns its outputs as soon as it completes, while
+    the kernel lives; and before each cell runs, the runs that have completed are assigned
+    first, so a cell that follows a run's end always sees its outputs. ``_`` is never
+    assigned: it stays IPython's (the ``--bg`` cell's output is the run's handle)."""
 
-    def assign_back() -> None:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: dict[str, tuple[Any, Any]] = {}  # run id -> (shell, handle)
+
+    def add(self, shell: Any, handle: Any) -> None:
+        with self.lock:
+            self.pending[handle.id] = (shell, handle)
+        threading.Thread(target=self._wait, args=(handle,), daemon=True,
+                         name=f"nbtasks-bg-{handle.id}").start()  # fmt: skip
+
+    def _wait(self, handle: Any) -> None:
         try:
-            result = handle.wait()
-            if result.ok:
-                shell.user_ns.update(result.output)
-        except Exception:  # the run's own view shows how it ended
+            handle.wait()
+        except Exception:  # the engine was shut down: nothing to assign
             pass
+        self.assign(handle.id)
 
-    threading.Thread(target=assign_back, daemon=True, name=f"nbtasks-bg-{handle.id}").start()
+    def assign(self, run_id: str) -> None:
+        with self.lock:  # each run's outputs are assigned once
+            shell, handle = self.pending.pop(run_id, (None, None))
+            if handle is None:
+                return
+            try:
+                run = handle.retrieve()
+                if run.status.value == "COMPLETED":
+                    shell.user_ns.update(
+                        {k: v for k, v in run.output.items() if not k.startswith("_")}
+                    )
+            except Exception:  # its own view shows how it ended
+                pass
+
+    def before_cell(self, *_: Any) -> None:
+        """IPython's ``pre_run_cell``: assign what completed since the last cell."""
+        with self.lock:  # an assignment under way (in its thread) ends first
+            pending = list(self.pending.items())
+        for run_id, (_shell, handle) in pending:
+            try:
+                final = handle.retrieve().is_final
+            except Exception:
+                final = True  # the engine is gone: drop it
+            if final:
+                self.assign(run_id)
+
+
+BACKGROUND = Background()
 
 
 def load(shell: Any) -> None:
     shell.register_magics(TaskMagics)
+    try:  # loaded again: still one hook
+        shell.events.unregister("pre_run_cell", BACKGROUND.before_cell)
+    except ValueError:
+        pass
+    shell.events.register("pre_run_cell", BACKGROUND.before_cell)

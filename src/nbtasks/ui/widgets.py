@@ -104,8 +104,11 @@ class RunWidget(LiveWidget):
     def _act(self, content: dict[str, Any]) -> str | None:
         action = content["action"]
         if action == "cancel":
+            before = runs.retrieve(self.run_id)
+            if before.is_final:
+                return f"already {before.status.value}"
             run = cancel(self.run_id, "by the Cancel button of its run widget")
-            return "canceled" if run.status is RunStatus.CANCELED else f"already {run.status.value}"
+            return "canceled" if run.status is RunStatus.CANCELED else f"ended {run.status.value}"
         if action == "replay":
             handle = runs.replay(self.run_id)
             self.replays = [*self.replays, handle.id]
