@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,6 +305,8 @@ def test_task_errors_show_the_users_code_not_nbtasks(kernel: Kernel) -> None:
     lines = error["content"]["traceback"]
     assert error["content"]["ename"] == "ZeroDivisionError"
     assert lines[0] == "Traceback (most recent call last):", lines
+    named = [re.sub(r"In\[\d+\]", "In[n]", line) for line in lines if "Cell In[" in line]
+    assert named == ["  Cell In[n], line 4, in breaks", "  Cell In[n], line 2, in helper"], lines
     source = [line.strip() for line in lines if line.startswith("    ") and line.strip(" ^~")]
     assert source == [
         "return helper(y)", "return 1 / x",

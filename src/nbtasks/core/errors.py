@@ -15,6 +15,7 @@ User mistakes in options raise the built-in ``ValueError`` naming the option and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -96,7 +97,25 @@ class ShownAs:
         self.lines = text.rstrip().splitlines()
 
     def __call__(self) -> list[str]:
-        return self.lines
+        """The lines, with the kernel's cells named as IPython names them (``Cell In[3]``
+        rather than the file name ``/tmp/ipykernel_1/123.py`` they are compiled under)."""
+        try:
+            from IPython import get_ipython
+
+            cells: dict[str, int] = get_ipython().compile._filename_map
+        except Exception:
+            return self.lines
+        return [_CELL_FILE.sub(lambda m: _cell_name(m, cells), line) for line in self.lines]
+
+
+_CELL_FILE = re.compile(r'^(\s*)File "([^"]+)", line (\d+)')
+
+
+def _cell_name(match: re.Match[str], cells: dict[str, int]) -> str:
+    count = cells.get(match[2])
+    if count is None:
+        return match[0]
+    return f"{match[1]}Cell In[{count}], line {match[3]}"
 
 
 def interrupted(message: str) -> KeyboardInterrupt:
