@@ -158,7 +158,7 @@ def test_stop_button_cancels_the_runs_the_wait_started(kernel: Kernel) -> None:
     assert causes == "{'by an interrupt of the wait that started it (the stop button, Ctrl-C)'}"
 
 
-def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel) -> None:
+def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel, tmp_path: Path) -> None:
     kernel.run("n = 6")
     msgs = kernel.run("%%task squares\nsq = [i * i for i in range(n)]\ntotal = sum(sq)")
     text = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
@@ -177,6 +177,16 @@ def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel) -> None:
     kernel.run("%%task bg_job --bg\nanswer = n * 8")
     kernel.run("runs.wait(_.id, timeout=20)")
     assert kernel.value("answer") == "48"
+    # an older run of the task that ends after a newer one does not overwrite its outputs
+    go = tmp_path / "go"
+    wait = f"import os\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
+    kernel.run(f"%%task bg_job --bg\n{wait}answer = 1")
+    kernel.run("older = _")
+    kernel.run("%%task bg_job --bg\nanswer = 2")
+    kernel.run("runs.wait(_.id, timeout=20)")
+    go.touch()
+    kernel.run("runs.wait(older.id, timeout=20)")
+    assert kernel.value("answer, older.wait().output['answer']") == "(2, 1)"
 
 
 def test_each_trigger_ships_the_globals_the_task_uses_as_they_are_now(kernel: Kernel) -> None:

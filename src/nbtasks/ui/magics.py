@@ -262,8 +262,10 @@ class Background:
 
     A thread per run waits for it and assigns its outputs as soon as it completes, while
     the kernel lives; and before each cell runs, the runs that have completed are assigned
-    first, so a cell that follows a run's end always sees its outputs. ``_`` is never
-    assigned: it stays IPython's (the ``--bg`` cell's output is the run's handle)."""
+    first, so a cell that follows a run's end always sees its outputs. A newer ``--bg``
+    run of the same task takes the place of one still pending, so an older run that ends
+    later never overwrites its outputs. ``_`` is never assigned: it stays IPython's (the
+    ``--bg`` cell's output is the run's handle)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -271,6 +273,9 @@ class Background:
 
     def add(self, shell: Any, handle: Any) -> None:
         with self.lock:
+            for run_id, (_shell, older) in list(self.pending.items()):
+                if older.task_id == handle.task_id:
+                    del self.pending[run_id]
             self.pending[handle.id] = (shell, handle)
         threading.Thread(target=self._wait, args=(handle,), daemon=True,
                          name=f"nbtasks-bg-{handle.id}").start()  # fmt: skip
