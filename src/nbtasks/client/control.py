@@ -63,7 +63,7 @@ def cancel(run_id: str, cause: str = "by runs.cancel()") -> Run:
     left as it is. ``cause`` completes "Canceled ..." in the run's error: who canceled."""
     check_run_id(run_id)
     if _context.in_task():
-        _context.call_engine("cancel", run_id)
+        _context.call_engine("cancel", run_id, f"{cause} in the task of another run")
         return retrieve(run_id)
     eng = engine()
     eng.require_run(run_id)
