@@ -37,12 +37,9 @@ import pytest
 from jupyter_client import BlockingKernelClient
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-import nbtasks
-
-from conftest import wait_for
+from conftest import PYTHONPATH, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = str(Path(nbtasks.__file__).resolve().parent.parent)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-extensions",
@@ -159,8 +156,7 @@ class JupyterServer:
             "NBTASKS_STORE": str(self.store),
             "NBTASKS_WORKERS": "2",
             "PYTHONUNBUFFERED": "1",
-            # the server's kernels import the nbtasks under test, wherever it is
-            "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": PYTHONPATH,  # its kernels import the nbtasks under test
         }
         env.pop("JUPYTER_PATH", None)
         log = base / f"{self.name}.log"

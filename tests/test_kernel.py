@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 from jupyter_client.manager import KernelManager
 
-import nbtasks
+from conftest import PYTHONPATH
 
 DEADLINE_S = 30.0
-SRC = str(Path(nbtasks.__file__).resolve().parent.parent)
 
 SETUP = """
 %load_ext nbtasks
@@ -33,10 +32,8 @@ def slow(s):
 
 class Kernel:
     def __init__(self, tmp_path: Path) -> None:
-        # the kernel (and its workers) import the nbtasks under test, wherever it is
-        path = os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])
         env = {**os.environ, "NBTASKS_STORE": str(tmp_path / "k.duckdb"),
-               "NBTASKS_WORKERS": "2", "PYTHONPATH": path}  # fmt: skip
+               "NBTASKS_WORKERS": "2", "PYTHONPATH": PYTHONPATH}  # fmt: skip
         self.km = KernelManager(kernel_name="python3")
         self.km.start_kernel(env=env, cwd=str(tmp_path))
         self.kc = self.km.client()

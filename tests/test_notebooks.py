@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import nbtasks
+from conftest import PYTHONPATH
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -30,12 +30,7 @@ def test_notebook_outputs_are_reproduced(name: str) -> None:
         "--nbval-sanitize-with", "notebooks/nbval-sanitize.cfg",
         "-p", "no:cacheprovider", "-q",
     ]  # fmt: skip
-    # the notebooks' kernels import the nbtasks under test, wherever it is
-    src = str(Path(nbtasks.__file__).resolve().parent.parent)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
-    }
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}  # kernels import the nbtasks under test
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110, env=env)
     assert done.returncode == 0, (
         f"{name} did not reproduce its outputs; if the change is intended, re-execute it "
