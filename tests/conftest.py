@@ -18,13 +18,16 @@ import pytest
 import nbtasks
 
 ROOT = Path(__file__).resolve().parent.parent
-DEADLINE_S = 15.0
 # Kernels, Jupyter servers and scripts the tests start run in other folders: a relative
 # PYTHONPATH (``PYTHONPATH=src pytest``) must still lead them to this checkout's code.
 if os.environ.get("PYTHONPATH"):
     os.environ["PYTHONPATH"] = os.pathsep.join(
         str(Path(p).resolve()) if p else p for p in os.environ["PYTHONPATH"].split(os.pathsep)
-    )  # generous: every awaited state normally holds well within a second
+    )
+# Processes the tests start import the nbtasks under test, whatever PYTHONPATH says.
+SRC = str(Path(nbtasks.__file__).resolve().parent.parent)
+PYTHONPATH = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+DEADLINE_S = 15.0  # generous: every awaited state normally holds well within a second
 T = TypeVar("T")
 
 
@@ -108,7 +111,7 @@ def run_script(code: str, tmp_path: Path, *, env: dict[str, str] | None = None,
     """Run ``code`` as ``python script.py`` (tasks defined in ``__main__``, as in a notebook)."""
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))
-    full_env = {**os.environ, "NBTASKS_WORKERS": "2", **(env or {})}
+    full_env = {**os.environ, "NBTASKS_WORKERS": "2", "PYTHONPATH": PYTHONPATH, **(env or {})}
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
@@ -123,7 +126,7 @@ def start_script(code: str, tmp_path: Path, *, env: dict[str, str] | None = None
                  name: str = "script.py") -> subprocess.Popen[str]:  # fmt: skip
     script = tmp_path / name
     script.write_text(textwrap.dedent(code))
-    full_env = {**os.environ, "NBTASKS_WORKERS": "2", **(env or {})}
+    full_env = {**os.environ, "NBTASKS_WORKERS": "2", "PYTHONPATH": PYTHONPATH, **(env or {})}
     return subprocess.Popen(
         [sys.executable, str(script)],
         cwd=tmp_path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 from jupyter_client.manager import KernelManager
+
+from conftest import PYTHONPATH
 
 DEADLINE_S = 30.0
 
@@ -30,7 +33,7 @@ def slow(s):
 class Kernel:
     def __init__(self, tmp_path: Path) -> None:
         env = {**os.environ, "NBTASKS_STORE": str(tmp_path / "k.duckdb"),
-               "NBTASKS_WORKERS": "2"}  # fmt: skip
+               "NBTASKS_WORKERS": "2", "PYTHONPATH": PYTHONPATH}  # fmt: skip
         self.km = KernelManager(kernel_name="python3")
         self.km.start_kernel(env=env, cwd=str(tmp_path))
         self.kc = self.km.client()
@@ -91,6 +94,10 @@ class Kernel:
         self.km.shutdown_kernel(now=False)
 
 
+def _stdout(msgs: list[dict[str, Any]]) -> str:
+    return "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
+
+
 @pytest.fixture
 def kernel(tmp_path: Path) -> Iterator[Kernel]:
     k = Kernel(tmp_path)
@@ -108,6 +115,7 @@ def test_cancel_button_works_while_the_cell_waits(kernel: Kernel) -> None:
     kernel.click(model_id, {"action": "cancel"})
     results = [m for m in kernel.outputs(msg_id) if m["msg_type"] == "execute_result"]
     assert results and results[0]["content"]["data"]["text/plain"] == "'CANCELED'"
+    assert kernel.value("str(r.error)") == "'CANCELED: by the Cancel button of its run widget'"
 
 
 def test_a_cell_sent_during_the_wait_runs_after_it(kernel: Kernel) -> None:
@@ -138,18 +146,44 @@ def test_stop_button_cancels_the_runs_the_wait_started(kernel: Kernel) -> None:
     kernel.km.interrupt_kernel()
     errors = [m for m in kernel.outputs(msg_id) if m["msg_type"] == "error"]
     assert errors and errors[0]["content"]["ename"] == "KeyboardInterrupt"
+    assert errors[0]["content"]["traceback"] == [  # one line, not the frames of the wait
+        "KeyboardInterrupt: the wait was interrupted, so its runs not yet final were canceled"
+    ]
     statuses = kernel.value("sorted(r.status.value for r in runs.list(task='slow'))")
     assert statuses == "['CANCELED', 'CANCELED']"
+    causes = kernel.value("{r.error.message for r in runs.list(task='slow')}")
+    assert causes == "{'by an interrupt of the wait that started it (the stop button, Ctrl-C)'}"
 
 
-def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel) -> None:
+def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel, tmp_path: Path) -> None:
     kernel.run("n = 6")
     msgs = kernel.run("%%task squares\nsq = [i * i for i in range(n)]\ntotal = sum(sq)")
     text = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
     assert "inputs: n (" in text and "assigned: sq, total" in text
     assert kernel.value("total") == "55"
-    msgs = kernel.run("%%task bg_job --bg\nanswer = n * 7")
-    assert kernel.value("_.wait().output['answer']") == "42"
+    kernel.run("%%task bg_job --bg\nanswer = n * 7")
+    assert kernel.value("bg = _\nbg") == "RunHandle(task='bg_job')"  # the cell's output
+    assert kernel.value("'kept'") == "'kept'"
+    # assigned back when the run completes, with no cell running (and not _)
+    deadline = time.monotonic() + DEADLINE_S
+    while "True" not in _stdout(kernel.run("print('answer' in globals())")):  # sets no _
+        assert time.monotonic() < deadline, "the --bg run's output was never assigned"
+        time.sleep(0.05)
+    assert kernel.value("answer, _") == "(42, 'kept')"
+    # a cell after the run's end sees its outputs, whichever thread notices the end first
+    kernel.run("%%task bg_job --bg\nanswer = n * 8")
+    kernel.run("runs.wait(_.id, timeout=20)")
+    assert kernel.value("answer") == "48"
+    # an older run of the task that ends after a newer one does not overwrite its outputs
+    go = tmp_path / "go"
+    wait = f"import os\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
+    kernel.run(f"%%task bg_job --bg\n{wait}answer = 1")
+    kernel.run("older = _")
+    kernel.run("%%task bg_job --bg\nanswer = 2")
+    kernel.run("runs.wait(_.id, timeout=20)")
+    go.touch()
+    kernel.run("runs.wait(older.id, timeout=20)")
+    assert kernel.value("answer, older.wait().output['answer']") == "(2, 1)"
 
 
 def test_each_trigger_ships_the_globals_the_task_uses_as_they_are_now(kernel: Kernel) -> None:
@@ -182,10 +216,13 @@ def test_task_magic_names_an_input_it_cannot_capture(kernel: Kernel) -> None:
 
 def test_task_magic_does_not_assign_back_what_the_cell_imports(kernel: Kernel) -> None:
     kernel.run("n = 2.25")
-    msgs = kernel.run("%%task with_import\nimport colorsys\nhls = colorsys.rgb_to_hls(n, 0, 0)")
+    msgs = kernel.run(
+        "%%task with_import\nimport colorsys\nimport importlib\n"
+        "hls = colorsys.rgb_to_hls(n, 0, 0)\ncs = colorsys\nxml = importlib.import_module('xml')"
+    )
     text = "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
-    assert "assigned: hls\n" in text, text
-    assert kernel.value("'colorsys' in globals()") == "False"
+    assert "assigned: hls\n" in text, text  # modules bound otherwise are not outputs either
+    assert kernel.value("[n for n in ('colorsys', 'cs', 'xml') if n in globals()]") == "[]"
     assert kernel.value("hls[0]") == "0.0"
 
 
@@ -233,3 +270,60 @@ def test_autoload_gives_every_new_kernel_the_magics(tmp_path: Path) -> None:
         assert streams.startswith("UsageError: Cell magic `%%task` not found"), streams
     finally:
         k.close()
+
+
+def test_display_in_tasks_is_captured_as_mime_bundles(kernel: Kernel, tmp_path: Path) -> None:
+    """``IPython.display.display`` in a ``@task`` (imported in the notebook or in the task)
+    and in a ``%%task`` cell: bundles on the attempt, live while it runs; not text."""
+    go = tmp_path / "go"
+    kernel.run(
+        "import os\nfrom IPython.display import display, HTML\n"
+        "class Card:\n    def _repr_markdown_(self):\n        return '**card**'\n"
+        "@task\ndef shows(path):\n    display(HTML('<b>one</b>'), Card())\n"
+        "    while not os.path.exists(path):\n        time.sleep(0.01)\n"
+        "@task\ndef shows_inside(_):\n    from IPython.display import Markdown\n"
+        "    display(Markdown('*two*'))"
+    )
+    kernel.run(f"h = shows.trigger({str(go)!r})")
+    deadline = time.monotonic() + DEADLINE_S
+    live = "[d.get('text/html') for d in runs.retrieve(h.id).attempts[-1].displays]"
+    while kernel.value(f"runs.retrieve(h.id).attempts and {live}") != "['<b>one</b>', None]":
+        assert time.monotonic() < deadline, "the displays did not arrive while the run ran"
+        time.sleep(0.05)
+    assert kernel.value("runs.retrieve(h.id).status.value") == "'EXECUTING'"
+    go.touch()
+    assert kernel.value("h.wait().run.attempts[-1].displays[1]['text/markdown']") == "'**card**'"
+    kernel.run("r = shows_inside.trigger_and_wait(None)")
+    assert kernel.value("r.run.attempts[-1].displays[0]['text/markdown']") == "'*two*'"
+    kernel.run("%%task cell_shows\ndisplay(HTML('<i>three</i>'))\nx = 1")
+    attempt = "runs.list(task='cell_shows')[0].attempts[-1]"
+    assert kernel.value(f"{attempt}.displays[0]['text/html']") == "'<i>three</i>'"
+    outputs = "[runs.retrieve(i).attempts[-1].stdout for i in (h.id, r.id)] + [" + attempt
+    assert kernel.value(outputs + ".stdout]") == "['', '', '']"  # nothing printed instead
+
+
+def test_task_errors_show_the_users_code_not_nbtasks(kernel: Kernel) -> None:
+    """The worker's traceback, shown as the error itself: the user's frames with their
+    source lines, cell line numbers for ``%%task``, and no nbtasks or IPython frames."""
+    kernel.run("def helper(x):\n    return 1 / x\n")
+    kernel.run("@task\ndef breaks(x):\n    y = x - x\n    return helper(y)")
+    (error,) = [m for m in kernel.run("breaks.trigger_and_wait(3).unwrap()")
+                if m["msg_type"] == "error"]  # fmt: skip
+    lines = error["content"]["traceback"]
+    assert error["content"]["ename"] == "ZeroDivisionError"
+    assert lines[0] == "Traceback (most recent call last):", lines
+    named = [re.sub(r"In\[\d+\]", "In[n]", line) for line in lines if "Cell In[" in line]
+    assert named == ["  Cell In[n], line 4, in breaks", "  Cell In[n], line 2, in helper"], lines
+    source = [line.strip() for line in lines if line.startswith("    ") and line.strip(" ^~")]
+    assert source == [
+        "return helper(y)", "return 1 / x",
+    ], lines  # fmt: skip
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+    assert len(lines) <= 10 and not any("nbtasks" in line for line in lines), lines
+    (error,) = [m for m in kernel.run("%%task cell_breaks\nimport math\nz = math.sqrt(-1)\n")
+                if m["msg_type"] == "error"]  # fmt: skip
+    lines = error["content"]["traceback"]
+    assert lines[1:3] == ['  File "<%%task cell_breaks>", line 3, in <module>',
+                          "    z = math.sqrt(-1)"], lines  # fmt: skip
+    assert lines[-1] == "ValueError: math domain error"
+    assert not any("run_cell_magic" in line or "nbtasks" in line for line in lines), lines

@@ -10,11 +10,14 @@ execute the notebooks again to update their outputs:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import PYTHONPATH
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -27,7 +30,8 @@ def test_notebook_outputs_are_reproduced(name: str) -> None:
         "--nbval-sanitize-with", "notebooks/nbval-sanitize.cfg",
         "-p", "no:cacheprovider", "-q",
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}  # kernels import the nbtasks under test
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110, env=env)
     assert done.returncode == 0, (
         f"{name} did not reproduce its outputs; if the change is intended, re-execute it "
         f"(see this module's docstring).\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}"

@@ -66,6 +66,11 @@ class Fragile:
         return f"Fragile({self.value})"
 
 
+@task(id="runs-api-cancel-another")
+def cancel_another(run_id: str) -> str:
+    return runs.cancel(run_id).status.value
+
+
 @task(id="runs-api-echo-or-raise")
 def echo_or_raise(p: object) -> object:
     """Returns its payload, or raises it when it is an exception."""
@@ -390,7 +395,8 @@ def test_cancel_an_executing_run(nb: object) -> None:
 
     run = runs.cancel(handle.id)
     assert run.status is S.CANCELED
-    assert run.error is not None
+    assert run.error is not None and run.error.message == "by runs.cancel()"  # the cause
+    assert "error=Canceled: by runs.cancel()" in repr(run)
     (attempt,) = run.attempts
     assert attempt.status is AttemptStatus.CANCELED
     assert attempt.finished_at is not None
@@ -401,6 +407,13 @@ def test_cancel_an_executing_run(nb: object) -> None:
     stored = runs.retrieve(handle.id)
     assert stored.status is S.CANCELED
     assert [a.status for a in stored.attempts] == [AttemptStatus.CANCELED]
+
+
+def test_a_cancel_from_task_code_names_where_it_came_from(nb: object) -> None:
+    victim = sleep_for.trigger(LONG)
+    assert cancel_another.trigger_and_wait(victim.id).unwrap() == "CANCELED"
+    error = victim.wait(timeout=TIMEOUT).error
+    assert error is not None and error.message == "by runs.cancel() in the task of another run"
 
 
 def test_cancel_a_final_run_is_a_no_op(nb: object) -> None:
@@ -632,6 +645,11 @@ def test_unwrap_of_a_canceled_run_raises_run_error(nb: object) -> None:
     with pytest.raises(RunError) as info:
         result.unwrap()
     assert info.value.status == "CANCELED"
+    assert str(info.value) == "CANCELED: by handle.cancel()"  # said once, with its cause
+    ((detail,),) = runs.sql(
+        "select detail from run_events where run_id = ? and status = 'CANCELED'", [handle.id]
+    ).fetchall()
+    assert detail == "by handle.cancel()"
 
 
 # --------------------------------------------------------------------------- reprs

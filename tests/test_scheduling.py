@@ -449,6 +449,43 @@ def test_display_in_a_task_is_captured_as_mime_bundles(nb: object) -> None:
     assert attempt.displays[1] == {"text/plain": "{'k': 1}"}
 
 
+def test_display_where_ipython_cannot_be_imported_uses_the_workers_own(tmp_path: Path) -> None:
+    """A worker whose IPython fails to import keeps its builtin ``display``: still bundles."""
+    (tmp_path / "IPython").mkdir()  # found first on the path, by the script and its workers
+    (tmp_path / "IPython" / "__init__.py").write_text("raise ImportError('no IPython here')\n")
+    done = run_script(
+        """
+        import nbtasks
+        from nbtasks import task
+
+        nbtasks.configure(store="s.duckdb", workers=1)
+
+        class Card:
+            def _repr_html_(self):
+                return "<b>card</b>"
+
+            def __repr__(self):
+                return "Card()"
+
+        @task
+        def shows(_):
+            try:
+                import IPython.display
+            except ImportError:
+                pass
+            display(Card())
+
+        attempt = shows.trigger_and_wait(None).run.attempts[-1]
+        print(attempt.status.value, attempt.displays, repr(attempt.stdout))
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "COMPLETED ({'text/html': '<b>card</b>', 'text/plain': 'Card()'},) ''"
+    ), done.stdout
+
+
 async def _collect(run_id: str) -> list[RunStatus]:
     return [s.status async for s in runs.asubscribe(run_id)]
 

@@ -29,7 +29,7 @@ from nbtasks.store.journal import Batch, JournalFile
 from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
 from nbtasks.store.store import Store
 
-from conftest import run_script
+from conftest import PYTHONPATH, run_script
 from tasks import add, succeed_on_third
 
 TESTS = Path(__file__).resolve().parent
@@ -221,7 +221,12 @@ def test_a_store_in_use_by_another_process_raises_store_locked_error(
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "NBTASKS_STORE": store_path, "NBTASKS_WORKERS": "2"},
+        env={
+            **os.environ,
+            "NBTASKS_STORE": store_path,
+            "NBTASKS_WORKERS": "2",
+            "PYTHONPATH": PYTHONPATH,
+        },
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -394,6 +399,7 @@ def test_two_notebooks_in_one_folder_use_two_stores_at_once(tmp_path: Path) -> N
     script = tmp_path / "notebook.py"
     script.write_text(NOTEBOOK)
     env = {k: v for k, v in os.environ.items() if k != "NBTASKS_STORE"}
+    env["PYTHONPATH"] = PYTHONPATH
     procs = [
         subprocess.Popen(
             [sys.executable, str(script)],
@@ -895,7 +901,7 @@ def test_a_failed_fold_loses_nothing_and_the_next_store_folds_both_files(
     script = tmp_path / "failed_fold.py"
     script.write_text(FAILED_FOLD_THEN_EXIT)
     here = str(Path(__file__).parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, PYTHONPATH])}
     done = subprocess.run([sys.executable, str(script), str(path)], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -24,7 +24,7 @@ import pytest
 import nbtasks
 from nbtasks.store.store import Store
 
-from conftest import wait_for
+from conftest import PYTHONPATH, wait_for
 
 TIMEOUT = 120.0  # upper bound for a subprocess; never part of an assertion
 
@@ -36,7 +36,7 @@ def _script(tmp_path: Path, code: str) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "NBTASKS_WORKERS": "1", "JPY_SESSION_NAME": ""}
+    return {**os.environ, "NBTASKS_WORKERS": "1", "JPY_SESSION_NAME": "", "PYTHONPATH": PYTHONPATH}
 
 
 def _in_small_fs(tmp_path: Path, code: str, size: str = "8m") -> subprocess.CompletedProcess[str]:

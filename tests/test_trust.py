@@ -24,7 +24,7 @@ from nbtasks.store.journal import JournalError
 from nbtasks.store.schema import RUN_COLUMNS
 from nbtasks.store.store import Store
 
-from conftest import run_script
+from conftest import PYTHONPATH, run_script
 from tasks import add
 
 # --------------------------------------------------------------------------- runs.sql
@@ -335,7 +335,7 @@ def test_every_file_is_0600_and_every_folder_0700_whatever_the_umask(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "NBTASKS_WORKERS": "1"},
+        env={**os.environ, "NBTASKS_WORKERS": "1", "PYTHONPATH": PYTHONPATH},
     )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])

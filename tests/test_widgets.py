@@ -46,8 +46,11 @@ def test_run_widget_buttons_cancel_and_replay(nb: object) -> None:
     widget = RunWidget(handle.id)
     assert widget.run["id"] == handle.id and widget.run["payload_preview"] == "30"
     _click(widget, {"action": "cancel"})
-    assert widget.feedback == "canceled: CANCELED"
+    assert widget.feedback == "canceled"  # not "canceled: CANCELED"
+    assert str(handle.retrieve().error) == "CANCELED: by the Cancel button of its run widget"
     wait_for(lambda: widget.run.get("status") == "CANCELED", "the widget to show CANCELED")
+    _click(widget, {"action": "cancel"})
+    assert widget.feedback == "already CANCELED"
     _click(widget, {"action": "replay"})
     (replay_id,) = widget.replays
     assert widget.feedback == f"replayed as {replay_id}"

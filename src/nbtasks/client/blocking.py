@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbtasks.core import display
+from nbtasks.core.errors import interrupted
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
@@ -18,9 +19,10 @@ _POLL_S = 0.05  # a blocking wait wakes this often, to stay interruptible
 _PUMP_POLL_S = 0.02  # ... and this often in a notebook, to handle widget messages
 
 
-def block(fut: cf.Future[T], timeout: float | None = None,
-          on_interrupt: Callable[[], None] | None = None) -> T:  # fmt: skip
-    """Wait for ``fut``; Ctrl-C (or the notebook's stop button) runs ``on_interrupt``.
+def block(fut: cf.Future[T], timeout: float | None = None) -> T:
+    """Wait for ``fut``. Ctrl-C (or the notebook's stop button) raises a
+    ``KeyboardInterrupt`` that a notebook shows in one line, not through the frames of
+    ``concurrent.futures`` and ``threading``.
 
     In a notebook, widget messages keep being handled while the cell waits (the UI's
     pump, see ``core.display``)."""
@@ -42,9 +44,7 @@ def block(fut: cf.Future[T], timeout: float | None = None,
                 if pump is not None:
                     pump()
     except KeyboardInterrupt:
-        if on_interrupt is not None:
-            on_interrupt()
-        raise
+        raise interrupted("the wait was interrupted") from None
     finally:
         if pump is not None:
             pump.release()

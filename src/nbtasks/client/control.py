@@ -58,24 +58,27 @@ def retrieve(run_id: str) -> Run:
     return run_from_row(rows[0], fetch, fetch(run_id, "attempts"))
 
 
-def cancel(run_id: str) -> Run:
+def cancel(run_id: str, cause: str = "by runs.cancel()") -> Run:
     """Cancel a run and its descendants (their process trees are killed); a final run is
-    left as it is."""
+    left as it is. ``cause`` completes "Canceled ..." in the run's error: who canceled."""
     check_run_id(run_id)
     if _context.in_task():
-        _context.call_engine("cancel", run_id)
+        _context.call_engine("cancel", run_id, f"{cause} in the task of another run")
         return retrieve(run_id)
     eng = engine()
     eng.require_run(run_id)
-    snapshot = block(eng.call(eng.cancel, run_id))
+    snapshot = block(eng.call(eng.cancel, run_id, cause))
     return snapshot if snapshot is not None else retrieve(run_id)
 
 
-def cancel_all(ids: list[str]) -> None:
+STOPPED = "by an interrupt of the wait that started it (the stop button, Ctrl-C)"
+
+
+def cancel_all(ids: list[str], cause: str = STOPPED) -> None:
     """Cancel what a wait started, when the wait is stopped."""
     for run_id in ids:
         try:
-            cancel(run_id)
+            cancel(run_id, cause)
         except Exception:
             pass
 
@@ -120,6 +123,6 @@ async def await_runs(ids: list[str]) -> list[Result[Any]]:
     try:
         snapshots = [await asyncio.wrap_future(f) for f in futs]
     except asyncio.CancelledError:
-        await run_in_thread(cancel_all, ids)
+        await run_in_thread(cancel_all, ids, "as the await that started it was cancelled")
         raise
     return await run_in_thread(results, ids, snapshots)

@@ -31,7 +31,7 @@ class RunHandle(Generic[R]):
         return result
 
     def cancel(self) -> Run:
-        return control.cancel(self.id)
+        return control.cancel(self.id, "by handle.cancel()")
 
     async def await_result(self) -> Result[R]:
         (result,) = await control.await_runs([self.id])

@@ -107,9 +107,11 @@ class Task(Generic[P, R]):
             and getattr(sys.modules.get(module), self.__qualname__, None) is self
         ):
             return (_task_by_reference, (module, self.__qualname__))
+        from nbtasks.core.sources import sources_of
+
         options = (self.retry, self.max_duration_s, self.memory_limit, self.queue, self.ttl_s,
                    self.resources)  # fmt: skip
-        return (_task_by_value, (self.fn, self.id, options))
+        return (_task_by_value, (self.fn, self.id, options, sources_of(self.fn)))
 
     def options_json(self) -> str:
         return json.dumps(
@@ -233,9 +235,14 @@ def _task_by_reference(module: str, qualname: str) -> Task[Any, Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def _task_by_value(fn: Callable[[Any], Any], task_id: str,
-                   options: tuple[Any, ...]) -> Task[Any, Any]:  # fmt: skip
-    """Rebuild a notebook-defined task in a worker, without registering it there."""
+def _task_by_value(fn: Callable[[Any], Any], task_id: str, options: tuple[Any, ...],
+                   sources: dict[str, str] | None = None) -> Task[Any, Any]:  # fmt: skip
+    """Rebuild a notebook-defined task in a worker, without registering it there; its
+    cells' text goes to ``linecache``, so that tracebacks show their lines."""
+    if sources:
+        from nbtasks.core.sources import register
+
+        register(sources)
     t: Task[Any, Any] = Task.__new__(Task)
     t.fn, t.id, t.source, t.code_hash, t._shipped = fn, task_id, "", "", None
     (t.retry, t.max_duration_s, t.memory_limit, t.queue, t.ttl_s, t.resources) = options

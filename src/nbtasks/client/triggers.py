@@ -17,6 +17,7 @@ from nbtasks.client.handles import BatchHandle, RunHandle
 from nbtasks.client.specs import make_specs
 from nbtasks.core import context as _context
 from nbtasks.core import display
+from nbtasks.core.errors import interrupted
 from nbtasks.core.ids import new_id
 from nbtasks.core.models import BatchResult, Result, Run
 from nbtasks.engine.payloads import check_sizes, store_big
@@ -63,7 +64,8 @@ def submit_and_wait(specs: list[RunSpec]) -> list[Result[Any]]:
         snapshots = block(final)
     except KeyboardInterrupt:  # the stop button: cancel what this wait started
         cancel_all(ids)
-        raise
+        what = "its run was canceled" if len(ids) == 1 else "its runs not yet final were canceled"
+        raise interrupted(f"the wait was interrupted, so {what}") from None
     return results(ids, snapshots)
 
 

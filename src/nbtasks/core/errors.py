@@ -15,6 +15,7 @@ User mistakes in options raise the built-in ``ValueError`` naming the option and
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -86,6 +87,44 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.tb.rstrip()}\n"""'
 
 
+class ShownAs:
+    """Set as an exception's ``_render_traceback_``: the lines IPython shows for it instead
+    of its traceback. A task's exception re-raised in the kernel shows the worker's
+    traceback (the task's own frames), as ipyparallel's ``RemoteError`` does; an
+    interrupted wait shows one line, not the frames of the wait."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.rstrip().splitlines()
+
+    def __call__(self) -> list[str]:
+        """The lines, with the kernel's cells named as IPython names them (``Cell In[3]``
+        rather than the file name ``/tmp/ipykernel_1/123.py`` they are compiled under)."""
+        try:
+            from IPython import get_ipython
+
+            cells: dict[str, int] = get_ipython().compile._filename_map
+        except Exception:
+            return self.lines
+        return [_CELL_FILE.sub(lambda m: _cell_name(m, cells), line) for line in self.lines]
+
+
+_CELL_FILE = re.compile(r'^(\s*)File "([^"]+)", line (\d+)')
+
+
+def _cell_name(match: re.Match[str], cells: dict[str, int]) -> str:
+    count = cells.get(match[2])
+    if count is None:
+        return match[0]
+    return f"{match[1]}Cell In[{count}], line {match[3]}"
+
+
+def interrupted(message: str) -> KeyboardInterrupt:
+    """A ``KeyboardInterrupt`` that IPython shows as its one-line ``message``."""
+    exc = KeyboardInterrupt(message)
+    exc._render_traceback_ = ShownAs(f"KeyboardInterrupt: {message}")  # type: ignore[attr-defined]
+    return exc
+
+
 class RunError(NbtasksError):
     """A run did not produce output: the error it ended with, as recorded.
 
@@ -109,7 +148,7 @@ class RunError(NbtasksError):
         self.traceback = traceback
         self.run_id = run_id
         self.exc_bytes = exc_bytes
-        super().__init__(f"{status}: {type}: {message}" if message else f"{status}: {type}")
+        super().__init__(_summary(status, type, message))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_run_error, (self.status, self.type, self.message, self.traceback,
@@ -127,6 +166,16 @@ class RunError(NbtasksError):
         """How IPython shows this error: the worker's traceback, then the summary."""
         lines = self.traceback.rstrip().splitlines() if self.traceback else []
         return [*lines, f"nbtasks.RunError: {self}"]
+
+
+def _summary(status: str, type_: str, message: str) -> str:
+    """``CANCELED: by runs.cancel()``, ``FAILED: ValueError: bad``: the type is left out
+    where it only repeats the status."""
+    if not message:
+        return f"{status}: {type_}"
+    if type_.lower() == status.replace("_", "").lower():
+        return f"{status}: {message}"
+    return f"{status}: {type_}: {message}"
 
 
 def _rebuild_run_error(status: str, type_: str, message: str, tb: str, run_id: str | None,

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from nbtasks.core import display
-from nbtasks.core.errors import RemoteTraceback, RunError
+from nbtasks.core.errors import RemoteTraceback, RunError, ShownAs
 from nbtasks.core.status import FINAL, AttemptStatus, RunStatus
 
 T = TypeVar("T")
@@ -220,6 +220,11 @@ class Result(Generic[T]):
                 original = None
         if isinstance(original, BaseException):
             original.__cause__ = RemoteTraceback(err.traceback)
+            if err.traceback:
+                try:
+                    original._render_traceback_ = ShownAs(err.traceback)  # type: ignore[attr-defined]
+                except AttributeError:  # an exception type without a __dict__
+                    pass
             raise original
         raise err
 

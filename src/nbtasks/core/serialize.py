@@ -1,4 +1,10 @@
-"""dill round trips for payloads, outputs and task functions, and safe previews."""
+"""Round trips for payloads, outputs and task functions, and safe previews.
+
+``dumps`` tries plain ``pickle`` (protocol 5, in C) first and falls back to dill only when
+pickle cannot write the value or writes a reference to ``__main__`` (a notebook's
+functions and classes, which must travel by value): a 9 MiB list takes some 30 ms with
+pickle against seconds with dill's pure-Python pickler.
+"""
 
 from __future__ import annotations
 
@@ -38,10 +44,22 @@ def _plain(obj: object, depth: int = 0) -> bool:
     return all(_plain(x, depth + 1) for x in obj)  # type: ignore[attr-defined]
 
 
+PICKLE_PROTOCOL = 5
+_MAIN = b"__main__"  # what pickle writes for a reference to a notebook's function or class
+
+
 def dumps(obj: object) -> bytes:
-    """Serialise with dill; functions and classes from ``__main__`` travel by value."""
+    """Serialise with pickle when it can do it alone, else with dill; functions and
+    classes from ``__main__`` travel by value (dill)."""
     if _plain(obj):
-        return pickle.dumps(obj, protocol=dill.settings["protocol"])
+        return pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+    try:
+        data = pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+    except Exception:  # a lambda, a local function, something only dill knows how to write
+        pass
+    else:
+        if _MAIN not in data:  # a reference to __main__ would not resolve in a worker
+            return data
     return dill.dumps(obj, recurse=True)  # type: ignore[no-any-return]
 
 

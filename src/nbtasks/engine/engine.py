@@ -36,6 +36,7 @@ from nbtasks.executor.base import Event, Executor
 from nbtasks.store.store import Store
 
 S = RunStatus
+BY_REQUEST = "by request"  # a cancel's cause when its caller gives none
 TaskResolver = Callable[[str], "TaskVersion | None"]
 Listener = Callable[[Run], None]
 Waiter = Callable[[Run, BaseException | None], None]
@@ -250,27 +251,29 @@ class EngineBase:
 
     # -- cancel, wait, read ----------------------------------------------------------------
 
-    def cancel(self, fut: cf.Future[Any], run_id: str) -> None:
-        """Cancel a live run and its descendants; resolve ``fut`` with its final snapshot."""
+    def cancel(self, fut: cf.Future[Any], run_id: str, cause: str = BY_REQUEST) -> None:
+        """Cancel a live run and its descendants; resolve ``fut`` with its final snapshot.
+        ``cause`` completes "Canceled ...", e.g. "by runs.cancel()"; it is kept in the
+        run's error and its CANCELED event."""
         run = self.runs.get(run_id)
         if run is None:
             fut.set_result(None)  # not live here: the caller reads the store
             return
-        self._cancel(run)
+        self._cancel(run, cause)
         self._wait_all(fut, [run], single=True)
 
-    def _cancel(self, run: RunState) -> None:
+    def _cancel(self, run: RunState, cause: str = BY_REQUEST) -> None:
         for child in [r for r in self.runs.values() if r.parent_id == run.id]:
-            self._cancel(child)
+            self._cancel(child, f"with its parent run ({cause})")
         if run.status in FINAL:
             return
-        text = error_json(S.CANCELED, "Canceled", "the run was canceled")
+        text = error_json(S.CANCELED, "Canceled", cause)
         attempt = run.attempt
         if attempt is not None:
             attempt.kill_reason = "cancel"
             self._end_attempt(run, attempt, AttemptStatus.CANCELED, text)
             self.dispatch.kill(attempt)
-        self._transition(run, S.CANCELED, error=text)
+        self._transition(run, S.CANCELED, cause, error=text)
         self._pump()
 
     def wait(self, fut: cf.Future[Any], run_id: str) -> None:

@@ -63,10 +63,10 @@ class NestingMixin(_Base):
                 (run_id,) = args
                 reply(True, self._run_now(run_id))
             elif op == "cancel":
-                (run_id,) = args
+                run_id, *cause = args  # a worker of an older nbtasks sends no cause
                 target = self.runs.get(run_id)
                 if target is not None:
-                    self._cancel(target)
+                    self._cancel(target, *cause)
                     self._when_durable(lambda e: reply(e is None, e))
                 else:
                     self.require_run(run_id)

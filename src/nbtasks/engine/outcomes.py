@@ -269,7 +269,7 @@ class OutcomesMixin(_Base):
         text = error_json(AttemptStatus.TIMED_OUT, "TimeoutError", message)
         attempt.kill_reason = "timeout"
         for child in [r for r in self.runs.values() if r.parent_id == run.id]:
-            self._cancel(child)
+            self._cancel(child, "with its parent run, which timed out")
         self._end_attempt(run, attempt, AttemptStatus.TIMED_OUT, text)
         self.dispatch.kill(attempt)
         self._transition(run, S.TIMED_OUT, error=text)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import builtins
+import threading
+import types
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -103,26 +105,52 @@ def names_of(source: str) -> tuple[list[str], list[str]]:
 
 
 class CellBody:
-    """A ``%%task`` cell body as a task function: inputs in, named outputs out."""
+    """A ``%%task`` cell body as a task function: inputs in, named outputs out.
 
-    def __init__(self, source: str, outputs: list[str], ipython_syntax: bool) -> None:
-        self.source = source
+    The body runs under the file name ``<%%task NAME>``, numbered as the cell is (its
+    ``%%task`` line is line 1), and its text goes to the worker's ``linecache``, so a
+    traceback shows the cell's own lines. Its IPython syntax (``%magic``, ``!cmd``) is
+    transformed in the kernel and runs in the worker's IPython shell."""
+
+    def __init__(self, source: str, outputs: list[str], ipython_syntax: bool,
+                 name: str = "", header: str = "", python: str | None = None) -> None:  # fmt: skip
+        self.source = source  # the body as written
         self.outputs = outputs
         self.ipython_syntax = ipython_syntax
+        self.name = name
+        self.header = header  # the cell's first line, "%%task NAME ..."
+        self.python = python  # the body as Python (IPython syntax transformed)
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # versions stored before the header and the transformed body were kept lack them
+        header, python = getattr(self, "header", ""), getattr(self, "python", None)
+        filename = f"<%%task {getattr(self, 'name', '') or 'cell'}>"
         if self.ipython_syntax:
             from IPython.core.interactiveshell import InteractiveShell
 
             shell = InteractiveShell.instance()
-            shell.user_ns.update(payload)
-            result = shell.run_cell(self.source, store_history=False)
-            result.raise_error()
+            python = python if python is not None else shell.transform_cell(self.source)
             namespace = shell.user_ns
         else:
-            namespace = {"__name__": "__main__", **payload}
-            exec(compile(self.source, "<%%task cell>", "exec"), namespace)
-        return {name: namespace[name] for name in self.outputs if name in namespace}
+            python = self.source
+            namespace = {"__name__": "__main__"}
+        namespace.update(payload)
+        # show the lines as written, where the transformed body keeps their numbers
+        shown = self.source if _lines(self.source) == _lines(python) else python
+        offset = 1 if header else 0
+        from nbtasks.core.sources import register
+
+        register({filename: f"{header}\n{shown}" if header else shown})
+        exec(compile("\n" * offset + python, filename, "exec"), namespace)
+        return {
+            name: namespace[name]
+            for name in self.outputs
+            if name in namespace and not isinstance(namespace[name], types.ModuleType)
+        }
+
+
+def _lines(text: str) -> int:
+    return len(text.rstrip("\n").splitlines())
 
 
 @magics_class
@@ -149,7 +177,7 @@ class TaskMagics(Magics):
             raise
         except SystemExit:
             raise UsageError(f"%%task: cannot parse the options {line!r}") from None
-        return run_cell_task(self.shell, args, cell)
+        return run_cell_task(self.shell, args, cell, line)
 
     @magic_arguments()
     @argument("--status", default=None, help="only runs with this status")
@@ -177,7 +205,7 @@ def _split(value: str | None) -> list[str]:
     return [n.strip() for n in (value or "").split(",") if n.strip()]
 
 
-def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
+def run_cell_task(shell: Any, args: Any, cell: str, line: str = "") -> Any:
     from nbtasks.client.task import Task
     from nbtasks.core.options import Queue, Retry
 
@@ -201,7 +229,7 @@ def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
     options: dict[str, Any] = {}
     try:
         task = Task(
-            CellBody(cell if python != cell else python, outputs, python != cell),
+            CellBody(cell, outputs, python != cell, args.name, f"%%task {line}".rstrip(), python),
             id=args.name,
             retry=Retry(max_attempts=args.retries + 1) if args.retries is not None else None,
             max_duration=args.max_duration,
@@ -217,8 +245,10 @@ def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
             print("inputs:", ", ".join(sizes))
         if args.bg:
             handle = task.trigger(payload, **options)
-            shell.user_ns["_"] = handle
-            return handle
+            BACKGROUND.add(shell, handle)
+            if outputs:
+                print(f"in the background: {', '.join(outputs)} assigned when it completes")
+            return handle  # the cell's output: Out[n], and _ until the next output
         result = task.trigger_and_wait(payload, **options)
     except ValueError as exc:
         raise UsageError(f"%%task {args.name}: {exc}") from None
@@ -229,5 +259,70 @@ def run_cell_task(shell: Any, args: Any, cell: str) -> Any:
     return None
 
 
+class Background:
+    """``%%task --bg`` runs whose outputs are still to be assigned into the notebook.
+
+    A thread per run waits for it and assigns its outputs as soon as it completes, while
+    the kernel lives; and before each cell runs, the runs that have completed are assigned
+    first, so a cell that follows a run's end always sees its outputs. A newer ``--bg``
+    run of the same task takes the place of one still pending, so an older run that ends
+    later never overwrites its outputs. ``_`` is never assigned: it stays IPython's (the
+    ``--bg`` cell's output is the run's handle)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: dict[str, tuple[Any, Any]] = {}  # run id -> (shell, handle)
+
+    def add(self, shell: Any, handle: Any) -> None:
+        with self.lock:
+            for run_id, (_shell, older) in list(self.pending.items()):
+                if older.task_id == handle.task_id:
+                    del self.pending[run_id]
+            self.pending[handle.id] = (shell, handle)
+        threading.Thread(target=self._wait, args=(handle,), daemon=True,
+                         name=f"nbtasks-bg-{handle.id}").start()  # fmt: skip
+
+    def _wait(self, handle: Any) -> None:
+        try:
+            handle.wait()
+        except Exception:  # the engine was shut down: nothing to assign
+            pass
+        self.assign(handle.id)
+
+    def assign(self, run_id: str) -> None:
+        with self.lock:  # each run's outputs are assigned once
+            shell, handle = self.pending.pop(run_id, (None, None))
+            if handle is None:
+                return
+            try:
+                run = handle.retrieve()
+                if run.status.value == "COMPLETED":
+                    shell.user_ns.update(
+                        {k: v for k, v in run.output.items() if not k.startswith("_")}
+                    )
+            except Exception:  # its own view shows how it ended
+                pass
+
+    def before_cell(self, *_: Any) -> None:
+        """IPython's ``pre_run_cell``: assign what completed since the last cell."""
+        with self.lock:  # an assignment under way (in its thread) ends first
+            pending = list(self.pending.items())
+        for run_id, (_shell, handle) in pending:
+            try:
+                final = handle.retrieve().is_final
+            except Exception:
+                final = True  # the engine is gone: drop it
+            if final:
+                self.assign(run_id)
+
+
+BACKGROUND = Background()
+
+
 def load(shell: Any) -> None:
     shell.register_magics(TaskMagics)
+    try:  # loaded again: still one hook
+        shell.events.unregister("pre_run_cell", BACKGROUND.before_cell)
+    except ValueError:
+        pass
+    shell.events.register("pre_run_cell", BACKGROUND.before_cell)

@@ -12,6 +12,7 @@ from typing import Any
 import traitlets
 
 from nbtasks.client.config import engine
+from nbtasks.client.control import cancel
 from nbtasks.client.runs import runs, status_values
 from nbtasks.ui import static
 from nbtasks.ui.base import FINAL_VALUES, LiveWidget, asset, esm, run_state
@@ -181,7 +182,7 @@ class RunTable(LiveWidget):
         new = []
         for run_id in ids:
             if action == "cancel":
-                runs.cancel(run_id)
+                cancel(run_id, "from the run table")
             else:
                 new.append(runs.replay(run_id).id)
         self.refresh()

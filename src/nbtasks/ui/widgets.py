@@ -17,9 +17,11 @@ import traitlets
 
 from nbtasks.client.blocking import block
 from nbtasks.client.config import engine
+from nbtasks.client.control import cancel
 from nbtasks.client.runs import runs
 from nbtasks.core.display import in_notebook
 from nbtasks.core.models import Run
+from nbtasks.core.status import RunStatus
 from nbtasks.ui import static
 from nbtasks.ui.base import (
     FINAL_VALUES,
@@ -146,7 +148,11 @@ class RunWidget(LiveWidget):
     def _act(self, content: dict[str, Any]) -> str | None:
         action = content["action"]
         if action == "cancel":
-            return f"canceled: {runs.cancel(self.run_id).status.value}"
+            before = runs.retrieve(self.run_id)
+            if before.is_final:
+                return f"already {before.status.value}"
+            run = cancel(self.run_id, "by the Cancel button of its run widget")
+            return "canceled" if run.status is RunStatus.CANCELED else f"ended {run.status.value}"
         if action == "replay":
             handle = runs.replay(self.run_id)
             self.replays = [*self.replays, handle.id]
@@ -293,7 +299,7 @@ class BatchWidget(LiveWidget):
             with self._lock:
                 live = [r for r in self.run_ids if self._statuses.get(r) not in FINAL_VALUES]
             for run_id in live:
-                runs.cancel(run_id)
+                cancel(run_id, "by the Cancel button of its batch widget")
             return f"canceled {len(live)} unfinished run(s)"
         return None
 

@@ -1,6 +1,14 @@
 """What an attempt writes and shows: its stdout/stderr (file descriptors 1 and 2, so the
 output of subprocesses is caught too), streamed live and kept to a tail, and the MIME
-bundles of what it ``display(...)``s."""
+bundles of what it ``display(...)``s.
+
+``display`` in a worker is the worker's own builtin (``mime_bundle`` below) until IPython
+is imported (by the task, or by loading a function that uses ``IPython.display``): then a
+quiet IPython shell starts whose display publisher sends each bundle to the attempt, so
+``IPython.display.display`` and the ``display`` of ``%%task`` cells are captured as they
+are in a notebook, with IPython's own formatters. If IPython cannot be imported, the
+builtin stays.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ import sys
 import tempfile
 import threading
 import time
+import types
+from collections.abc import Callable
 from typing import Any
 
 OUTPUT_CAP = 256 * 1024  # bytes of stdout / stderr kept per attempt (the tail)
@@ -127,3 +137,79 @@ def mime_bundle(obj: object) -> dict[str, Any]:
             bundle[mime] = value
     bundle["text/plain"] = repr(obj)
     return bundle
+
+
+Publish = Callable[[dict[str, Any]], None]
+
+
+def on_ipython(publish: Publish) -> None:
+    """Once IPython is imported in this process, route its displays to ``publish``."""
+    if "IPython" in sys.modules:
+        _start_shell(publish)
+    else:
+        sys.meta_path.insert(0, _AfterImport("IPython", lambda: _start_shell(publish)))
+
+
+class _AfterImport:
+    """A meta path finder that runs ``then`` right after package ``name`` is imported
+    (its ``__init__`` executed in full), once; it finds nothing itself."""
+
+    def __init__(self, name: str, then: Callable[[], None]) -> None:
+        self.name = name
+        self.then = then
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module, then = loader.exec_module, self.then
+
+        def exec_then(module: types.ModuleType) -> None:
+            exec_module(module)
+            then()
+
+        loader.exec_module = exec_then
+        return spec
+
+
+def _start_shell(publish: Publish) -> None:
+    """The worker's IPython shell: no history file, displays sent to ``publish``. Its
+    ``user_ns`` is what ``%%task`` cells run in; ``__main__`` stays the worker's."""
+    try:
+        from IPython.core.displaypub import DisplayPublisher
+        from IPython.core.history import HistoryManager
+        from IPython.core.interactiveshell import InteractiveShell
+
+        class TaskDisplayPublisher(DisplayPublisher):
+            def publish(self, data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+                publish(dict(data))
+
+            def clear_output(self, wait: bool = False) -> None:
+                pass  # nothing to clear: each bundle is kept on the attempt
+
+        class TaskShell(InteractiveShell):
+            def init_display_pub(self) -> None:
+                self.display_pub = TaskDisplayPublisher(parent=self, shell=self)  # type: ignore[no-untyped-call]
+                self.configurables.append(self.display_pub)  # type: ignore[arg-type]
+
+            def init_history(self) -> None:  # no history file: a worker has no sessions
+                self.history_manager = HistoryManager(shell=self, parent=self, enabled=False)
+                self.configurables.append(self.history_manager)  # type: ignore[arg-type]
+
+            def init_virtualenv(self) -> None:
+                pass  # the worker runs the kernel's interpreter and path already
+
+        if InteractiveShell.initialized():
+            return  # a shell the task made itself: leave it be
+        main = sys.modules.get("__main__")
+        TaskShell.instance(user_module=types.ModuleType("__main__"))
+        if main is not None:
+            sys.modules["__main__"] = main
+    except Exception:  # an IPython this code does not know: display() prints, as before
+        pass

@@ -31,14 +31,14 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 from nbtasks.core import context as _context
 from nbtasks.core.errors import AbortRun
+from nbtasks.core.sources import format_error
 from nbtasks.executor.local import memlimit, proctree, treekill
 from nbtasks.executor.local import protocol as P
-from nbtasks.executor.local.capture import Capture, mime_bundle
+from nbtasks.executor.local.capture import Capture, mime_bundle, on_ipython
 from nbtasks.executor.local.control import Control
 
 DISPLAY_CAP = 1 << 20  # bytes of one display(...) bundle
@@ -66,9 +66,6 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _error_info(exc: BaseException) -> dict[str, str]:
-    tb = exc.__traceback__
-    if tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next  # drop the worker's own frame
     t = type(exc)
     name = (
         t.__qualname__
@@ -78,7 +75,7 @@ def _error_info(exc: BaseException) -> dict[str, str]:
     return {
         "type": name,
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(t, exc, tb)),
+        "traceback": format_error(exc),  # the task's frames, not the worker's
     }
 
 
@@ -113,6 +110,7 @@ class Worker:
         self.subreaper = proctree.become_subreaper()
         self.attempt_id = ""  # of the attempt executing, for messages from task code
         builtins.display = self.display  # type: ignore[attr-defined]
+        on_ipython(self.publish)  # IPython's display(...), once IPython is imported
 
     # -- messages to the kernel ------------------------------------------------------------
 
@@ -126,16 +124,23 @@ class Worker:
             P.write_all(self.event_fd, data)
 
     def display(self, *objs: object, **_: object) -> None:
-        """``display(obj)`` in task code: the object's MIME bundle goes to the attempt."""
-        current = _context._current
+        """``display(obj)`` in task code (without IPython): the object's MIME bundle."""
         for obj in objs:
-            if current is None:
+            if _context._current is None:
                 print(repr(obj))
-                continue
-            bundle = mime_bundle(obj)
-            if len(json.dumps(bundle, default=str)) > DISPLAY_CAP:
-                bundle = {"text/plain": bundle["text/plain"][:DISPLAY_CAP]}
-            self.send(P.Show(current.ctx.attempt_id, json.loads(json.dumps(bundle, default=str))))
+            else:
+                self.publish(mime_bundle(obj))
+
+    def publish(self, bundle: dict[str, Any]) -> None:
+        """A MIME bundle displayed by the attempt executing: sent to the kernel."""
+        current = _context._current
+        if current is None:
+            print(bundle.get("text/plain", ""))
+            return
+        text = json.dumps(bundle, default=str)
+        if len(text) > DISPLAY_CAP:
+            text = json.dumps({"text/plain": str(bundle.get("text/plain", ""))[:DISPLAY_CAP]})
+        self.send(P.Show(current.ctx.attempt_id, json.loads(text)))
 
     def _send_context(self, message: tuple[Any, ...]) -> None:
         """What ``nbtasks.metadata`` sends: ("metadata", attempt_id, op, key, value)."""
