@@ -165,7 +165,7 @@ def own_cluster() -> Iterator[Any]:
     from distributed import LocalCluster
 
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     try:
         yield cluster
@@ -373,22 +373,29 @@ def test_a_big_batch_of_quick_runs_completes(dask_cluster: Any, store_path: str)
         nbtasks.configure(executor="local")
 
 
-def test_the_environment_variable_chooses_the_cluster(
-    dask_cluster: Any, store_path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NBTASKS_DASK_SCHEDULER", dask_cluster.scheduler_address)
-    nbtasks.configure(store=store_path, workers=2)
-    try:
-        dask_pids = set(_dask_worker_pids(dask_cluster))
-        assert where.trigger_and_wait(None).unwrap() in dask_pids
-    finally:
-        nbtasks.shutdown()
-        monkeypatch.delenv("NBTASKS_DASK_SCHEDULER")
-    nbtasks.configure(store=store_path, workers=2)  # without it: this machine's workers
-    try:
-        assert where.trigger_and_wait(None).unwrap() == os.getpid()
-    finally:
-        nbtasks.shutdown()
+def test_the_environment_variable_chooses_the_cluster(dask_cluster: Any, tmp_path: Path) -> None:
+    """In a fresh process: NBTASKS_DASK_SCHEDULER alone puts attempts on the cluster
+    (their parent is a Dask worker process); without it, on this machine's workers."""
+    script = tmp_path / "where.py"
+    script.write_text(
+        "import os\n"
+        "import nbtasks\n"
+        f"nbtasks.configure(store={str(tmp_path / 'env.duckdb')!r}, workers=1)\n"
+        "@nbtasks.task\n"
+        "def parent_pid(_):\n"
+        "    return os.getppid()\n"
+        "print(parent_pid.trigger_and_wait(None).unwrap(), os.getpid())\n"
+    )
+    env = dict(os.environ, NBTASKS_DASK_SCHEDULER=dask_cluster.scheduler_address)
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
+    parent, me = map(int, out.stdout.split())
+    assert parent in _dask_worker_pids(dask_cluster) and parent != me
+    env.pop("NBTASKS_DASK_SCHEDULER")
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
+    parent, me = map(int, out.stdout.split())
+    assert parent == me
 
 
 def _dask_worker_pids(cluster: Any) -> list[int]:
