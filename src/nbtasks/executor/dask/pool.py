@@ -63,8 +63,10 @@ class DaskPool:
     # reported by the local worker on the Dask worker's machine (the pid is of that machine)
     capabilities = frozenset({"pid", "exit_code", "signal"})
     accepts_resources = True  # Dask places a runner on a worker with its resources
-    # through the scheduler both ways: a few ms, 15-20 ms at its worst on a busy machine
-    round_trip_s = 0.02
+    # Through the scheduler both ways: a few ms, but stalls of 35-180 ms on a loaded machine
+    # left runners idle with 20 ms of runs ahead of them (W3: a gap of 0.03-0.1 s per
+    # worker); with 50 ms, their gaps between attempts add up as a local worker's do.
+    round_trip_s = 0.05
 
     def __init__(self, client: Any, owned: bool, preload: tuple[str, ...] = (),
                  size_hint: int = 1) -> None:  # fmt: skip
