@@ -432,3 +432,56 @@ def test_a_tasks_function_goes_to_each_runner_once(dask_cluster: Any, store_path
         assert logged < 5 * 200_000 * 4, logged  # a few runners' worth, as bytes' repr
     finally:
         nbtasks.configure(executor="local")
+
+
+def test_a_killed_kernel_leaves_nothing_running_on_the_cluster(
+    dask_cluster: Any, tmp_path: Path
+) -> None:
+    """SIGKILL of the process that owns the engine: its Dask client goes, the scheduler lets
+    its runners go, and each runner stops its attempt's process tree on the Dask worker's
+    machine; the cluster is free for the next runs."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "import nbtasks\n"
+        f"nbtasks.configure(store={str(tmp_path / 'k.duckdb')!r}, workers=2,\n"
+        f"    executor=nbtasks.DaskExecutor({dask_cluster.scheduler_address!r}))\n"
+        "@nbtasks.task\n"
+        "def forever(_):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(600)\n"
+        "hs = [forever.trigger(None) for _ in range(2)]\n"
+        "while True:\n"
+        "    runs = [nbtasks.runs.retrieve(h.id) for h in hs]\n"
+        "    if all(r.attempts and r.attempts[-1].pid for r in runs):\n"
+        "        print('PIDS', *[r.attempts[-1].pid for r in runs], flush=True)\n"
+        "        break\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        line = ""
+        while not line.startswith("PIDS"):
+            line = owner.stdout.readline()
+            assert line, "the owner ended before its runs executed"
+        pids = [int(p) for p in line.split()[1:]]
+        assert all(_alive(p) for p in pids)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        for pid in pids:
+            wait_for(lambda pid=pid: not _alive(pid), "the attempt's tree gone", timeout=30)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+    # both Dask worker threads are free again: two runs execute at once here
+    nbtasks.configure(
+        store=str(tmp_path / "next.duckdb"), workers=2,
+        executor=nbtasks.DaskExecutor(dask_cluster),
+    )  # fmt: skip
+    try:
+        assert [r.unwrap() for r in nap.batch_trigger_and_wait([0.5, 0.5]).runs] == [0.5, 0.5]
+    finally:
+        nbtasks.configure(executor="local")
