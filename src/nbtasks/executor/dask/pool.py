@@ -180,7 +180,11 @@ class DaskPool:
                 if self.owned and self.client.status in ("closing", "closed", "failed"):
                     from distributed import Client
 
-                    self.client = Client(self.address, timeout=2, set_as_default=False)
+                    client = Client(self.address, timeout=2, set_as_default=False)
+                    if self._closed:  # the engine closed meanwhile: nobody would close it
+                        client.close()
+                        return
+                    self.client = client
                     self.client.loop.add_callback(self._read_workers)
                 if self.client.status == "running":
                     self._subscribe()
@@ -188,9 +192,12 @@ class DaskPool:
                 pass
             finally:
                 self._watching = False
-                if not self._closed:
-                    self.loop.call_soon_threadsafe(self.loop.call_later, WATCH_EVERY_S,
-                                                   self._watch)  # fmt: skip
+                try:
+                    if not self._closed:
+                        self.loop.call_soon_threadsafe(self.loop.call_later, WATCH_EVERY_S,
+                                                       self._watch)  # fmt: skip
+                except RuntimeError:  # the engine's loop closed meanwhile
+                    pass
 
         threading.Thread(target=reconnect, name="nbtasks-dask-reconnect", daemon=True).start()
 
@@ -451,7 +458,10 @@ class DaskPool:
         else:
             cause = "the runner ended"
         if not self._closed:
-            self.loop.call_soon_threadsafe(self._future_ended, wid, cause)
+            try:
+                self.loop.call_soon_threadsafe(self._future_ended, wid, cause)
+            except RuntimeError:  # the engine's loop closed meanwhile: nothing to tell
+                pass
 
     def _future_ended(self, wid: E.WorkerId, cause: str) -> None:
         runner = self.runners.get(wid)
