@@ -700,3 +700,40 @@ def test_repr_of_an_executing_run_is_stable(nb: object) -> None:
         handle.cancel()
     assert texts[0] == texts[1]
     assert "EXECUTING" in texts[0]
+
+
+def test_a_batch_waited_for_after_its_runs_ended_reads_them_from_the_store(
+    store_path: str,
+) -> None:
+    """Waiting on a batch whose runs are no longer live (a new engine, a later kernel)
+    gives the same results as retrieving each run: outputs, errors and attempts."""
+    nbtasks.configure(store=store_path, workers=2)
+    try:
+        batch = succeed_on_third.batch_trigger(list(range(3)))
+        failing = fail.batch_trigger([1, 2])
+        live = batch.wait(), failing.wait()
+        nbtasks.shutdown()
+        nbtasks.configure(store=store_path, workers=2)
+        for handle, before in zip((batch, failing), live, strict=True):
+            again = handle.wait()
+            assert [r.status for r in again.runs] == [r.status for r in before.runs]
+            for result in again.runs:
+                one = nbtasks.runs.retrieve(result.id)
+                assert result.run.output_preview == one.output_preview
+                assert str(result.run.error) == str(one.error)
+                assert [(a.number, a.status, str(a.error)) for a in result.run.attempts] == [
+                    (a.number, a.status, str(a.error)) for a in one.attempts
+                ]
+        assert [len(r.run.attempts) for r in batch.wait().runs] == [3, 3, 3]
+        unknown = "run_0mx503fa40000996gx7"
+        with pytest.raises(nbtasks.UnknownRunError, match=unknown):
+            nbtasks.BatchHandle("batch_x", [*batch.runs, nbtasks.RunHandle(unknown, "t")]).wait()
+    finally:
+        nbtasks.shutdown()
+
+
+def test_a_run_id_of_the_wrong_type_is_named_briefly(nb: object) -> None:
+    ids = [f"run_{i:019d}" for i in range(5000)]
+    with pytest.raises(TypeError, match="is not a run id") as raised:
+        nbtasks.runs.wait(ids)  # type: ignore[arg-type]
+    assert len(str(raised.value)) < 400

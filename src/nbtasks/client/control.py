@@ -5,6 +5,7 @@ Inside a task (in a worker) these go to the kernel's engine through the worker's
 
 from __future__ import annotations
 
+import reprlib
 import time
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,7 @@ def check_run_id(run_id: object, name: str = "run_id") -> str:
     """``run_id`` if it is a str; anything else raises a ``TypeError`` naming it."""
     if not isinstance(run_id, str):
         raise TypeError(
-            f"{name}={run_id!r} is not a run id: a run id is a string like "
+            f"{name}={reprlib.repr(run_id)} is not a run id: a run id is a string like "
             "'run_0mx503fa40000996gx7', as trigger returns it in handle.id"
         )
     return run_id
@@ -84,10 +85,50 @@ def cancel_all(ids: list[str], cause: str = STOPPED) -> None:
 
 
 def results(ids: list[str], snapshots: list[Run | None]) -> list[Result[Any]]:
-    """The results of final runs, from their snapshots, or the store where there is none."""
+    """The results of final runs, from their snapshots, or the store where there is none
+    (all read at once: a batch of thousands ended before the wait is two queries)."""
+    missing = [i for i, s in zip(ids, snapshots, strict=True) if s is None]
+    stored = stored_runs(missing) if len(missing) > 1 else {}
     return [
-        Result(s if s is not None else retrieve(i)) for i, s in zip(ids, snapshots, strict=True)
+        Result(s if s is not None else stored.get(i) or retrieve(i))
+        for i, s in zip(ids, snapshots, strict=True)
     ]
+
+
+def stored_runs(ids: list[str]) -> dict[str, Run]:
+    """The stored runs of ``ids`` (those found), with their attempts, in two queries."""
+    store = engine().store
+    rows = store.query(
+        f"SELECT {RUN_SELECT} FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+    )
+    attempts: dict[str, list[Attempt]] = {}
+    for row in store.query(
+        f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts "
+        "WHERE run_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY run_id, number",
+        [ids],
+    ):
+        attempts.setdefault(row[1], []).append(Attempt.from_row(row))
+    return {r[0]: run_from_row(r, fetch, tuple(attempts.get(r[0], ()))) for r in rows}
+
+
+def require_runs(ids: list[str]) -> None:
+    """Raise ``UnknownRunError`` for the first of ``ids`` neither live nor stored."""
+    eng = engine()
+    if len(ids) == 1:
+        eng.require_run(ids[0])
+        return
+    missing = [i for i in ids if i not in eng.runs]
+    if not missing:
+        return
+    found = {
+        r[0]
+        for r in eng.store.query(
+            "SELECT id FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))", [missing]
+        )
+    }
+    for run_id in missing:
+        if run_id not in found:
+            eng.require_run(run_id)  # live since, or unknown: raises naming it
 
 
 def wait_runs(ids: list[str], timeout: float | str | timedelta | None = None) -> list[Result[Any]]:
@@ -99,8 +140,7 @@ def wait_runs(ids: list[str], timeout: float | str | timedelta | None = None) ->
     if _context.in_task():
         return [Result(s) for s in _context.call_engine("wait", list(ids))]
     eng = engine()
-    for run_id in ids:
-        eng.require_run(run_id)
+    require_runs(ids)
     futs = [eng.call(eng.wait, run_id) for run_id in ids]
     deadline = None if seconds is None else time.monotonic() + seconds
     snapshots = []
