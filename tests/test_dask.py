@@ -137,26 +137,24 @@ class CommandCluster:
                     proc.wait()
 
 
-@pytest.fixture
-def command_cluster() -> Iterator[CommandCluster]:
-    cluster = CommandCluster()
+def _command_cluster(gpu: bool) -> Iterator[CommandCluster]:
+    cluster = CommandCluster(gpu=gpu)
     try:
         cluster.wait_ready()
         yield cluster
     finally:
         nbtasks.configure(executor="local")  # shuts the engine down
         cluster.close()
+
+
+@pytest.fixture
+def command_cluster() -> Iterator[CommandCluster]:
+    yield from _command_cluster(gpu=False)
 
 
 @pytest.fixture
 def gpu_cluster() -> Iterator[CommandCluster]:
-    cluster = CommandCluster(gpu=True)
-    try:
-        cluster.wait_ready()
-        yield cluster
-    finally:
-        nbtasks.configure(executor="local")  # shuts the engine down
-        cluster.close()
+    yield from _command_cluster(gpu=True)
 
 
 @pytest.fixture

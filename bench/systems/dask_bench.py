@@ -41,20 +41,25 @@ class DaskSession(Session):
         return list(self.client.run(os.getpid).values()) or None
 
 
+def local_cluster(workers: int) -> Any:
+    """The cluster of the Dask row (and of nbtasks on Dask): ``workers`` single-threaded
+    worker processes."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+
+
 @contextmanager
 def open_session(workers: int, options: dict[str, Any]) -> Iterator[Session]:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         session = DaskSession(workers, client)
         session.notes["cluster"] = f"LocalCluster(n_workers={workers}, threads_per_worker=1)"
         yield session

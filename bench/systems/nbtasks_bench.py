@@ -75,19 +75,11 @@ def open_session(workers: int, options: dict[str, Any]) -> Iterator[Session]:
 def _on_dask(workers: int) -> Iterator[Session]:
     """nbtasks with the Dask executor, on the cluster the Dask row uses: a LocalCluster of
     ``workers`` single-threaded worker processes."""
-    import logging
-
-    from distributed import LocalCluster
+    from bench.systems.dask_bench import local_cluster
 
     with (
         tempfile.TemporaryDirectory(prefix="nbtasks-bench-") as tmp,
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
+        local_cluster(workers) as cluster,
     ):
         nbtasks.configure(
             store=os.path.join(tmp, "bench.duckdb"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -70,8 +71,6 @@ class DaskPool:
 
     def __init__(self, client: Any, owned: bool, preload: tuple[str, ...] = (),
                  size_hint: int = 1) -> None:  # fmt: skip
-        import sys
-
         self.client = client
         self.owned = owned  # made from an address: closed with the pool
         self.address = str(client.scheduler.address)
