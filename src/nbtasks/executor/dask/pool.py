@@ -439,6 +439,8 @@ class DaskPool:
             elif isinstance(event, E.WorkerLost):
                 runner.lost = True
                 del self.runners[wid]
+                for attempt_id in sorted(runner.killing):  # every kill is answered
+                    sink(E.KillDone(wid, attempt_id, killed=True))
             sink(event)
 
     def _future_done(self, wid: E.WorkerId, future: Any) -> None:
