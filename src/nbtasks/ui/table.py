@@ -79,10 +79,22 @@ class RunTable(LiveWidget):
         self._text = f"RunTable({shown})"
         self._refreshing = False
         self._redrawn = False
+        # one refresh at a time: the kernel's (a filter changed) and the live refresh's
+        # thread would otherwise race, and a slower one read under the old filter could
+        # overwrite the rows of the new one last
+        self._refresh_lock = threading.Lock()
         self.refresh()
 
     def refresh(self) -> None:
         """Load the current page; keep refreshing every second while it shows live runs."""
+        with self._refresh_lock:
+            self._load()
+        live = any(r["status"] not in FINAL_VALUES for r in self.rows)
+        if live and not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._keep_fresh, daemon=True).start()
+
+    def _load(self) -> None:
         where, params = filter_sql(self.filters)
         order = _SORTS.get(str(self.sort.get("col", "created")), "id")
         direction = "DESC" if self.sort.get("desc", True) else "ASC"
@@ -117,10 +129,6 @@ class RunTable(LiveWidget):
             self.total, self.unfinished = total, unfinished
         if self.detail.get("id"):
             self._open(self.detail["id"])
-        live = any(r["status"] not in FINAL_VALUES for r in self.rows)
-        if live and not self._refreshing:
-            self._refreshing = True
-            threading.Thread(target=self._keep_fresh, daemon=True).start()
 
     def _keep_fresh(self) -> None:
         try:
