@@ -323,6 +323,19 @@ def test_the_local_executor_refuses_resources_naming_them(nb: Any) -> None:
         task(resources="GPU")
 
 
+def _event_log_size(cluster: Any) -> int:
+    """How much nbtasks' messages weigh in the scheduler's event log (as text)."""
+    from distributed import Client
+
+    with Client(cluster, set_as_default=False) as client:
+        return sum(
+            len(str(msg))
+            for topic, events in client.get_events().items()
+            if topic.startswith("nbtasks-")
+            for _, msg in events
+        )
+
+
 @task
 def reverse(data: bytes) -> bytes:
     return data[::-1]
@@ -339,14 +352,9 @@ def test_big_payloads_and_outputs_travel_as_dask_data(dask_cluster: Any, store_p
         data = os.urandom(3 << 20)
         assert reverse.trigger_and_wait(data).unwrap() == data[::-1]
         assert reverse.trigger_and_wait(b"small").unwrap() == b"llams"
+        logged = _event_log_size(dask_cluster)
+        assert logged < 200_000, logged  # the 3 MiB went elsewhere, twice
         with Client(dask_cluster, set_as_default=False) as client:
-            logged = sum(
-                len(str(msg))
-                for topic, events in client.get_events().items()
-                if topic.startswith("nbtasks-")
-                for _, msg in events
-            )
-            assert logged < 200_000, logged  # the 3 MiB went elsewhere, twice
 
             def left() -> list[str]:
                 keys = [str(k) for k in client.who_has()]
@@ -406,7 +414,6 @@ def _dask_worker_pids(cluster: Any) -> list[int]:
 def test_a_tasks_function_goes_to_each_runner_once(dask_cluster: Any, store_path: str) -> None:
     """A function of 200 kB, 100 runs: it crosses the scheduler once per runner, not once
     per run (the scheduler's event log would hold 20 MB)."""
-    from distributed import Client
 
     big_constant = os.urandom(200_000)
 
@@ -420,13 +427,7 @@ def test_a_tasks_function_goes_to_each_runner_once(dask_cluster: Any, store_path
         assert fn_bytes > 200_000
         for i in range(100):
             assert uses_a_big_constant.trigger_and_wait(i).unwrap() == 200_000 + i
-        with Client(dask_cluster, set_as_default=False) as client:
-            logged = sum(
-                len(str(msg))
-                for topic, events in client.get_events().items()
-                if topic.startswith("nbtasks-")
-                for _, msg in events
-            )
+        logged = _event_log_size(dask_cluster)
         assert logged < 5 * 200_000 * 4, logged  # a few runners' worth, as bytes' repr
     finally:
         nbtasks.configure(executor="local")
