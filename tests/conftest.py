@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import nbtasks
+from nbtasks.client import config
 
 ROOT = Path(__file__).resolve().parent.parent
 # Kernels, Jupyter servers and scripts the tests start run in other folders: a relative
@@ -27,6 +28,8 @@ if os.environ.get("PYTHONPATH"):
 # Processes the tests start import the nbtasks under test, whatever PYTHONPATH says.
 SRC = str(Path(nbtasks.__file__).resolve().parent.parent)
 PYTHONPATH = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+# Servers that processes the tests start (scripts, kernels) stop soon once idle.
+os.environ.setdefault("NBTASKS_SERVER_IDLE", "3s")
 DEADLINE_S = 15.0  # generous: every awaited state normally holds well within a second
 T = TypeVar("T")
 
@@ -82,17 +85,19 @@ def dask_cluster() -> Iterator[Any]:
 
 @pytest.fixture
 def nb(store_path: str) -> Iterator[object]:
-    """nbtasks with a fresh store in tmp_path and two workers; shut down afterwards."""
+    """nbtasks with a fresh store in tmp_path and two workers; its server stopped
+    afterwards."""
     nbtasks.configure(store=store_path, workers=2)
     yield nbtasks
-    nbtasks.shutdown()
+    config.shutdown(stop_server=True)
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_workers() -> Iterator[None]:
-    """Every test must leave no worker process of this process behind."""
+    """Every test must leave no worker process of this process behind: the server it
+    used is stopped (its workers with it)."""
     yield
-    nbtasks.shutdown()
+    config.shutdown(stop_server=True)
     me = psutil.Process()
     left = [p for p in me.children(recursive=True) if _is_worker(p)]
     _, alive = psutil.wait_procs(left, timeout=5)

@@ -1,11 +1,11 @@
-"""Where the store lives, how many workers run, and the engine of this process: started on
-first need, given the versions of the tasks defined here, and stopped."""
+"""Where the store lives, how many workers run, and this process's connection to the
+store's server (``nbtasks.service``): made on first need, the server started if none runs,
+given the versions of the tasks defined here, and closed."""
 
 from __future__ import annotations
 
 import atexit
 import os
-import re
 import sys
 import threading
 import warnings
@@ -18,16 +18,14 @@ from nbtasks.core.errors import NbtasksError, NbtasksWarning
 
 if TYPE_CHECKING:
     from nbtasks.client.task import Task
-    from nbtasks.engine.engine import Engine
     from nbtasks.engine.state import TaskVersion
+    from nbtasks.service.client import RemoteEngine
 
 _lock = threading.Lock()
-# What local workers import while they boot: unpickling a task needs its class.
-WORKER_PRELOAD = ("nbtasks.client.task",)
+DEFAULT_IDLE_S = 300.0
 _settings: dict[str, Any] = {"store": None, "workers": None, "executor": None,
                              "max_payload": None}  # fmt: skip
-_engine: Any = None
-_early: Any = None  # a worker launched before the first engine (``prelaunch``)
+_engine: Any = None  # this process's connection to its store's server
 
 
 def _workers_from(name: str, value: object) -> int:
@@ -56,14 +54,9 @@ def _notebook_name() -> str | None:
 
 
 def default_store_path() -> str:
-    """``.nbtasks/<notebook or script name>.duckdb`` in the working directory."""
-    name = _notebook_name()
-    if name is None:
-        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-        name = os.path.basename(main_file) if main_file else "default"
-    stem = os.path.splitext(name)[0] or "default"
-    stem = re.sub(r"[^A-Za-z0-9_.\-]+", "_", stem)
-    return os.path.join(os.getcwd(), ".nbtasks", f"{stem}.duckdb")
+    """``.nbtasks/runs.duckdb`` in the working directory: one store per folder, shared by
+    the notebooks, scripts and the CLI started there."""
+    return os.path.join(os.getcwd(), ".nbtasks", "runs.duckdb")
 
 
 def store_path() -> str:
@@ -157,26 +150,62 @@ def _local() -> bool:
     return bool(chosen == "local")
 
 
-def prelaunch() -> None:
-    """At a first trigger, before its modules and the engine's load (about 0.1 s): start a
-    worker, so that it boots meanwhile. From the main thread only: a worker dies with the
-    thread that launched it."""
-    global _early
-    if _engine is not None or _early is not None:
-        return
-    if _context.IN_WORKER or threading.current_thread() is not threading.main_thread():
-        return
-    if not _local():
-        return
-    from nbtasks.executor.local.launch import launch
+def server_idle_s() -> float:
+    """How long a server with nothing to do waits before it stops: ``NBTASKS_SERVER_IDLE``
+    (a duration), else 5 minutes."""
+    from nbtasks.core.durations import parse_duration
 
-    with _lock:
-        if _engine is None and _early is None:
-            _early = launch(WORKER_PRELOAD)
+    seconds = parse_duration("NBTASKS_SERVER_IDLE", os.environ.get("NBTASKS_SERVER_IDLE") or None)
+    return DEFAULT_IDLE_S if seconds is None else seconds
+
+
+def server_config(spawn: bool = False) -> Any:
+    """What this process would start the server of its store with."""
+    from nbtasks.service.settings import Config
+
+    executor: bytes | None = None
+    name = "local"
+    if not _local():
+        import dill
+
+        choice = _executor_choice()
+        name = repr(choice)
+        try:
+            executor = dill.dumps(choice)
+        except Exception as exc:
+            raise NbtasksError(
+                f"executor={choice!r} cannot be sent to the nbtasks server ({exc}); use a "
+                "callable that pickles, e.g. nbtasks.DaskExecutor('tcp://host:8786')"
+            ) from None
+    return Config(store_path(), chosen_workers(), executor, name, payload_cap(), list(sys.path),
+                  os.getcwd(), spawn, server_idle_s())  # fmt: skip
+
+
+def _process_name() -> str:
+    name = _notebook_name()
+    if name is not None:
+        return name
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return os.path.basename(main_file) if main_file else os.path.basename(sys.argv[0] or "python")
+
+
+def prelaunch() -> None:
+    """At a first trigger, before its modules load: reach (or start) the server on a
+    thread of its own, so that it boots meanwhile."""
+    if _engine is not None or _context.IN_WORKER:
+        return
+    threading.Thread(target=_connect_quietly, name="nbtasks-connect", daemon=True).start()
+
+
+def _connect_quietly() -> None:
+    try:
+        get_engine(spawn=True)
+    except Exception:  # the caller's own connect raises it
+        pass
 
 
 def get_engine(spawn: bool = False) -> Any:
-    global _engine, _early
+    global _engine
     engine = _engine
     if engine is not None and not engine.closed:
         return engine
@@ -188,76 +217,78 @@ def get_engine(spawn: bool = False) -> Any:
                 "in a worker process, runs can be triggered and read only by task code "
                 "while it executes"
             )
-        path, size, cap = store_path(), chosen_workers(), payload_cap()
-        launched = []
-        if _early is not None:
-            launched, _early = [_early], None
-        elif spawn and _local():  # a first worker boots while DuckDB... load
-            from nbtasks.executor.local.launch import launch
+        from nbtasks.service.client import connect
+        from nbtasks.store.files import make_store_folder
 
-            launched = [launch(WORKER_PRELOAD)]
-        from nbtasks.engine.engine import Engine
-
-        if _local():
-            from nbtasks.executor.local.pool import LocalExecutor
-
-            executor = LocalExecutor(launched, WORKER_PRELOAD)
-        else:
-            executor = _executor_choice()()  # a cluster's executor knows its size
-        if size is None:
-            size = getattr(executor, "size_hint", None) or worker_count()
-        engine = _engine = Engine(path, size, executor, spawn)
-        engine.max_payload = cap
-
-        def own_definition(task_id: str) -> Any:
-            task = registry.get(task_id)
-            return task.shipping(engine.version_for, engine) if task is not None else None
-
-        engine.resolve_task = own_definition
-        for task_id in list(engine.waiting_tasks):  # runs an earlier kernel left waiting
+        config = server_config(spawn)
+        make_store_folder(os.path.dirname(config.store))
+        engine = connect(config, _process_name())
+        _check_same_choices(engine, config)
+        _engine = engine
+        for task_id in engine.info.get("waiting_tasks", ()):  # runs left waiting for a task
             task = registry.get(task_id)
             if task is not None:
                 deploy(engine, task)
         return engine
 
 
-def engine(spawn: bool = False) -> Engine:
-    """This process's engine, started if needed (``spawn``: for a trigger)."""
-    eng: Engine = get_engine(spawn)
+def _check_same_choices(engine: Any, config: Any) -> None:
+    """Warn when the server already running has other settings than this process chose."""
+    info = engine.info
+    differ = []
+    if config.workers is not None and info["workers"] != config.workers:
+        differ.append(f"workers={info['workers']} (this process chose {config.workers})")
+    if config.executor_name != info["executor"]:
+        differ.append(f"executor {info['executor']} (this process chose {config.executor_name})")
+    if differ:
+        warnings.warn(
+            f"the nbtasks server of store {engine.store_path!r} (pid {info['pid']}) already "
+            f"runs with {', '.join(differ)}: its settings apply. To change them, stop it with "
+            f"`nbtasks server stop --store {engine.store_path}` (its executing runs end "
+            "INTERRUPTED), then trigger again",
+            NbtasksWarning,
+            stacklevel=4,
+        )
+
+
+def engine(spawn: bool = False) -> RemoteEngine:
+    """This process's connection to its store's server, started if needed (``spawn``: for
+    a trigger, with workers at once)."""
+    eng: RemoteEngine = get_engine(spawn)
     return eng
 
 
-def version_of(task: Task[Any, Any], eng: Engine | None = None) -> TaskVersion:
+def version_of(task: Task[Any, Any], eng: RemoteEngine | None = None) -> TaskVersion:
     """The version of ``task`` to run, registered with ``eng`` (by default this process's
-    engine)."""
-    if _context.IN_WORKER:  # the kernel assigns the version of a task sent from a worker
+    server)."""
+    if _context.IN_WORKER:  # the server assigns the version of a task sent from a worker
         return task.shipping(lambda *args: "")
     eng = eng or engine(spawn=True)
-    return task.shipping(lambda *args: block(eng.call(eng.register_version, *args)), eng)
+    return task.shipping(lambda *args: block(eng.call("register_version", *args)), eng)
 
 
 def deploy(engine: Any, task: Any) -> None:
-    """Start the runs of ``engine`` that wait for ``task`` to be defined."""
-    block(engine.call(engine.deploy, version_of(task, engine)))
+    """Start the runs of the server that wait for ``task`` to be defined."""
+    block(engine.call("deploy", version_of(task, engine)))
 
 
 def task_defined(task: Any) -> None:
     """A task was (re)defined in this process: runs waiting for it may start.
 
-    With an engine running, its waiting runs start. Without one, a task defined in
-    ``__main__`` (a notebook or script) opens the store if it exists, so runs left waiting
-    by an earlier kernel start when their task's cell runs again."""
+    Connected to a server, its waiting runs of the task start. Not connected, a task
+    defined in ``__main__`` (a notebook or script) connects if the store exists, so runs
+    left waiting start when their task's cell runs again."""
     if _context.IN_WORKER:
         return
     engine = _engine
     if engine is not None and not engine.closed:
-        if task.id in engine.waiting_tasks:
+        if block(engine.call("is_waiting", task.id)):
             deploy(engine, task)
         return
     if getattr(task, "__module__", None) == "__main__" and os.path.exists(store_path()):
         try:
             get_engine()
-        except NbtasksError as exc:  # e.g. the store is held by another process
+        except NbtasksError as exc:  # e.g. the store is held by another program
             warnings.warn(
                 f"runs of {task.id!r} left waiting in the store (if any) cannot start: {exc}",
                 NbtasksWarning,
@@ -265,18 +296,34 @@ def task_defined(task: Any) -> None:
             )
 
 
-def shutdown() -> None:
-    """Stop this process's engine: executing runs end INTERRUPTED, workers are killed."""
-    global _engine, _early
+def shutdown(stop_server: bool = False) -> None:
+    """Disconnect this process from its store's server; the server and its runs go on.
+    With ``stop_server``, stop the server first (its executing runs end INTERRUPTED)
+    and wait until it is gone."""
+    global _engine
     with _lock:
         engine, _engine = _engine, None
-        early, _early = _early, None
-    if engine is not None:
-        engine.close()
-    if early is not None:  # launched by a first trigger that failed before the engine
-        from nbtasks.executor.local.launch import discard
+    if engine is None:
+        return
+    if stop_server and not engine.closed:
+        stop(engine)
+    engine.close()
 
-        discard(early)
+
+def stop(engine: Any, timeout: float = 30.0) -> int | None:
+    """Stop the server ``engine`` is connected to and wait for its process to end; its pid."""
+    import psutil
+
+    pid: int = engine.info["pid"]
+    try:
+        engine.request("stop")
+    except NbtasksError:
+        return None  # gone already
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    return pid
 
 
 atexit.register(shutdown)

@@ -50,7 +50,7 @@ def retrieve(run_id: str) -> Run:
         run: Run = _context.call_engine("retrieve", run_id)
         return run
     eng = engine()
-    live = block(eng.call(eng.snapshot, run_id))
+    live = block(eng.call("snapshot", run_id))
     if live is not None:
         return live  # type: ignore[no-any-return]
     rows = eng.store.query(f"SELECT {RUN_SELECT} FROM runs WHERE id = ?", [run_id])
@@ -68,7 +68,7 @@ def cancel(run_id: str, cause: str = "by runs.cancel()") -> Run:
         return retrieve(run_id)
     eng = engine()
     eng.require_run(run_id)
-    snapshot = block(eng.call(eng.cancel, run_id, cause))
+    snapshot = block(eng.call("cancel", run_id, cause))
     return snapshot if snapshot is not None else retrieve(run_id)
 
 
@@ -113,22 +113,7 @@ def stored_runs(ids: list[str]) -> dict[str, Run]:
 
 def require_runs(ids: list[str]) -> None:
     """Raise ``UnknownRunError`` for the first of ``ids`` neither live nor stored."""
-    eng = engine()
-    if len(ids) == 1:
-        eng.require_run(ids[0])
-        return
-    missing = [i for i in ids if i not in eng.runs]
-    if not missing:
-        return
-    found = {
-        r[0]
-        for r in eng.store.query(
-            "SELECT id FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))", [missing]
-        )
-    }
-    for run_id in missing:
-        if run_id not in found:
-            eng.require_run(run_id)  # live since, or unknown: raises naming it
+    engine().request("require_runs", list(ids))
 
 
 def wait_runs(ids: list[str], timeout: float | str | timedelta | None = None) -> list[Result[Any]]:
@@ -141,7 +126,7 @@ def wait_runs(ids: list[str], timeout: float | str | timedelta | None = None) ->
         return [Result(s) for s in _context.call_engine("wait", list(ids))]
     eng = engine()
     require_runs(ids)
-    futs = [eng.call(eng.wait, run_id) for run_id in ids]
+    futs = [eng.call("wait", run_id) for run_id in ids]
     deadline = None if seconds is None else time.monotonic() + seconds
     snapshots = []
     for fut in futs:
@@ -159,7 +144,7 @@ async def await_runs(ids: list[str]) -> list[Result[Any]]:
     if _context.in_task():
         return await run_in_thread(wait_runs, ids)
     eng = engine()
-    futs = [eng.call(eng.wait, run_id) for run_id in ids]
+    futs = [eng.call("wait", run_id) for run_id in ids]
     try:
         snapshots = [await asyncio.wrap_future(f) for f in futs]
     except asyncio.CancelledError:

@@ -26,6 +26,7 @@ from nbtasks.store.schema import RUN_COLUMNS, RUN_PAYLOAD
 
 _SLOT = {column: i for i, column in enumerate(RUN_COLUMNS)}
 _SAME: Any = object()  # replay: keep the original payload
+_POLL_S = 0.25  # a subscription checks this often that its server is still there
 
 
 def status_values(value: RunStatus | str | Sequence[RunStatus | str]) -> list[str]:
@@ -38,6 +39,11 @@ def status_values(value: RunStatus | str | Sequence[RunStatus | str]) -> list[st
             names = ", ".join(s.value for s in RunStatus)
             raise ValueError(f"status={item!r} is not a run status; use one of {names}") from None
     return out
+
+
+def _test_at(slot: int, test: Callable[[Any], bool], row: tuple[Any, ...]) -> bool:
+    """A filter's test on a row the journal holds (sent to the server: a module function)."""
+    return test(row[slot])
 
 
 def _eq(value: Any, found: Any) -> bool:
@@ -83,8 +89,7 @@ class Runs:
         def add(clause: str, param: Any, test: Callable[[Any], bool], column: str) -> None:
             where.append(clause)
             params.append(param)
-            slot = _SLOT[column]
-            tests.append(lambda row: test(row[slot]))
+            tests.append(functools.partial(_test_at, _SLOT[column], test))
 
         if status is not None:
             statuses = status_values(status)  # list_contains: faster than IN (subquery)
@@ -116,9 +121,7 @@ class Runs:
         if seconds is not None:
             since = utcnow() - timedelta(seconds=seconds)
             add("created_at >= ?", since, functools.partial(_at_or_after, since), "created_at")
-        rows = engine().store.list_runs(
-            " AND ".join(where), params, lambda row: all(t(row) for t in tests), limit + 1
-        )
+        rows = engine().store.list_runs(" AND ".join(where), params, tests, limit + 1)
         items = [run_from_row(r, control.fetch) for r in rows[:limit]]
         return Page(items, items[-1].id if len(rows) > limit else None)
 
@@ -175,7 +178,7 @@ class Runs:
         until = parse_delay("delay", delay, utcnow())
         eng = engine()
         eng.require_run(run_id)
-        run: Run = block(eng.call(eng.reschedule, run_id, until or utcnow()))
+        run: Run = block(eng.call("reschedule", run_id, until or utcnow()))
         return run
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> Any:
@@ -183,7 +186,12 @@ class Runs:
         ``attempts``, ``run_events`` and ``task_versions`` tables. It is a copy, detached
         from the store: nothing done with it reaches the store, and the query reads no file
         or URL but the store. Any other statement is refused."""
-        return engine().store.select(query, params)
+        import duckdb
+
+        from nbtasks.store.readonly import detached
+
+        described, rows = engine().store.select_rows(query, params)
+        return detached(duckdb, described, rows)
 
     def table(self, status: str | None = None, task: str | None = None, tag: str | None = None,
               limit: int = 25, id: str | None = None) -> Any:  # fmt: skip
@@ -199,7 +207,7 @@ class Runs:
         eng = engine()
         eng.require_run(run_id)
         changes: queue_mod.SimpleQueue[Run] = queue_mod.SimpleQueue()
-        first = block(eng.call(eng.subscribe, run_id, changes.put))
+        first = block(eng.call("subscribe", run_id, changes.put))
         if first is None:
             yield self.retrieve(run_id)
             return
@@ -207,11 +215,15 @@ class Runs:
             current: Run = first
             yield current
             while not current.is_final:
-                current = changes.get()
+                try:
+                    current = changes.get(timeout=_POLL_S)
+                except queue_mod.Empty:
+                    eng.check()  # the server is gone: say so rather than wait forever
+                    continue
                 yield current
         finally:
             if not eng.closed:
-                eng.call(eng.unsubscribe, run_id, changes.put)
+                eng.call("unsubscribe", run_id, changes.put)
 
     def asubscribe(self, run_id: str) -> AsyncIterator[Run]:
         """The async twin of ``subscribe``."""
@@ -227,7 +239,7 @@ class Runs:
         def put(snapshot: Run) -> None:
             loop.call_soon_threadsafe(changes.put_nowait, snapshot)
 
-        first = await asyncio.wrap_future(eng.call(eng.subscribe, run_id, put))
+        first = await asyncio.wrap_future(eng.call("subscribe", run_id, put))
         if first is None:
             yield await loop.run_in_executor(None, self.retrieve, run_id)
             return
@@ -235,11 +247,15 @@ class Runs:
             current: Run = first
             yield current
             while not current.is_final:
-                current = await changes.get()
+                try:
+                    current = await asyncio.wait_for(changes.get(), _POLL_S)
+                except asyncio.TimeoutError:
+                    eng.check()
+                    continue
                 yield current
         finally:
             if not eng.closed:
-                eng.call(eng.unsubscribe, run_id, put)
+                eng.call("unsubscribe", run_id, put)
 
     def __repr__(self) -> str:
         return "<nbtasks.runs>"

@@ -75,6 +75,7 @@ class EngineBase:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.closed = False
         self.max_payload: tuple[int, str] = (64 << 20, "64MiB")  # bytes, as written
+        self.stop_cause = "the engine that owned the run stopped"  # why close interrupts
         self.runs: dict[str, RunState] = {}  # live runs, until their final state is committed
         self.versions: dict[tuple[str, str], str] = {}  # (task id, code hash) -> version
         self.waiting_tasks: set[str] = set()  # task ids with runs WAITING_FOR_DEPLOY
@@ -368,7 +369,7 @@ class EngineBase:
 
     def _shutdown(self, fut: cf.Future[Any]) -> None:
         self.closed = True
-        text = error_json(S.INTERRUPTED, "Interrupted", "the kernel that owned the run stopped")
+        text = error_json(S.INTERRUPTED, "Interrupted", self.stop_cause)
         for run in list(self.runs.values()):
             if run.status in (S.EXECUTING, S.REATTEMPTING, S.FROZEN):
                 attempt = run.attempt

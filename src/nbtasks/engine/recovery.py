@@ -37,7 +37,9 @@ def reconcile_at_start(store: Store, now: datetime) -> None:
     for status in _LEFT_RUNNING:
         check_transition("(reconcile)", status, RunStatus.INTERRUPTED)
     check_transition("(reconcile)", RunStatus.QUEUED, RunStatus.WAITING_FOR_DEPLOY)
-    text = error_json(RunStatus.INTERRUPTED, "Interrupted", "the kernel that owned the run stopped")
+    text = error_json(
+        RunStatus.INTERRUPTED, "Interrupted", "the nbtasks server that owned the run stopped"
+    )
     running = [s.value for s in _LEFT_RUNNING]
 
     def settle(cur: object) -> None:

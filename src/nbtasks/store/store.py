@@ -686,13 +686,11 @@ class Store:
         self.fold()
         return self._conn.cursor()
 
-    def select(self, query: str, params: Sequence[Any] | None = None) -> Any:
-        """The result of one SELECT statement, in a read-only transaction, as a DuckDB
-        relation of its own: it lives in a private in-memory database that, like the
-        store's connection, can reach no file and load no extension. Whatever is done with
-        it never reaches the store. Any other statement raises ``ValueError``."""
-        import duckdb as relational  # the relation API lives in DuckDB's Python package
-
+    def select_rows(self, query: str, params: Sequence[Any] | None = None
+                    ) -> tuple[list[tuple[str, str]], list[Row]]:  # fmt: skip
+        """The columns (name, type) and rows of one SELECT statement, read in a read-only
+        transaction; ``readonly.detached`` makes them the relation ``runs.sql`` returns.
+        Any other statement raises ``ValueError``."""
         cur = self.cursor()
         try:
             statements = cur.extract_statements(query)
@@ -712,4 +710,4 @@ class Store:
                 cur.execute("ROLLBACK")
         finally:
             cur.close()
-        return readonly.detached(relational, described, rows)
+        return described, rows

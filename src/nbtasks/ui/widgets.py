@@ -203,7 +203,7 @@ class BatchWidget(LiveWidget):
         eng = engine()
         # Watch first, then read the store for the runs that were not live any more: those
         # are final and committed, so no change falls between the two.
-        live: dict[str, str] = block(eng.call(eng.watch, run_ids, self._on_status))
+        live: dict[str, str] = block(eng.call("watch", run_ids, self._on_status))
         with self._lock:  # a change reported meanwhile is newer than ``live``
             for run_id, status in live.items():
                 self._statuses.setdefault(run_id, status)
@@ -324,7 +324,7 @@ def _follow(run_id: str, listener: Callable[[Run], None]) -> Run | None:
     """Call ``listener`` with every later snapshot of a live run, from the engine's thread;
     return its snapshot now, or None if it is not live (then it is final and stored)."""
     eng = engine()
-    snapshot: Run | None = block(eng.call(eng.subscribe, run_id, listener))
+    snapshot: Run | None = block(eng.call("subscribe", run_id, listener))
     return snapshot
 
 

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from nbtasks.executor.local.proctree import TreeMeter
 
 TOKEN_ENV = "NBTASKS_WORKER_TOKEN"
+# What local workers import while they boot: unpickling a task needs its class.
+WORKER_PRELOAD = ("nbtasks.client.task",)
 _BOOT = "import sys; from nbtasks.executor.local.worker import main; main(sys.argv)"
 _PACKAGE_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 

@@ -1,0 +1,371 @@
+"""The client side: a connection to a store's server, started if none runs.
+
+``connect(config)`` returns a ``RemoteEngine``: ``call(op, *args)`` sends a request and
+returns a future of its reply. Listeners (``subscribe``, ``watch``) and the future a
+trigger-and-wait resolves travel as numbers; the server's pushes come back to them on a
+thread of their own, so a listener may itself make calls. When the server goes away,
+every pending call fails at once with ``ServerLostError``; the next ``connect`` starts a
+new server.
+
+Starting is race-free: a starter holds ``Place.start_lock`` while it looks for a server
+and, finding none, starts one and waits for it to say it is ready; the server itself
+holds ``Place.lock`` for life, so even two starters that miss each other end with one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import fcntl
+import itertools
+import os
+import pickle
+import queue
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nbtasks.core.errors import NbtasksError
+from nbtasks.service import wire
+from nbtasks.service.places import Place, place_of
+from nbtasks.service.settings import Config
+
+START_TIMEOUT_S = 60.0  # a server opening a big store, or a cluster, may take a while
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class ServerLostError(NbtasksError):
+    """The connection to the store's server broke: the server stopped or was killed."""
+
+
+class ServerVersionError(NbtasksError):
+    """The store's server runs other nbtasks code than this process."""
+
+
+class RemoteStore:
+    """The store's reads and writes that clients make, done by the server."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self._engine = engine
+
+    def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._engine.request("query", sql, list(params))
+        return rows
+
+    def list_runs(self, where: str, params: list[Any], tests: list[Any],
+                  limit: int) -> list[tuple[Any, ...]]:  # fmt: skip
+        rows: list[tuple[Any, ...]] = self._engine.request("list_runs", where, params, tests, limit)
+        return rows
+
+    def select_rows(self, query: str, params: Any = None) -> Any:
+        return self._engine.request("select", query, list(params) if params else None)
+
+    def put_payloads(self, items: list[tuple[str, bytes]]) -> None:
+        self._engine.request("put_payloads", items)
+
+
+class RemoteEngine:
+    """One connection to a store's server."""
+
+    def __init__(self, sock: socket.socket, place: Place, max_payload: tuple[int, str]) -> None:
+        self.sock = sock
+        self.place = place
+        self.store_path = place.store
+        self.max_payload = max_payload
+        self.store = RemoteStore(self)
+        self.info: dict[str, Any] = {}
+        self.closed = False
+        self.lost: str | None = None  # why the connection broke
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, cf.Future[Any]] = {}
+        self._finals: dict[int, cf.Future[Any]] = {}
+        self._callbacks: dict[int, Callable[..., None]] = {}
+        self._listening: dict[tuple[str, Any], int] = {}  # (run id, listener) -> number
+        self._pushes: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._read, name="nbtasks-client", daemon=True).start()
+        threading.Thread(target=self._run_pushes, name="nbtasks-listeners", daemon=True).start()
+
+    # -- calls -------------------------------------------------------------------------
+
+    def call(self, op: str, *args: Any) -> cf.Future[Any]:
+        """Send a request; its reply resolves the returned future."""
+        if op == "submit" and len(args) == 2 and args[1] is not None:
+            specs, final = args
+            token = next(self._ids)
+            self._finals[token] = final
+            args = (specs, token)
+        elif op in ("subscribe", "watch"):
+            target, listener = args
+            number = next(self._ids)
+            self._callbacks[number] = listener
+            if op == "subscribe":
+                self._listening[(target, listener)] = number
+            args = (target, number)
+        elif op == "unsubscribe":
+            run_id, listener = args
+            number_or_none = self._listening.pop((run_id, listener), None)
+            self._callbacks.pop(number_or_none or 0, None)
+            args = (number_or_none,)
+        fut: cf.Future[Any] = cf.Future()
+        request_id = next(self._ids)
+        self._pending[request_id] = fut
+        try:
+            data = wire.encode((request_id, op, args))
+        except Exception:
+            self._pending.pop(request_id, None)
+            raise
+        if self.closed:
+            self._pending.pop(request_id, None)
+            raise self._lost_error()
+        try:
+            with self._send_lock:
+                self.sock.sendall(data)
+        except OSError as exc:
+            self._lose(f"sending failed ({exc})")
+        return fut
+
+    def request(self, op: str, *args: Any) -> Any:
+        """``call`` and wait for the reply."""
+        return self.call(op, *args).result()
+
+    def require_run(self, run_id: str) -> None:
+        self.request("require_runs", [run_id])
+
+    # -- the reading thread ------------------------------------------------------------
+
+    def _read(self) -> None:
+        frames = wire.Frames()
+        reason = "the server closed the connection"
+        try:
+            while True:
+                messages = wire.recv_into(self.sock, frames)
+                if messages is None:
+                    break
+                for message in messages:
+                    self._on_message(message)
+        except OSError as exc:
+            reason = f"the connection broke ({exc})"
+        self._lose(reason)
+
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        request_id, a, b = message
+        if request_id != wire.PUSH:
+            fut = self._pending.pop(request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(b) if a else fut.set_exception(b)
+            return
+        if a == "final":
+            token, ok, value = b
+            final = self._finals.pop(token, None)
+            if final is not None and not final.done():
+                final.set_result(value) if ok else final.set_exception(value)
+            return
+        number, *data = b
+        callback = self._callbacks.get(number)
+        if callback is not None:
+            self._pushes.put((callback, tuple(data)))
+
+    def _run_pushes(self) -> None:
+        while True:
+            item = self._pushes.get()
+            if item is None:
+                return
+            callback, data = item
+            try:
+                callback(*data)
+            except Exception:  # a listener's failure is its own
+                pass
+
+    def check(self) -> None:
+        """Raise ``ServerLostError`` if the connection broke."""
+        if self.closed:
+            raise self._lost_error()
+
+    def _lost_error(self) -> ServerLostError:
+        pid = self.info.get("pid", "?")
+        return ServerLostError(
+            f"the nbtasks server of store {self.store_path!r} (pid {pid}) is gone: "
+            f"{self.lost}. The next call starts a new server; runs it was executing end "
+            "INTERRUPTED"
+        )
+
+    def _lose(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.lost = reason
+        self.closed = True
+        error = self._lost_error()
+        for table in (self._pending, self._finals):
+            while table:
+                _, fut = table.popitem()
+                if not fut.done():
+                    fut.set_exception(error)
+        self._pushes.put(None)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Disconnect; the server and its runs go on."""
+        if self.closed:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._lose("this process disconnected")
+
+
+# -- connecting and starting --------------------------------------------------------------
+
+
+def _connected(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    return sock
+
+
+def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
+    """A connection to the server of ``config.store``, started with ``config`` if none
+    runs (unless not ``start``: then ``NbtasksError``)."""
+    place = place_of(config.store)
+    sock = _connected(place.socket)
+    if sock is None:
+        if not start:
+            raise NbtasksError(f"no nbtasks server runs for store {place.store!r}")
+        sock = start_server(place, config)
+    engine = RemoteEngine(sock, place, config.max_payload)
+    try:
+        info = engine.request("hello", {"pid": os.getpid(), "name": name, "build": wire.build()})
+    except ServerLostError as exc:
+        raise NbtasksError(f"the nbtasks server of store {place.store!r} refused: {exc}") from None
+    engine.info = info
+    if info["build"] != wire.build():
+        engine.close()
+        raise ServerVersionError(
+            f"the nbtasks server of store {place.store!r} (pid {info['pid']}) runs nbtasks "
+            f"{info['build']}, this process {wire.build()}: stop it with `nbtasks server "
+            f"stop --store {place.store}` (its executing runs end INTERRUPTED) or let its "
+            "runs finish; the next call then starts a server of this version"
+        )
+    return engine
+
+
+def start_server(place: Place, config: Config) -> socket.socket:
+    """Start the server of ``place`` unless one starts meanwhile; its connected socket."""
+    fd = os.open(place.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _lock(fd, place)
+        sock = _connected(place.socket)
+        if sock is not None:  # another process started it while this one waited
+            return sock
+        _spawn(place, config)
+        sock = _connected(place.socket)
+        if sock is None:
+            raise NbtasksError(
+                f"the nbtasks server of store {place.store!r} started but cannot be reached "
+                f"at {place.socket!r}"
+            )
+        return sock
+    finally:
+        os.close(fd)  # and its lock
+
+
+def _lock(fd: int, place: Place) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise NbtasksError(
+                    f"another process has been starting the nbtasks server of store "
+                    f"{place.store!r} for over {START_TIMEOUT_S:g}s"
+                ) from None
+            time.sleep(0.005)
+
+
+def _spawn(place: Place, config: Config) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    log = os.open(place.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbtasks.service.server"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            start_new_session=True, close_fds=True, env=env, cwd=config.cwd,
+        )  # fmt: skip
+    finally:
+        os.close(log)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(pickle.dumps(config, protocol=5))
+    proc.stdin.close()
+    line = _first_line(proc.stdout.fileno())
+    proc.stdout.close()
+    threading.Thread(target=proc.wait, name="nbtasks-reaper", daemon=True).start()
+    if line in ("ready", "taken"):
+        return
+    if not line:
+        line = "it exited before it was ready; " + _log_tail(place.log)
+    raise NbtasksError(f"the nbtasks server of store {place.store!r} did not start: {line}")
+
+
+def _first_line(fd: int) -> str:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"no word from it within {START_TIMEOUT_S:g}s"
+        readable, _, _ = select.select([fd], [], [], left)
+        if readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace").split("\n", 1)[0].strip()
+
+
+def _log_tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            tail = f.read().splitlines()[-lines:]
+    except OSError:
+        return "no log"
+    return f"the end of its log {path!r}: " + " | ".join(tail)
+
+
+def server_pid(store: str) -> int | None:
+    """The pid of the live server of ``store``, if one holds its lock."""
+    import json
+
+    place = place_of(store)
+    try:
+        fd = os.open(place.lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: a server lives
+            text = os.pread(fd, 4096, 0)
+            try:
+                return int(json.loads(text)["pid"])
+            except (ValueError, KeyError, TypeError):
+                return None
+        return None
+    finally:
+        os.close(fd)

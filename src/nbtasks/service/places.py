@@ -1,0 +1,70 @@
+"""Where a store's server is found: its socket, the lock it holds while it lives, the lock
+that serializes starting one, and its log.
+
+Only the user may reach a server: its files live in a folder that is the user's and
+0700, and the server checks the uid of every peer. Nothing listens on TCP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+
+from nbtasks.core.errors import NbtasksError
+
+SOCKET_PATH_MAX = 100  # sockaddr_un holds 108 bytes, with the terminating zero
+
+
+@dataclass(frozen=True)
+class Place:
+    store: str  # the store file, absolute
+    socket: str
+    lock: str  # flock'ed by the live server; holds its pid and build as JSON
+    start_lock: str  # flock'ed by a process starting a server
+    log: str  # the server's stderr
+
+
+def place_of(store: str) -> Place:
+    """The server files of ``store``: beside it when its folder is private (0700, the
+    user's; a folder nbtasks makes is) and the socket's path is short enough; else in the
+    user's private runtime folder, named by a hash of the store's path."""
+    store = os.path.abspath(store)
+    folder, base = os.path.split(store)
+    if not _is_private(folder) or len(os.fsencode(store + ".sock")) > SOCKET_PATH_MAX:
+        base = hashlib.blake2b(os.fsencode(store), digest_size=10).hexdigest()
+        folder = private_folder(_runtime_root())
+    at = os.path.join(folder, base)
+    return Place(store, at + ".sock", at + ".server", at + ".starting", at + ".server.log")
+
+
+def _is_private(folder: str) -> bool:
+    try:
+        check_private(folder)
+    except (OSError, NbtasksError):
+        return False
+    return True
+
+
+def _runtime_root() -> str:
+    return os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+
+
+def private_folder(parent: str) -> str:
+    """``parent/nbtasks-<uid>``, made 0700 if new; refused unless it is the user's own and
+    private (another user could otherwise plant a socket there)."""
+    path = os.path.join(parent, f"nbtasks-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    check_private(path)
+    return path
+
+
+def check_private(path: str) -> None:
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise NbtasksError(
+            f"{path!r} must be a folder of user {os.getuid()} that only it can use (mode "
+            f"0700); it is mode {stat.S_IMODE(info.st_mode):04o}, owner {info.st_uid}"
+        )
