@@ -8,6 +8,7 @@ To run the suite on a new executor, add it to ``EXECUTORS`` with its capabilitie
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ import pytest
 
 import nbtasks
 from nbtasks import AbortRun, AttemptStatus, Queue, Retry, RunStatus, context, metadata, task
+from nbtasks.client import config
 
 from conftest import wait_for
 
@@ -314,22 +316,27 @@ def test_idempotency_and_delay_are_the_engines(executor: str) -> None:
     assert delayed.wait(timeout=30).output == 12
 
 
-def test_configure_takes_a_factory_of_executors(store_path: str) -> None:
-    """``configure(executor=...)`` with a callable: each engine gets a new executor from it."""
+def _local_executor_noting_pid(notes: str) -> Any:
+    """An executor factory (sent to the store's server) that notes the pid it runs in."""
     from nbtasks.executor.local.pool import LocalExecutor
 
-    made: list[LocalExecutor] = []
+    with open(notes, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return LocalExecutor()
 
-    def factory() -> LocalExecutor:
-        made.append(LocalExecutor())
-        return made[-1]
 
-    nbtasks.configure(store=store_path, workers=1, executor=factory)
+def test_configure_takes_a_factory_of_executors(store_path: str, tmp_path: Path) -> None:
+    """``configure(executor=...)`` with a callable: it goes to the store's server, and each
+    server gets a new executor from it."""
+    notes = tmp_path / "made"
+    nbtasks.configure(store=store_path, workers=1,
+                      executor=functools.partial(_local_executor_noting_pid, str(notes)))  # fmt: skip
     try:
         assert double.trigger_and_wait(4).output == 8
-        nbtasks.shutdown()
+        config.shutdown(stop_server=True)
         assert double.trigger_and_wait(5).output == 10
-        assert len(made) == 2 and made[0] is not made[1]
+        pids = [int(line) for line in notes.read_text().split()]
+        assert len(pids) == 2 and len(set(pids)) == 2 and os.getpid() not in pids
     finally:
-        nbtasks.shutdown()
+        config.shutdown(stop_server=True)
         nbtasks.configure(executor="local")

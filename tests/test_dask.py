@@ -381,7 +381,8 @@ def test_a_big_batch_of_quick_runs_completes(dask_cluster: Any, store_path: str)
 
 def test_the_environment_variable_chooses_the_cluster(dask_cluster: Any, tmp_path: Path) -> None:
     """In a fresh process: NBTASKS_DASK_SCHEDULER alone puts attempts on the cluster
-    (their parent is a Dask worker process); without it, on this machine's workers."""
+    (their parent is a Dask worker process); without it, on the local workers of the
+    store's server."""
     script = tmp_path / "where.py"
     script.write_text(
         "import os\n"
@@ -398,10 +399,12 @@ def test_the_environment_variable_chooses_the_cluster(dask_cluster: Any, tmp_pat
     parent, me = map(int, out.stdout.split())
     assert parent in _dask_worker_pids(dask_cluster) and parent != me
     env.pop("NBTASKS_DASK_SCHEDULER")
+    script.write_text(script.read_text().replace("env.duckdb", "local.duckdb"))
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
                          text=True, timeout=120, check=True)  # fmt: skip
     parent, me = map(int, out.stdout.split())
-    assert parent == me
+    assert parent not in _dask_worker_pids(dask_cluster) and parent != me
+    assert "nbtasks.service.server" in " ".join(psutil.Process(parent).cmdline())
 
 
 def _dask_worker_pids(cluster: Any) -> list[int]:

@@ -16,8 +16,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.core import display as _display
-
-__version__ = "0.1.0"
+from nbtasks.core.version import VERSION as __version__  # noqa: F401  (re-exported)
 
 _WHERE = {
     "configure": "client.config",

@@ -8,6 +8,7 @@ import atexit
 import os
 import sys
 import threading
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 DEFAULT_IDLE_S = 300.0
+RECONNECT_AFTER_S = 0.2  # after a server crash, before starting a new one
 _settings: dict[str, Any] = {"store": None, "workers": None, "executor": None,
                              "max_payload": None}  # fmt: skip
 _engine: Any = None  # this process's connection to its store's server
@@ -197,9 +199,9 @@ def prelaunch() -> None:
     threading.Thread(target=_connect_quietly, name="nbtasks-connect", daemon=True).start()
 
 
-def _connect_quietly() -> None:
+def _connect_quietly(spawn: bool = True) -> None:
     try:
-        get_engine(spawn=True)
+        get_engine(spawn)
     except Exception:  # the caller's own connect raises it
         pass
 
@@ -218,18 +220,31 @@ def get_engine(spawn: bool = False) -> Any:
                 "while it executes"
             )
         from nbtasks.service.client import connect
-        from nbtasks.store.files import make_store_folder
 
         config = server_config(spawn)
-        make_store_folder(os.path.dirname(config.store))
         engine = connect(config, _process_name())
         _check_same_choices(engine, config)
+        engine.on_lost = _reconnect_later
         _engine = engine
         for task_id in engine.info.get("waiting_tasks", ()):  # runs left waiting for a task
             task = registry.get(task_id)
             if task is not None:
                 deploy(engine, task)
         return engine
+
+
+def _reconnect_later(lost: Any) -> None:
+    """The server crashed: if this process defines tasks, start a new server and give it
+    their definitions, so that their queued and delayed runs resume."""
+    if not len(registry):
+        return
+
+    def reconnect() -> None:
+        time.sleep(RECONNECT_AFTER_S)
+        if _engine is lost:
+            _connect_quietly(spawn=False)
+
+    threading.Thread(target=reconnect, name="nbtasks-reconnect", daemon=True).start()
 
 
 def _check_same_choices(engine: Any, config: Any) -> None:

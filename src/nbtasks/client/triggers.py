@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from nbtasks.service.client import RemoteEngine
 
 T = TypeVar("T")
+# After an interrupt, how long a wait looks for the shutdown request that follows one
+# when a kernel restarts (Jupyter sends both at once; the stop button sends no request).
+RESTART_GRACE_S = 0.3
 
 
 def _payloads(eng: RemoteEngine, specs: list[RunSpec]) -> None:
@@ -62,8 +65,12 @@ def submit_and_wait(specs: list[RunSpec]) -> list[Result[Any]]:
         if specs:
             display.show_wait(ids, specs[0].task_id, batch=specs[0].batch_id is not None)
         snapshots = block(final)
-    except KeyboardInterrupt:  # the stop button: cancel what this wait started
-        cancel_all(ids)
+    except KeyboardInterrupt:
+        if display.process_ending(RESTART_GRACE_S):  # a kernel restart: runs go on
+            raise interrupted(
+                "the kernel is shutting down: its runs go on in the nbtasks server"
+            ) from None
+        cancel_all(ids)  # the stop button: cancel what this wait started
         what = "its run was canceled" if len(ids) == 1 else "its runs not yet final were canceled"
         raise interrupted(f"the wait was interrupted, so {what}") from None
     return results(ids, snapshots)

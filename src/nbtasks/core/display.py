@@ -41,6 +41,11 @@ class UI(Protocol):
     def show_wait(self, run_ids: list[str], task_id: str, batch: bool) -> None:
         """Display, in the current cell, what a blocking wait waits for."""
 
+    def ending(self, within: float) -> bool:
+        """Whether this process is being shut down, waiting up to ``within`` seconds for
+        word of it (Jupyter interrupts a busy kernel before it asks it to shut down)."""
+        ...
+
     def pump(self) -> Pump | None:
         """A pump for the cell that is about to block, if it can have one."""
 
@@ -91,6 +96,13 @@ def kernel(main_thread_only: bool = True) -> Any:
     if main_thread_only and threading.current_thread() is not threading.main_thread():
         return None
     return found
+
+
+def process_ending(within: float) -> bool:
+    """Whether an interrupt that just came is the start of this process's shutdown (a
+    kernel restart) rather than someone stopping a cell."""
+    ui = current()
+    return ui is not None and ui.ending(within)
 
 
 def in_notebook() -> bool:

@@ -33,6 +33,7 @@ from nbtasks.core.errors import NbtasksError
 from nbtasks.service import wire
 from nbtasks.service.places import Place, place_of
 from nbtasks.service.settings import Config
+from nbtasks.store.files import make_store_folder
 
 START_TIMEOUT_S = 60.0  # a server opening a big store, or a cluster, may take a while
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -80,6 +81,8 @@ class RemoteEngine:
         self.info: dict[str, Any] = {}
         self.closed = False
         self.lost: str | None = None  # why the connection broke
+        self.farewell: str | None = None  # the server said it stops (not a crash)
+        self.on_lost: Callable[[RemoteEngine], None] | None = None  # after a crash
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, cf.Future[Any]] = {}
@@ -161,6 +164,9 @@ class RemoteEngine:
             if fut is not None and not fut.done():
                 fut.set_result(b) if a else fut.set_exception(b)
             return
+        if a == "bye":
+            (self.farewell,) = b
+            return
         if a == "final":
             token, ok, value = b
             final = self._finals.pop(token, None)
@@ -212,9 +218,12 @@ class RemoteEngine:
             self.sock.close()
         except OSError:
             pass
+        if self.farewell is None and self.on_lost is not None:
+            self.on_lost(self)
 
     def close(self) -> None:
         """Disconnect; the server and its runs go on."""
+        self.on_lost = None
         if self.closed:
             return
         try:
@@ -240,6 +249,8 @@ def _connected(path: str) -> socket.socket | None:
 def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
     """A connection to the server of ``config.store``, started with ``config`` if none
     runs (unless not ``start``: then ``NbtasksError``)."""
+    if start:
+        make_store_folder(os.path.dirname(config.store))
     place = place_of(config.store)
     sock = _connected(place.socket)
     if sock is None:

@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures as cf
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import pickle
@@ -35,6 +36,7 @@ from nbtasks.core.status import RunStatus
 from nbtasks.service import wire
 from nbtasks.service.places import Place, place_of
 from nbtasks.service.settings import Config
+from nbtasks.store.files import make_store_folder
 
 if TYPE_CHECKING:
     from nbtasks.engine.engine import Engine
@@ -164,10 +166,13 @@ class Server:
                 run_ids, cb = args
                 engine.watch(fut, run_ids, functools.partial(session.push, "status", cb))
             elif op == "is_waiting":
-                fut.set_result(args[0] in engine.waiting_tasks)
+                fut.set_result(args[0] in self.waiting_tasks())
             elif op == "hello":
-                session.hello = args[0]
-                fut.set_result(self.info())
+                if args[0].get("build") == wire.build():
+                    session.hello = args[0]
+                fut.set_result(self.info())  # the client compares builds and says why
+            elif not session.hello:
+                raise NbtasksError("no hello from this client, or of another nbtasks build")
             elif op in THREAD_OPS:
                 self.pool.submit(_resolve, fut, THREAD_OPS[op], self, *args)
             else:
@@ -190,6 +195,11 @@ class Server:
                 )
             )
         self.engine.submit(fut, specs, final)
+
+    def waiting_tasks(self) -> set[str]:
+        """Tasks with live runs that need a client's definition (waiting for a deploy, or
+        delayed and taken over from an earlier server)."""
+        return {r.task_id for r in self.engine.runs.values() if r.task is None}
 
     def info(self) -> dict[str, Any]:
         """What ``nbtasks server status`` shows."""
@@ -215,6 +225,7 @@ class Server:
             "workers": self.engine.size,
             "live_runs": live,
             "idle_s": self.config.idle_s,
+            "waiting_tasks": sorted(self.waiting_tasks()),
         }
 
     # -- stopping ----------------------------------------------------------------------
@@ -234,7 +245,17 @@ class Server:
         self.engine.loop.call_later(IDLE_CHECK_S, self._check_idle)
 
     def close(self) -> None:
-        """Interrupt what executes, commit, close the store; clients see the socket close."""
+        """Tell clients this is a stop, not a crash; interrupt what executes, commit, close
+        the store. Clients then see the socket close."""
+
+        def farewell() -> None:
+            for session in list(self.sessions):
+                session.push("bye", STOP_CAUSE)
+
+        try:
+            self.engine.loop.call_soon_threadsafe(farewell)
+        except RuntimeError:
+            pass
         try:
             self.engine.close()
         finally:
@@ -323,6 +344,32 @@ def _make_executor(config: Config) -> Any:
     return dill.loads(config.executor)()
 
 
+SCOPE_ENV = "NBTASKS_SERVER_SCOPE"
+
+
+def sweep_orphans(place: Place) -> None:
+    """Kill what a killed server of this store left running (workers, the processes
+    their tasks started), then mark this server's own: every process it starts carries
+    the store's scope in its environment."""
+    from nbtasks.executor.local.treekill import kill_tree
+
+    scope = hashlib.blake2b(os.fsencode(place.store), digest_size=8).hexdigest()
+    needle = f"{SCOPE_ENV}={scope}".encode()
+    me = os.getuid()
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != me:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    kill_tree(int(name))
+        except OSError:
+            continue
+    os.environ[SCOPE_ENV] = scope
+
+
 def take_lock(place: Place) -> int | None:
     """The server lock's descriptor, or None if a live server holds it."""
     fd = os.open(place.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -355,17 +402,19 @@ def listen(place: Place) -> socket.socket:
 
 def serve(config: Config, ready: Callable[[str], None] = lambda line: None) -> int:
     """Serve ``config.store`` until stopped; ``ready`` is told "ready", "taken" (another
-    server holds the store) or "error: ..." once it is known. Returns an exit code."""
+    server holds the store: returns 1) or "error: ..." once it is known."""
+    make_store_folder(os.path.dirname(config.store))
     place = place_of(config.store)
     lock = take_lock(place)
     if lock is None:
         ready("taken")
-        return 0
+        return 1
     sys.path[:] = config.sys_path
     try:
         os.chdir(config.cwd)
     except OSError:
         pass
+    sweep_orphans(place)
     sock = listen(place)
     try:
         server = Server(config, place, sock)

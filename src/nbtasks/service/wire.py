@@ -20,7 +20,7 @@ import socket
 import struct
 from typing import Any
 
-import nbtasks
+from nbtasks.core.version import VERSION
 
 PROTOCOL = 1
 HEADER = struct.Struct("!Q")
@@ -28,7 +28,7 @@ PUSH = 0
 
 
 def _build() -> str:
-    root = os.path.dirname(os.path.abspath(nbtasks.__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     digest = hashlib.blake2b(digest_size=8)
     for folder, dirs, files in sorted(os.walk(root)):
         dirs.sort()
@@ -38,7 +38,7 @@ def _build() -> str:
                 digest.update(os.path.relpath(path, root).encode())
                 with open(path, "rb") as f:
                     digest.update(f.read())
-    return f"{nbtasks.__version__}+{PROTOCOL}.{digest.hexdigest()}"
+    return f"{VERSION}+{PROTOCOL}.{digest.hexdigest()}"
 
 
 _BUILD: list[str] = []

@@ -7,9 +7,13 @@ cheap: each part imports its widgets (anywidget, ipywidgets) when it is first us
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from nbtasks.core import display
+
+_shutdown_requested = threading.Event()
+_watched: set[int] = set()  # the kernels whose shutdown requests are watched
 
 
 class NotebookUI:
@@ -33,6 +37,12 @@ class NotebookUI:
         else:
             show_run(run_ids[0], task_id)
 
+    def ending(self, within: float) -> bool:
+        kernel = display.kernel(main_thread_only=False)
+        if kernel is None or id(kernel) not in _watched:
+            return False
+        return _shutdown_requested.wait(within)
+
     def pump(self) -> display.Pump | None:
         from nbtasks.ui.pump import start
 
@@ -45,5 +55,27 @@ class NotebookUI:
         return RunTable(status=status, task=task, tag=tag, limit=limit, id=id)
 
 
+def _watch_shutdown(kernel: Any) -> None:
+    """Note the kernel's shutdown and restart requests, which arrive on its control
+    channel (handled by a thread of its own while a cell blocks)."""
+    handlers = getattr(kernel, "control_handlers", None)
+    if not isinstance(handlers, dict) or id(kernel) in _watched:
+        return
+    original = handlers.get("shutdown_request")
+    if original is None:
+        return
+
+    async def shutdown_request(*args: Any, **kwargs: Any) -> Any:
+        _shutdown_requested.set()
+        result = original(*args, **kwargs)
+        return await result if hasattr(result, "__await__") else result
+
+    handlers["shutdown_request"] = shutdown_request
+    _watched.add(id(kernel))
+
+
 def install() -> None:
     display.install(NotebookUI())
+    kernel = display.kernel(main_thread_only=False)
+    if kernel is not None:
+        _watch_shutdown(kernel)

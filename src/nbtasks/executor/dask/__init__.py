@@ -62,6 +62,10 @@ class DaskExecutor:
     def __repr__(self) -> str:
         return f"DaskExecutor({self.address!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """To the store's server, by address: a Client or cluster object stays here."""
+        return (DaskExecutor, (self.address, self.timeout))
+
     @property
     def address(self) -> str:
         target = self.target
