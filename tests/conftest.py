@@ -28,8 +28,11 @@ if os.environ.get("PYTHONPATH"):
 # Processes the tests start import the nbtasks under test, whatever PYTHONPATH says.
 SRC = str(Path(nbtasks.__file__).resolve().parent.parent)
 PYTHONPATH = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
-# Servers that processes the tests start (scripts, kernels) stop soon once idle.
+# Servers that processes the tests start (scripts, kernels) stop soon once idle; each
+# carries this session's mark in its environment, so that a test can stop those it left.
 os.environ.setdefault("NBTASKS_SERVER_IDLE", "3s")
+SESSION_MARK = f"NBTASKS_TEST_SESSION={os.getpid()}"
+os.environ["NBTASKS_TEST_SESSION"] = str(os.getpid())
 DEADLINE_S = 15.0  # generous: every awaited state normally holds well within a second
 T = TypeVar("T")
 
@@ -98,10 +101,31 @@ def no_leftover_workers() -> Iterator[None]:
     used is stopped (its workers with it)."""
     yield
     config.shutdown(stop_server=True)
+    stop_servers_left()
     me = psutil.Process()
     left = [p for p in me.children(recursive=True) if _is_worker(p)]
     _, alive = psutil.wait_procs(left, timeout=5)
     assert not alive, f"worker processes left alive: {alive}"
+
+
+def stop_servers_left() -> None:
+    """Stop (SIGTERM, as ``nbtasks server stop`` does) the servers that processes of this
+    session started and left running, e.g. with runs a killed script's tasks still run."""
+    mark = SESSION_MARK.encode()
+    left = []
+    for p in psutil.process_iter(["cmdline"]):
+        if "nbtasks.service.server" not in " ".join(p.info["cmdline"] or ()):
+            continue
+        try:
+            with open(f"/proc/{p.pid}/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    p.terminate()
+                    left.append(p)
+        except (OSError, psutil.Error):
+            continue
+    _, alive = psutil.wait_procs(left, timeout=15)
+    for p in alive:
+        p.kill()
 
 
 def _is_worker(p: psutil.Process) -> bool:

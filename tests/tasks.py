@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 from nbtasks import Retry, context, task
 
@@ -74,3 +76,17 @@ def fail_some(i: int) -> int:
     if i % 10 == 7:
         raise ValueError(f"item {i}")
     return i
+
+
+@task
+def spawn_sleeper(pid_path: str) -> None:
+    """Start a process of its own that sleeps, note its pid in ``pid_path``, and sleep."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    tmp = pid_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(child.pid))
+    os.replace(tmp, pid_path)
+    time.sleep(300)

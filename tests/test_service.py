@@ -1,0 +1,294 @@
+"""The engine as a service: runs outlive the processes that trigger them, several processes
+share one store, and the server's own faults (killed, raced, stale files, another build,
+another user) end in a clear state.
+
+Every process here is real: scripts run as ``python script.py``, the server is the one
+they start, and faults are real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+import nbtasks
+from nbtasks import Queue, RunStatus
+from nbtasks.client import config
+from nbtasks.service import wire
+from nbtasks.service.client import ServerLostError, ServerVersionError, server_pid
+from nbtasks.service.places import place_of
+
+from conftest import start_script, wait_for
+from tasks import add
+
+DEADLINE_S = 20.0
+
+TASKS = """
+import json, os, sys, time
+import nbtasks
+from nbtasks import runs, task
+
+@task
+def nap(s):
+    time.sleep(s)
+    return s
+
+@task
+def add(p):
+    return p["a"] + p["b"]
+"""
+
+
+def _script(
+    tmp_path: Path, store: str, body: str, name: str = "script.py"
+) -> subprocess.Popen[str]:
+    return start_script(TASKS + textwrap.dedent(body), tmp_path,
+                        env={"NBTASKS_STORE": store}, name=name)  # fmt: skip
+
+
+def _line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise AssertionError(f"the script ended without a word: {proc.stderr.read()}")  # type: ignore[union-attr]
+    return line.strip()
+
+
+def _server(store: str) -> psutil.Process:
+    pid = wait_for(lambda: server_pid(store), "the server of the store")
+    return psutil.Process(pid)
+
+
+def _descendants(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    path = str(tmp_path / "store" / "runs.duckdb")
+    nbtasks.configure(store=path, workers=2)
+    return path
+
+
+def test_a_run_completes_after_the_process_that_triggered_it_exits(tmp_path: Path,
+                                                                   store: str) -> None:  # fmt: skip
+    """A script triggers and exits at once; another script triggers, prints the run id and
+    is SIGKILLed: both runs complete, with their outputs, in the one server."""
+    quits = _script(tmp_path, store, "print(nap.trigger(0.5).id, flush=True)\n", "quits.py")
+    killed = _script(tmp_path, store, """
+        print(nap.trigger(1.0).id, flush=True)
+        time.sleep(300)
+        """, "killed.py")  # fmt: skip
+    first, second = _line(quits), _line(killed)
+    assert quits.wait(DEADLINE_S) == 0
+    server = _server(store)
+    killed.kill()
+    killed.wait(DEADLINE_S)
+    assert nbtasks.runs.retrieve(second).status in (RunStatus.QUEUED, RunStatus.EXECUTING)
+    results = [nbtasks.runs.wait(i, timeout=DEADLINE_S) for i in (first, second)]
+    assert [(r.status, r.output) for r in results] == [(RunStatus.COMPLETED, 0.5),
+                                                       (RunStatus.COMPLETED, 1.0)]  # fmt: skip
+    assert server.pid == config.engine().info["pid"]  # the same server served all three
+
+
+def test_two_processes_share_one_store_live(tmp_path: Path, store: str) -> None:
+    """Two scripts trigger into one store at once; each sees the other's runs live, and
+    this process cancels one of them while its script waits on it."""
+    body = """
+        h = nap.trigger(30, tags=[sys.argv[0]])
+        print(h.id, flush=True)
+        result = h.wait()
+        print(result.status.value, result.run.error.message, flush=True)
+        """
+    a = _script(tmp_path, store, body, "a.py")
+    b = _script(tmp_path, store, body, "b.py")
+    run_a, run_b = _line(a), _line(b)
+    listed = {r.id for r in nbtasks.runs.list(status=["QUEUED", "EXECUTING"])}
+    assert {run_a, run_b} <= listed
+    wait_for(lambda: nbtasks.runs.retrieve(run_a).status is RunStatus.EXECUTING, "run a")
+    info = config.engine().request("status")
+    assert {"a.py", "b.py"} <= {c["name"] for c in info["clients"]}
+    nbtasks.runs.cancel(run_a)
+    assert _line(a).startswith("CANCELED") and "by runs.cancel()" in a.stdout.readline() + str(
+        nbtasks.runs.retrieve(run_a).error
+    )
+    assert nbtasks.runs.retrieve(run_b).status is RunStatus.EXECUTING  # the other run goes on
+    nbtasks.runs.cancel(run_b)
+    assert _line(b).startswith("CANCELED")
+    for proc in (a, b):
+        assert proc.wait(DEADLINE_S) == 0
+
+
+def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(tmp_path: Path,
+                                                                      store: str) -> None:  # fmt: skip
+    """SIGKILL of the server while a run executes and another is queued: a blocked wait
+    fails at once with ServerLostError; the server's workers and the processes their
+    tasks started die; the next call starts a new server, in which the executing run is
+    INTERRUPTED, the queued one completes, and nothing acknowledged is lost."""
+    from tasks import spawn_sleeper
+
+    done = add.trigger_and_wait({"a": 2, "b": 2})
+    assert done.output == 4
+    executing = spawn_sleeper.trigger(str(tmp_path / "grandchild.pid"))
+    solo = Queue("solo", concurrency_limit=1)
+    other = spawn_sleeper.trigger(str(tmp_path / "other.pid"), queue=solo)
+    queued = add.trigger({"a": 1, "b": 2}, queue=solo)  # waits for the queue
+    for path in ("grandchild.pid", "other.pid"):
+        wait_for(lambda path=path: (tmp_path / path).exists(), "the tasks' own children")
+    assert nbtasks.runs.retrieve(queued.id).status is RunStatus.QUEUED
+    grandchild = psutil.Process(int((tmp_path / "grandchild.pid").read_text()))
+    server = psutil.Process(config.engine().info["pid"])
+    workers = _descendants(server)
+    assert grandchild in workers
+    pending = config.engine().call("wait", executing.id)  # a wait the server holds
+    server.send_signal(signal.SIGKILL)
+    with pytest.raises(ServerLostError, match="is gone"):
+        pending.result(timeout=5)  # at once, not a hang
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"left behind by the killed server: {alive}"
+    # The next call starts a new server, which settles what the old one left.
+    after = nbtasks.runs.retrieve(executing.id)
+    assert config.engine().info["pid"] != server.pid
+    assert after.status is RunStatus.INTERRUPTED
+    assert "server that owned the run stopped" in str(after.error)
+    assert nbtasks.runs.wait(queued.id, timeout=DEADLINE_S).output == 3
+    assert nbtasks.runs.retrieve(done.id).status is RunStatus.COMPLETED
+    assert nbtasks.runs.retrieve(other.id).status is RunStatus.INTERRUPTED
+
+
+def test_racing_starters_end_with_one_server(tmp_path: Path) -> None:
+    """Eight processes that start on a fresh store at the same moment share one server."""
+    store = str(tmp_path / "race" / "runs.duckdb")
+    go = tmp_path / "go"
+    body = f"""
+        from nbtasks.client import config
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.001)
+        print(add.trigger_and_wait({{"a": 1, "b": 1}}).output, config.engine().info["pid"],
+              flush=True)
+        """
+    procs = [_script(tmp_path, store, body, f"racer{i}.py") for i in range(8)]
+    go.touch()
+    pids = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        output, pid = out.split()
+        assert output == "2"
+        pids.add(int(pid))
+    assert len(pids) == 1
+    assert server_pid(store) in pids
+    racers = [p for p in psutil.process_iter(["cmdline"])
+              if "nbtasks.service.server" in " ".join(p.info["cmdline"] or ())
+              and place_of(store).store in _open_files(p)]  # fmt: skip
+    assert [p.pid for p in racers] == list(pids)
+
+
+def _open_files(p: psutil.Process) -> list[str]:
+    try:
+        return [f.path for f in p.open_files()]
+    except psutil.Error:
+        return []
+
+
+def test_a_stale_socket_and_lock_are_replaced(tmp_path: Path, store: str) -> None:
+    """A socket file nobody listens on and a lock file naming a dead pid (a server killed
+    long ago) do not stop the next server from starting."""
+    place = place_of(store)
+    os.makedirs(os.path.dirname(store), mode=0o700, exist_ok=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(place.socket)
+    stale.close()  # the file stays, with no listener
+    Path(place.lock).write_text(json.dumps({"pid": 999_999_999, "build": "old"}))
+    assert stat.S_ISSOCK(os.stat(place.socket).st_mode) and server_pid(store) is None
+    assert add.trigger_and_wait({"a": 2, "b": 3}).output == 5
+    assert server_pid(store) == config.engine().info["pid"]
+
+
+def test_only_the_user_may_reach_the_server(tmp_path: Path, store: str) -> None:
+    """The socket is 0600 in a 0700 folder; even with both opened to everyone, a process
+    of another user is disconnected by the server's peer check before it is served."""
+    add.trigger_and_wait({"a": 1, "b": 1})
+    place = place_of(store)
+    assert stat.S_IMODE(os.stat(place.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(place.socket)).st_mode) == 0o700
+    server = psutil.Process(config.engine().info["pid"])
+    assert not server.net_connections("inet")  # nothing on TCP or UDP
+    if os.getuid() != 0:
+        pytest.skip("switching to another user needs root")
+    folders = []
+    folder = os.path.dirname(place.socket)
+    while folder != "/":  # let "nobody" reach the socket file itself
+        folders.append((folder, stat.S_IMODE(os.stat(folder).st_mode)))
+        os.chmod(folder, folders[-1][1] | 0o005)
+        folder = os.path.dirname(folder)
+    os.chmod(place.socket, 0o666)
+    try:
+        probe = textwrap.dedent(f"""
+            import os, pickle, socket, struct
+            os.setgid(65534); os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect({place.socket!r})
+            body = pickle.dumps((1, "status", ()))
+            try:
+                s.sendall(struct.pack("!Q", len(body)) + body)
+                print("closed" if s.recv(100) == b"" else "served")
+            except (BrokenPipeError, ConnectionResetError):
+                print("closed")
+            """)
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             timeout=DEADLINE_S)  # fmt: skip
+        assert out.stdout.strip() == "closed", out.stderr
+    finally:
+        os.chmod(place.socket, 0o600)
+        for folder, mode in folders:
+            os.chmod(folder, mode)
+
+
+def test_a_server_of_another_build_is_refused_by_name(store: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A client whose code differs from the running server's says so, naming both builds
+    and how to replace the server; it sends the server nothing but its hello."""
+    add.trigger_and_wait({"a": 1, "b": 1})
+    server = config.engine().info["pid"]
+    nbtasks.shutdown()  # disconnect: the server goes on
+    monkeypatch.setattr(wire, "_BUILD", ["0.0.1+1.other"])
+    with pytest.raises(ServerVersionError) as caught:
+        nbtasks.runs.list()
+    text = str(caught.value)
+    assert "0.0.1+1.other" in text and f"pid {server}" in text and "server stop" in text
+    monkeypatch.undo()
+    assert config.engine().info["pid"] == server  # the server was left alone
+
+
+def test_an_idle_server_stops_but_not_while_a_run_waits(tmp_path: Path) -> None:
+    """With NBTASKS_SERVER_IDLE=1s, a server whose last client left stops once its
+    delayed run has run; its files are gone with it but the lock file."""
+    store = str(tmp_path / "idle" / "runs.duckdb")
+    proc = _script(tmp_path, store, """
+        print(add.trigger({"a": 1, "b": 1}, delay="2s").id, flush=True)
+        """)  # fmt: skip
+    proc.env = None  # type: ignore[attr-defined]
+    run_id = _line(proc)
+    assert proc.wait(DEADLINE_S) == 0
+    server = _server(store)
+    assert server.is_running()
+    server.wait(DEADLINE_S)  # the script's server has NBTASKS_SERVER_IDLE=3s (conftest)
+    nbtasks.configure(store=store)
+    run = nbtasks.runs.retrieve(run_id)
+    assert run.status is RunStatus.COMPLETED and run.output == 2
+    assert run.finished_at is not None
