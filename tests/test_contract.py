@@ -329,8 +329,8 @@ def test_configure_takes_a_factory_of_executors(store_path: str, tmp_path: Path)
     """``configure(executor=...)`` with a callable: it goes to the store's server, and each
     server gets a new executor from it."""
     notes = tmp_path / "made"
-    nbtasks.configure(store=store_path, workers=1,
-                      executor=functools.partial(_local_executor_noting_pid, str(notes)))  # fmt: skip
+    factory = functools.partial(_local_executor_noting_pid, str(notes))
+    nbtasks.configure(store=store_path, workers=1, executor=factory)
     try:
         assert double.trigger_and_wait(4).output == 8
         config.shutdown(stop_server=True)

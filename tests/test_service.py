@@ -133,8 +133,9 @@ def test_two_processes_share_one_store_live(tmp_path: Path, store: str) -> None:
         assert proc.wait(DEADLINE_S) == 0
 
 
-def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(tmp_path: Path,
-                                                                      store: str) -> None:  # fmt: skip
+def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(
+    tmp_path: Path, store: str
+) -> None:
     """SIGKILL of the server while a run executes and another is queued: a blocked wait
     fails at once with ServerLostError; the server's workers and the processes their
     tasks started die; the next call starts a new server, in which the executing run is
@@ -259,8 +260,9 @@ def test_only_the_user_may_reach_the_server(tmp_path: Path, store: str) -> None:
             os.chmod(folder, mode)
 
 
-def test_a_server_of_another_build_is_refused_by_name(store: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_server_of_another_build_is_refused_by_name(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A client whose code differs from the running server's says so, naming both builds
     and how to replace the server; it sends the server nothing but its hello."""
     add.trigger_and_wait({"a": 1, "b": 1})
