@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 import nbtasks
+from nbtasks.service.client import server_pid
 from nbtasks import AttemptStatus, NbtasksError, Retry, RunStatus, task
 
 from conftest import wait_for
@@ -436,11 +437,12 @@ def test_a_tasks_function_goes_to_each_runner_once(dask_cluster: Any, store_path
         nbtasks.configure(executor="local")
 
 
-def test_a_killed_kernel_leaves_nothing_running_on_the_cluster(
+def test_a_killed_server_leaves_nothing_running_on_the_cluster(
     dask_cluster: Any, tmp_path: Path
 ) -> None:
-    """SIGKILL of the process that owns the engine: its Dask client goes, the scheduler lets
-    its runners go, and each runner stops its attempt's process tree on the Dask worker's
+    """SIGKILL of the process that triggered the runs leaves them running; SIGKILL of the
+    store's server (which owns the engine and the Dask client): the scheduler lets its
+    runners go, and each runner stops its attempt's process tree on the Dask worker's
     machine; the cluster is free for the next runs."""
     script = tmp_path / "owner.py"
     script.write_text(
@@ -470,8 +472,11 @@ def test_a_killed_kernel_leaves_nothing_running_on_the_cluster(
             assert line, "the owner ended before its runs executed"
         pids = [int(p) for p in line.split()[1:]]
         assert all(_alive(p) for p in pids)
+        server = psutil.Process(server_pid(str(tmp_path / "k.duckdb")))
         owner.send_signal(signal.SIGKILL)
         owner.wait()
+        assert all(_alive(p) for p in pids) and server.is_running()  # the runs go on
+        server.send_signal(signal.SIGKILL)
         for pid in pids:
             wait_for(lambda pid=pid: not _alive(pid), "the attempt's tree gone", timeout=30)
     finally:
