@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from nbtasks import Retry, context, task
 
@@ -74,3 +75,10 @@ def fail_some(i: int) -> int:
     if i % 10 == 7:
         raise ValueError(f"item {i}")
     return i
+
+
+@task
+def nap(seconds: float) -> float:
+    """Sleeps: a run that stays EXECUTING until it is canceled or interrupted."""
+    time.sleep(seconds)
+    return seconds
