@@ -551,9 +551,13 @@ def test_server_start_ends_on_sigterm_or_after_its_idle_time(
     assert finish(server) == 0
     assert server_pid(store) is None
 
-    server = foreground_server(store, tmp_path, "--idle", "1s")
+    server = foreground_server(store, tmp_path, "--idle", "1s", "--workers", "1")
+    nbtasks.configure(store=store, workers=1)
+    config.engine()  # this process connects: the server is not idle
     status = strict_json(ok(cli("server", "status", "--json", cwd=tmp_path, store=store)))
     assert status["idle_s"] == 1.0
+    assert [c["pid"] for c in status["clients"]] == [os.getpid()]
+    config.shutdown()  # disconnected, the server left running
     assert finish(server) == 0  # nobody connected: it stops by itself
     assert server_pid(store) is None
 
