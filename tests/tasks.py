@@ -82,7 +82,6 @@ def fail_some(i: int) -> int:
 def spawn_sleeper(pid_path: str) -> None:
     """Start a process of its own that sleeps, note its pid in ``pid_path``, and sleep."""
     import subprocess
-    import sys
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     tmp = pid_path + ".tmp"
@@ -90,3 +89,10 @@ def spawn_sleeper(pid_path: str) -> None:
         f.write(str(child.pid))
     os.replace(tmp, pid_path)
     time.sleep(300)
+
+
+@task
+def nap(seconds: float) -> float:
+    """Sleeps: a run that stays EXECUTING until it is canceled or interrupted."""
+    time.sleep(seconds)
+    return seconds

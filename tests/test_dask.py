@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 import nbtasks
-from nbtasks.service.client import server_pid
 from nbtasks import AttemptStatus, NbtasksError, Retry, RunStatus, task
+from nbtasks.service.client import server_pid
 
 from conftest import wait_for
 

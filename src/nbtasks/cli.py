@@ -7,14 +7,22 @@ never start one.
 
 Exit codes: 0 done; 1 an error (an unknown run, a server that cannot start), its message on
 stderr; 2 a usage error; 3 ``server status`` finds no server (as ``systemctl status``).
-``--json`` prints one JSON document on stdout and nothing else.
+``--json`` prints one JSON document on stdout and nothing else (strict JSON: a value with no
+JSON number, as an idle time of "never", is null).
+
+A server of another nbtasks build (one started before an upgrade) refuses this build's
+requests: ``server status`` says so (exit 1), and ``server stop`` stops it all the same.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import signal
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +36,7 @@ from nbtasks.core.status import RunStatus
 from nbtasks.core.version import VERSION
 
 NO_SERVER = 3
+STOP_TIMEOUT_S = 60.0  # a server stopping interrupts its runs and commits the store
 
 
 def _jsonable(value: Any) -> Any:
@@ -66,15 +75,39 @@ def run_dict(run: Run, attempts: bool = False) -> dict[str, Any]:
     return out
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every float that JSON cannot hold (inf, nan) as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    click.echo(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False))
 
 
 def _fail(exc: BaseException) -> None:
     raise click.ClickException(str(exc))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group: an nbtasks error or a failed file operation (a store that cannot
+    be made or served) is an error with its message (exit 1), not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise  # click's own: the reader went away
+        except (NbtasksError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", type=click.Path(dir_okay=False), envvar="NBTASKS_STORE",
               help="The store file (default: .nbtasks/runs.duckdb here).")  # fmt: skip
 @click.version_option(VERSION, prog_name="nbtasks")
@@ -157,6 +190,31 @@ def _logs_of(run: Run) -> tuple[str, str]:
     return (attempt.stdout, attempt.stderr) if attempt is not None else ("", "")
 
 
+# How a finished attempt's output starts when only its tail was kept (executor capture).
+_DROPPED = re.compile(r"\[\.\.\. \d+ earlier bytes not kept \.\.\.\]\n")
+
+
+def _unseen(seen: str, text: str) -> str:
+    """What ``text`` adds to ``seen``: both are one stream of an attempt as the server held
+    it at two moments. The server keeps only a tail of a long output (the live log, and
+    the finished attempt's output, which then starts with a note of what was dropped), so
+    ``text`` need not extend ``seen``: it is then a later window, whose start is the
+    longest end of ``seen`` it begins with."""
+    if text.startswith(seen):
+        return text[len(seen) :]
+    dropped = _DROPPED.match(text)
+    body = text[dropped.end() :] if dropped else text
+    if body.startswith(seen):
+        return body[len(seen) :]
+    anchor = body[:64]
+    start = seen.find(anchor) if anchor else -1
+    while start != -1:
+        if body.startswith(seen[start:]):
+            return body[len(seen) - start :]
+        start = seen.find(anchor, start + 1)
+    return text  # nothing shown is left in it: more came than the server keeps
+
+
 @runs.command("logs")
 @click.argument("run_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run is final.")
@@ -168,19 +226,21 @@ def logs(run_id: str, follow: bool) -> None:
         click.echo(out, nl=False)
         click.echo(err, nl=False, err=True)
         return
-    shown = {"number": 0, "out": 0, "err": 0}
+    number = 0  # the attempt shown
+    seen = {"out": "", "err": ""}  # its output as last shown, per stream
     try:
         for snapshot in nbtasks.runs.subscribe(run_id):
             attempt = snapshot.attempts[-1] if snapshot.attempts else None
             if attempt is None:
                 continue
-            if attempt.number != shown["number"]:
-                if shown["number"]:
+            if attempt.number != number:
+                if number:
                     click.echo(f"--- attempt {attempt.number} ---", err=True)
-                shown.update(number=attempt.number, out=0, err=0)
-            click.echo(attempt.stdout[shown["out"] :], nl=False)
-            click.echo(attempt.stderr[shown["err"] :], nl=False, err=True)
-            shown.update(out=len(attempt.stdout), err=len(attempt.stderr))
+                number = attempt.number
+                seen = {"out": "", "err": ""}
+            click.echo(_unseen(seen["out"], attempt.stdout), nl=False)
+            click.echo(_unseen(seen["err"], attempt.stderr), nl=False, err=True)
+            seen = {"out": attempt.stdout, "err": attempt.stderr}
             sys.stdout.flush()
     except NbtasksError as exc:
         _fail(exc)
@@ -223,20 +283,46 @@ def server() -> None:
 
 
 def _connected() -> Any:
-    """A connection to the running server, or None: never starts one."""
-    from nbtasks.service.client import connect
+    """A connection to the running server, or None: never starts one. A server of another
+    nbtasks build (one that ran before an upgrade) raises ``ServerVersionError``."""
+    from nbtasks.service.client import ServerVersionError, connect
 
     try:
         return connect(config.server_config(), "nbtasks server", start=False)
+    except ServerVersionError:
+        raise
     except NbtasksError:
         return None
+
+
+def _other_build() -> dict[str, Any]:
+    """The pid and build of the live server of another build (from its lock file)."""
+    from nbtasks.service.client import server_pid
+    from nbtasks.service.places import place_of
+
+    store = config.store_path()
+    found: dict[str, Any] = {"pid": server_pid(store), "build": None}
+    try:
+        with open(place_of(store).lock) as f:
+            found["build"] = json.load(f).get("build")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return found
 
 
 @server.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(as_json: bool) -> None:
     """pid, store, uptime, clients, executor and live runs (exit 3: no server)."""
-    engine = _connected()
+    from nbtasks.service.client import ServerVersionError
+
+    try:
+        engine = _connected()
+    except ServerVersionError as exc:  # it runs, but cannot be asked: exit 1, say why
+        if as_json:
+            _emit({"running": True, "store": config.store_path(), **_other_build(),
+                   "error": str(exc)})  # fmt: skip
+        _fail(exc)
     if engine is None:
         if as_json:
             _emit({"running": False, "store": config.store_path()})
@@ -254,11 +340,12 @@ def status(as_json: bool) -> None:
         return
     live = ", ".join(f"{n} {s}" for s, n in sorted(info["live_runs"].items())) or "none"
     clients = ", ".join(f"{c['name']} (pid {c['pid']})" for c in info["clients"]) or "none"
+    idle = "never" if math.isinf(info["idle_s"]) else f"{info['idle_s']:g}s idle"
     for key, value in (
         ("pid", info["pid"]), ("store", info["store"]), ("socket", info["socket"]),
         ("uptime", f"{info['uptime_s']:.0f}s"), ("executor", info["executor"]),
         ("workers", info["workers"]), ("clients", clients), ("live runs", live),
-        ("stops after", f"{info['idle_s']:g}s idle"), ("build", info["build"]),
+        ("stops after", idle), ("build", info["build"]),
     ):  # fmt: skip
         click.echo(f"{key + ':':13}{value}")
 
@@ -266,13 +353,51 @@ def status(as_json: bool) -> None:
 @server.command("stop")
 def stop() -> None:
     """Stop the server; its executing runs end INTERRUPTED."""
-    engine = _connected()
-    if engine is None:
+    from nbtasks.service.client import ServerVersionError
+
+    pid: int | None = None
+    try:
+        engine = _connected()
+    except ServerVersionError:
+        # It refuses this build's requests: SIGTERM stops it as the stop request does.
+        pid = _other_build()["pid"]  # None: it stopped meanwhile
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    else:
+        if engine is not None:
+            pid = engine.info["pid"]
+            try:
+                engine.request("stop")
+            except NbtasksError:
+                pass  # it stopped meanwhile
+            engine.close()
+    if pid is None:
         click.echo(f"no nbtasks server runs for store {config.store_path()}")
         return
-    pid = config.stop(engine)
-    engine.close()
+    _wait_gone(pid)
     click.echo(f"stopped the nbtasks server (pid {pid})")
+
+
+def _wait_gone(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Return once process ``pid`` has ended: gone, or a zombie that its parent (e.g. the
+    shell or supervisor that ran ``nbtasks server start``) has yet to reap."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    try:
+        proc = psutil.Process(pid)
+        while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"the nbtasks server (pid {pid}) of store {config.store_path()} is still "
+                    f"stopping after {timeout:g}s"
+                )
+            time.sleep(0.02)
+    except psutil.NoSuchProcess:
+        pass
 
 
 @server.command("start")
