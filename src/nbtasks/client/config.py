@@ -334,10 +334,14 @@ def stop(engine: Any, timeout: float = 30.0) -> int | None:
         engine.request("stop")
     except NbtasksError:
         return None  # gone already
-    try:
-        psutil.Process(pid).wait(timeout)
-    except psutil.NoSuchProcess:
-        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # ended: gone, or a zombie its parent will reap
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.01)
     return pid
 
 

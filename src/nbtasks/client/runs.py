@@ -140,8 +140,9 @@ class Runs:
         return control.wait_runs([run_id], timeout)[0]
 
     def trigger(self, task_id: str, payload: Any, **options: Any) -> RunHandle[Any]:
-        """Trigger a task by id. A task not defined in this kernel yet gets a run that is
-        WAITING_FOR_DEPLOY until its definition runs."""
+        """Trigger a task by id. A task that neither this process nor any other client of
+        the store's server has defined gets a run that is WAITING_FOR_DEPLOY until its
+        definition runs; otherwise the server runs the latest definition it was sent."""
         check_task_id(task_id, "task_id")  # the rule @task applies, before any run is made
         task = registry.get(task_id)
         if task is not None:

@@ -183,7 +183,7 @@ class Server:
 
     def _submit(self, session: Session, fut: cf.Future[Any], specs: list[RunSpec],
                 token: int | None = None) -> None:  # fmt: skip
-        for spec in specs:
+        for spec in specs:  # runs triggered by id, e.g. from the CLI, use the latest
             if spec.task is not None:
                 self.latest[spec.task.task_id] = spec.task
         final: cf.Future[Any] | None = None
@@ -195,6 +195,8 @@ class Server:
                 )
             )
         self.engine.submit(fut, specs, final)
+        for task_id in {s.task_id for s in specs if s.task is None} & self.latest.keys():
+            self.engine.deploy(cf.Future(), self.latest[task_id])  # a client defined it
 
     def waiting_tasks(self) -> set[str]:
         """Tasks with live runs that need a client's definition (waiting for a deploy, or
