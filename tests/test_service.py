@@ -136,10 +136,11 @@ def test_two_processes_share_one_store_live(tmp_path: Path, store: str) -> None:
 def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(
     tmp_path: Path, store: str
 ) -> None:
-    """SIGKILL of the server while a run executes and another is queued: a blocked wait
-    fails at once with ServerLostError; the server's workers and the processes their
-    tasks started die; the next call starts a new server, in which the executing run is
-    INTERRUPTED, the queued one completes, and nothing acknowledged is lost."""
+    """SIGKILL of the server while runs execute, wait in a queue and wait for their time:
+    a blocked wait fails at once with ServerLostError; the server's workers and the
+    processes their tasks started die; a new server starts, in which the executing runs
+    are INTERRUPTED, the queued and delayed ones complete, and nothing acknowledged is
+    lost."""
     from tasks import spawn_sleeper
 
     done = add.trigger_and_wait({"a": 2, "b": 2})
@@ -148,6 +149,7 @@ def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(
     solo = Queue("solo", concurrency_limit=1)
     other = spawn_sleeper.trigger(str(tmp_path / "other.pid"), queue=solo)
     queued = add.trigger({"a": 1, "b": 2}, queue=solo)  # waits for the queue
+    delayed = add.trigger({"a": 3, "b": 4}, delay="2s")
     for path in ("grandchild.pid", "other.pid"):
         wait_for(lambda path=path: (tmp_path / path).exists(), "the tasks' own children")
     assert nbtasks.runs.retrieve(queued.id).status is RunStatus.QUEUED
@@ -161,12 +163,16 @@ def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(
         pending.result(timeout=5)  # at once, not a hang
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"left behind by the killed server: {alive}"
+    # This process defines tasks: it starts a new server on its own and gives it their
+    # definitions, so the queued and delayed runs resume with no call made here.
+    wait_for(lambda: server_pid(store) not in (None, server.pid), "a new server")
     # The next call starts a new server, which settles what the old one left.
     after = nbtasks.runs.retrieve(executing.id)
     assert config.engine().info["pid"] != server.pid
     assert after.status is RunStatus.INTERRUPTED
     assert "server that owned the run stopped" in str(after.error)
     assert nbtasks.runs.wait(queued.id, timeout=DEADLINE_S).output == 3
+    assert nbtasks.runs.wait(delayed.id, timeout=DEADLINE_S).output == 7
     assert nbtasks.runs.retrieve(done.id).status is RunStatus.COMPLETED
     assert nbtasks.runs.retrieve(other.id).status is RunStatus.INTERRUPTED
 
