@@ -292,7 +292,8 @@ def task_defined(task: Any) -> None:
 
     Connected to a server, its waiting runs of the task start. Not connected, a task
     defined in ``__main__`` (a notebook or script) connects if the store exists, so runs
-    left waiting start when their task's cell runs again."""
+    left waiting start when their task's cell runs again; for a new store, it starts the
+    server in the background, which boots while the notebook goes on to trigger."""
     if _context.IN_WORKER:
         return
     engine = _engine
@@ -300,15 +301,19 @@ def task_defined(task: Any) -> None:
         if block(engine.call("is_waiting", task.id)):
             deploy(engine, task)
         return
-    if getattr(task, "__module__", None) == "__main__" and os.path.exists(store_path()):
-        try:
-            get_engine()
-        except NbtasksError as exc:  # e.g. the store is held by another program
-            warnings.warn(
-                f"runs of {task.id!r} left waiting in the store (if any) cannot start: {exc}",
-                NbtasksWarning,
-                stacklevel=3,
-            )
+    if getattr(task, "__module__", None) != "__main__":
+        return
+    if not os.path.exists(store_path()):  # a new store: its server boots while the
+        prelaunch()  # notebook or script goes on to its first trigger
+        return
+    try:
+        get_engine()
+    except NbtasksError as exc:  # e.g. the store is held by another program
+        warnings.warn(
+            f"runs of {task.id!r} left waiting in the store (if any) cannot start: {exc}",
+            NbtasksWarning,
+            stacklevel=3,
+        )
 
 
 def shutdown(stop_server: bool = False) -> None:

@@ -14,8 +14,6 @@ from nbtasks.client.blocking import block
 from nbtasks.client.config import engine
 from nbtasks.client.handles import RunHandle
 from nbtasks.client.registry import registry
-from nbtasks.client.specs import make_specs
-from nbtasks.client.triggers import handles, submit
 from nbtasks.core import display
 from nbtasks.core.durations import parse_delay, parse_duration
 from nbtasks.core.ids import check_task_id
@@ -143,6 +141,9 @@ class Runs:
         """Trigger a task by id. A task that neither this process nor any other client of
         the store's server has defined gets a run that is WAITING_FOR_DEPLOY until its
         definition runs; otherwise the server runs the latest definition it was sent."""
+        from nbtasks.client.specs import make_specs  # dill: only where runs are made
+        from nbtasks.client.triggers import handles, submit
+
         check_task_id(task_id, "task_id")  # the rule @task applies, before any run is made
         task = registry.get(task_id)
         if task is not None:
@@ -153,6 +154,9 @@ class Runs:
     def replay(self, run_id: str, payload: Any = _SAME) -> RunHandle[Any]:
         """A new run of the same task (its latest version), with the same payload unless
         one is given, the same tags and trigger metadata, and no idempotency key."""
+        from nbtasks.client.specs import make_specs
+        from nbtasks.client.triggers import handles, submit
+
         control.check_run_id(run_id)
         original = self.retrieve(run_id)
         row = engine().store.query(

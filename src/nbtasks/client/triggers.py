@@ -36,7 +36,7 @@ RESTART_GRACE_S = 0.3
 def _payloads(eng: RemoteEngine, specs: list[RunSpec]) -> None:
     """Refuse a payload over the cap; write big ones to the store first (payloads.py)."""
     check_sizes(specs, *eng.max_payload)
-    store_big(eng.store, specs)  # type: ignore[arg-type]  # the server writes them
+    store_big(eng.store, specs)  # the server writes them
 
 
 def submit(specs: list[RunSpec]) -> list[tuple[str, bool]]:

@@ -10,10 +10,13 @@ created is removed when the store is next opened.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from nbtasks.core.durations import parse_memory
 from nbtasks.core.errors import PayloadError
-from nbtasks.engine.state import RunSpec
-from nbtasks.store.store import Store
+
+if TYPE_CHECKING:  # the store and the specs' module load only where runs are made
+    from nbtasks.engine.state import RunSpec
 
 BIG_PAYLOAD = 1 << 20
 DEFAULT_MAX_PAYLOAD = "64MiB"
@@ -40,9 +43,10 @@ def check_sizes(specs: list[RunSpec], cap: int, cap_text: str) -> None:
             )
 
 
-def store_big(store: Store, specs: list[RunSpec]) -> None:
+def store_big(store: Any, specs: list[RunSpec]) -> None:
     """Write the big payloads of ``specs`` to the store (durable on return) and mark them,
-    so their runs' rows carry none."""
+    so their runs' rows carry none. ``store`` has ``put_payloads``: the store itself, in
+    the server, or a client's way to it."""
     big = [spec for spec in specs if len(spec.payload) > BIG_PAYLOAD]
     if big:
         store.put_payloads([(spec.id, spec.payload) for spec in big])

@@ -20,9 +20,7 @@ import itertools
 import os
 import pickle
 import queue
-import select
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -310,6 +308,8 @@ def _lock(fd: int, place: Place) -> None:
 
 
 def _spawn(place: Place, config: Config) -> None:
+    import subprocess
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     log = os.open(place.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -335,6 +335,8 @@ def _spawn(place: Place, config: Config) -> None:
 
 
 def _first_line(fd: int) -> str:
+    import select
+
     deadline = time.monotonic() + START_TIMEOUT_S
     data = b""
     while b"\n" not in data:

@@ -7,10 +7,8 @@ Only the user may reach a server: its files live in a folder that is the user's 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 
 from nbtasks.core.errors import NbtasksError
@@ -34,6 +32,8 @@ def place_of(store: str) -> Place:
     store = os.path.abspath(store)
     folder, base = os.path.split(store)
     if not _is_private(folder) or len(os.fsencode(store + ".sock")) > SOCKET_PATH_MAX:
+        import hashlib
+
         base = hashlib.blake2b(os.fsencode(store), digest_size=10).hexdigest()
         folder = private_folder(_runtime_root())
     at = os.path.join(folder, base)
@@ -49,6 +49,8 @@ def _is_private(folder: str) -> bool:
 
 
 def _runtime_root() -> str:
+    import tempfile
+
     return os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
 
 

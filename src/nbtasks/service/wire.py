@@ -6,14 +6,13 @@ snapshots and statuses of subscribed runs, and the final snapshots a trigger-and
 awaits. Pickle is safe here because both ends are processes of the same user (the server
 checks the peer's uid); it carries what dill already made of payloads and functions.
 
-``BUILD`` names the code at both ends: the package version and a hash of its sources. A
+``build()`` names the code at both ends: the package version and a hash of its files. A
 client and a server of different builds refuse each other by name at the hello, so no
 message is ever read by code that does not expect it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import socket
@@ -28,24 +27,28 @@ PUSH = 0
 
 
 def _build() -> str:
+    """The version, and a hash of the package's Python files: names, sizes and times of
+    last change (a stat each: a new install, an edit or another checkout changes it)."""
+    import zlib  # about 0.1 ms to import, where hashlib loads OpenSSL (several ms)
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    digest = hashlib.blake2b(digest_size=8)
+    parts = []
     for folder, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files):
             if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                digest.update(os.path.relpath(path, root).encode())
-                with open(path, "rb") as f:
-                    digest.update(f.read())
-    return f"{VERSION}+{PROTOCOL}.{digest.hexdigest()}"
+                info = os.stat(os.path.join(folder, name))
+                parts.append(f"{os.path.relpath(folder, root)}/{name}:{info.st_size}:"
+                             f"{info.st_mtime_ns};")  # fmt: skip
+    data = "".join(parts).encode()
+    return f"{VERSION}+{PROTOCOL}.{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
 _BUILD: list[str] = []
 
 
 def build() -> str:
-    """This code's build (computed once, on first use: about 2 ms)."""
+    """This code's build (computed once, on first use: about 1 ms)."""
     if not _BUILD:
         _BUILD.append(_build())
     return _BUILD[0]
