@@ -122,7 +122,8 @@ def attach_rows(results: dict[str, Any]) -> list[list[str]]:
         if row and "error" not in row:
             parts = (row["first_result_s"], row["python_s"], row["import_s"], row["answer_s"])
             label = results["systems"][key]["label"]
-            rows.append([label, *(f"{v * 1000:.1f}" for v in parts), str(row["server_pid"])])
+            server = str(row["server_pid"] or "none (in-process engine)")
+            rows.append([label, *(f"{v * 1000:.1f}" for v in parts), server])
     return rows
 
 
@@ -300,6 +301,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         if len(panel.series) > 1:
             ax.legend(fontsize=8)
     w5_panel(axes.flat[len(PANELS)], results.get("w5"))
+    for ax in axes.flat[len(PANELS) + 1 :]:
+        ax.set_axis_off()
     meta = results["meta"]
     fig.suptitle(
         f"nbtasks benchmark: {meta['workers']} workers, {meta['cpu_count']} CPUs, "
