@@ -3,9 +3,10 @@
     python -m bench.kernel_memory --workers 2
 
 RSS (and USS) before ``import nbtasks``, after it, and after the first trigger (which opens
-the store and starts the engine and the workers); then the idle workers' RSS, found as the
-children whose command line has ``nbtasks.executor.local.worker``. Also which top-level
-packages each step imported.
+the store and starts the engine and the workers: with the service, in the store's server);
+then the idle workers' RSS, found as the children of the engine's process whose command
+line has ``nbtasks.executor.local.worker``. Also which top-level packages each step
+imported.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def main() -> int:
     import nbtasks
 
     rss1, uss1, mods1 = snapshot()
+    from bench.systems import nbtasks_engine  # after the snapshot: it imports nbtasks
+
     result: dict[str, Any] = {"rss_before_mib": rss0}
     with tempfile.TemporaryDirectory(prefix="nbtasks-mem-") as tmp:
-        nbtasks.configure(store=os.path.join(tmp, "mem.duckdb"), workers=args.workers)
+        store = os.path.join(tmp, "mem.duckdb")
+        nbtasks.configure(store=store, workers=args.workers)
 
         @nbtasks.task(id="bench-noop")
         def noop(x: Any) -> Any:
@@ -49,13 +53,12 @@ def main() -> int:
         noop.trigger_and_wait(1).unwrap()
         rss2, uss2, mods2 = snapshot()
         time.sleep(1.0)
+        engine = psutil.Process(nbtasks_engine.engine_pid(store))
         workers = [
-            p.pid
-            for p in psutil.Process().children(recursive=True)
-            if WORKER_MARKER in " ".join(p.cmdline())
+            p.pid for p in engine.children(recursive=True) if WORKER_MARKER in " ".join(p.cmdline())
         ]
         result["workers"] = process_memory(workers) if workers else None
-        nbtasks.shutdown()
+        nbtasks_engine.stop()
     result.update(
         {
             "import_rss_mib": rss1 - rss0,

@@ -16,6 +16,10 @@ def _get(key: str) -> Figure:
     return lambda row: row.get(key)
 
 
+def _ms(key: str) -> Figure:
+    return lambda row: None if row.get(key) is None else row[key] * 1000
+
+
 # (workload, column title, figure, unit format, higher is better)
 COLUMNS: list[tuple[str, str, Figure, str, bool]] = [
     ("w1", "W1 tasks/s", _get("tasks_per_s"), "{:,.0f}", True),
@@ -24,6 +28,8 @@ COLUMNS: list[tuple[str, str, Figure, str, bool]] = [
     ("w3", "W3 s", _get("seconds"), "{:.2f}", False),
     ("w4", "W4 s", _get("first_result_s"), "{:.2f}", False),
     ("w6", "W6 worker RSS MiB", _get("rss_mib_mean"), "{:.0f}", False),
+    ("attach", "attach ms", _ms("first_result_s"), "{:.0f}", False),
+    ("attach", "attach after import ms", _ms("answer_s"), "{:.1f}", False),
 ]
 
 
@@ -108,6 +114,19 @@ def w5_rows(w5: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def attach_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Where an attaching process's time goes, per nbtasks row (medians, ms)."""
+    rows = []
+    for key in system_keys(results):
+        row = results["workloads"]["attach"].get(key)
+        if row and "error" not in row:
+            parts = (row["first_result_s"], row["python_s"], row["import_s"], row["answer_s"])
+            label = results["systems"][key]["label"]
+            server = str(row["server_pid"] or "none (in-process engine)")
+            rows.append([label, *(f"{v * 1000:.1f}" for v in parts), server])
+    return rows
+
+
 def kernel_rows(kernel: dict[str, Any]) -> list[list[str]]:
     rows = [
         ["kernel RSS added by `import nbtasks`, MiB", f"{kernel['import_rss_mib']:.1f}"],
@@ -166,6 +185,18 @@ def render(results: dict[str, Any], markdown: bool) -> str:
     out += ["", table(header, rows)]
     if errors:
         out += ["", "Failed:"] + [f"- {e}" for e in errors]
+    attach = attach_rows(results) if "attach" in results["workloads"] else []
+    if attach:
+        out += [
+            "",
+            "Attach, where a fresh process's time goes (medians, ms; the server it reached):",
+            "",
+            table(
+                ["system", "to the answer", "python start", "import nbtasks",
+                 "configure + answer", "server pid"],
+                attach,
+            ),
+        ]  # fmt: skip
     if results.get("w5"):
         out += [
             "",
@@ -215,6 +246,9 @@ PANELS = (
     Panel("w4", "W4: cold start to first result, s", (("", _get("first_result_s")),), log=True),
     Panel("w6", "W6: idle worker memory, MiB each",
           (("RSS", _get("rss_mib_mean")), ("USS", _get("uss_mib_mean")))),
+    Panel("attach", "Attach: a fresh process's first answer from a running server, ms",
+          (("to the answer", _ms("first_result_s")), ("after import", _ms("answer_s"))),
+          log=True),
 )  # fmt: skip
 
 
@@ -236,7 +270,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     keys = system_keys(results)
     labels = [results["systems"][k]["label"] for k in keys]
-    fig, axes = plt.subplots(2, 3, figsize=(17, 10))
+    fig, axes = plt.subplots(2, 4, figsize=(22, 10))
     for ax, panel in zip(axes.flat, PANELS, strict=False):
         ax.set_title(panel.title.format(**sizes(results)), fontsize=10)
         if panel.workload not in results["workloads"]:
@@ -266,7 +300,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
             ax.annotate(f" {label}", (line, 0), xycoords=("data", "axes fraction"), fontsize=7)
         if len(panel.series) > 1:
             ax.legend(fontsize=8)
-    w5_panel(axes.flat[5], results.get("w5"))
+    w5_panel(axes.flat[len(PANELS)], results.get("w5"))
+    for ax in axes.flat[len(PANELS) + 1 :]:
+        ax.set_axis_off()
     meta = results["meta"]
     fig.suptitle(
         f"nbtasks benchmark: {meta['workers']} workers, {meta['cpu_count']} CPUs, "

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import nbtasks
+from bench.systems import nbtasks_engine
 from bench.systems.common import emit, latency_summary
 from nbtasks import AbortRun, BatchItem, runs, task
 
@@ -104,7 +105,7 @@ def fill(args: argparse.Namespace) -> dict[str, Any]:
     }
     picks = iter(random.choices(ids, k=calls))
     result["retrieve"] = timed(lambda: runs.retrieve(next(picks)), calls)
-    nbtasks.shutdown()
+    nbtasks_engine.stop()
     size = store_bytes(args.store)
     result["store_bytes"] = size
     result["bytes_per_run"] = size / total
@@ -119,7 +120,7 @@ def reopen(args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.perf_counter()
     runs.list()
     second = time.perf_counter() - t1
-    nbtasks.shutdown()
+    nbtasks_engine.stop()
     return {"first_list_s": first, "second_list_s": second, "page_len": len(page)}
 
 

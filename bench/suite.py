@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline, report
-from bench.children import REPO, child_env, cold_start, run_module
+from bench.children import REPO, child_env, cold_start, end_servers, run_module
 from bench.systems import BASELINE, BY_KEY, SYSTEMS, System
 
 RESULTS = REPO / "bench" / "results"
-ALL_WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6")
+ALL_WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "attach")
 QUICK_MIN_RATE = 1000.0  # --quick fails below this many nbtasks runs/s (gross regression)
 
 
@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="nbtasks and ProcessPoolExecutor, W1 (1,000 runs) and W2 (100 "
-        "calls) only; exit 1 if nbtasks is below --min-rate runs/s",
+        help="nbtasks and ProcessPoolExecutor, W1 (1,000 runs), W2 (100 calls) and "
+        "attach (3 processes) only; exit 1 if nbtasks is below --min-rate runs/s",
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--w2-calls", type=int, default=200)
     parser.add_argument("--w3-tasks", type=int, default=200)
     parser.add_argument("--w4-repeat", type=int, default=5, help="cold starts, median reported")
+    parser.add_argument(
+        "--attach-repeat", type=int, default=5, help="attaching processes, median reported"
+    )
     parser.add_argument("--w5-runs", type=int, default=100_000)
     parser.add_argument("--w5-chunk", type=int, default=10_000)
     parser.add_argument(
@@ -84,8 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.systems, args.workloads = "nbtasks,pool", "w1,w2"
-        args.w1_tasks, args.w2_calls = 1000, 100
+        args.systems, args.workloads = "nbtasks,pool", "w1,w2,attach"
+        args.w1_tasks, args.w2_calls, args.attach_repeat = 1000, 100, 3
         args.w1_repeat = max(args.w1_repeat, 3)  # best of 3: a guard, not a measurement
     keys = [k for k in args.systems.split(",") if k]
     if set(keys) - set(BY_KEY):
@@ -154,7 +157,7 @@ def summarize(result: dict[str, Any]) -> str:
         ("tasks_per_s", "{:,.0f} tasks/s"),
         ("p50_ms", "p50 {:.2f} ms"),
         ("seconds", "{:.2f} s"),
-        ("first_result_s", "{:.2f} s to first result"),
+        ("first_result_s", "{:.3f} s to first result"),
         ("rss_mib_mean", "{:.0f} MiB RSS per worker"),
     ):
         if key in result:
@@ -297,6 +300,58 @@ def values_for(system: System, args: argparse.Namespace, cwd: Path) -> dict[str,
     return values
 
 
+def run_attach(
+    args: argparse.Namespace, env: dict[str, str], home: Path, start: float, results: dict[str, Any]
+) -> None:
+    """Attach: a fresh ``python -c`` process's first answer (``runs.list(limit=1)``) from a
+    store whose server already runs (in-process engine: a store that no process holds),
+    median of --attach-repeat. The nbtasks rows take turns, one process each, fairly."""
+    from bench.systems.nbtasks_bench import ATTACH, ATTACH_SETUP
+
+    rows = results["workloads"].setdefault("attach", {})
+    systems = [s for s in args.system_list if s.key in ("nbtasks", BASELINE)]
+    setups: dict[str, dict[str, Any]] = {}
+    for system in systems:
+        store = str(Path(tempfile.mkdtemp(dir=home)) / "attach.duckdb")
+        code = string.Template(ATTACH_SETUP).substitute(store=store, workers=args.workers)
+        setup = cold_start(code, system_env(system, env), home, args.timeout, keep_servers=True)
+        setups[system.key] = {**setup, "store": store}
+    runs: dict[str, list[dict[str, Any]]] = {system.key: [] for system in systems}
+    for turn in range(args.attach_repeat):
+        for system in systems if turn % 2 == 0 else systems[::-1]:
+            if "error" in setups[system.key]:
+                continue
+            code = string.Template(ATTACH).substitute(store=setups[system.key]["store"])
+            runs[system.key].append(
+                cold_start(code, system_env(system, env), home, args.timeout, keep_servers=True)
+            )
+    end_servers(env)
+    for system in systems:
+        rows[system.key] = attach_summary(setups[system.key], runs[system.key])
+        log(start, f"attach {system.label}: {summarize(rows[system.key])}")
+
+
+def attach_summary(setup: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The medians of the attaching processes: their whole time to the answer, and its
+    parts (python's start, ``import nbtasks``, configure and answer); an error if one
+    failed, or reached another server than the one running before it."""
+    if "error" in setup:
+        return {"error": f"setting up the store: {setup['error']}"}
+    server = setup["reported"]["server"]
+    for run in runs:
+        if "error" in run:
+            return run
+        if run["reported"]["server"] != server or run["reported"]["runs"] != 1:
+            return {"error": f"an attaching process did not reach server {server}: {run}"}
+    median = {key: statistics.median(r[key] for r in runs) for key in ("first_result_s", "exit_s")}
+    for key in ("import_s", "answer_s"):
+        median[key] = statistics.median(r["reported"][key] for r in runs)
+    median["python_s"] = statistics.median(
+        r["first_result_s"] - r["reported"]["import_s"] - r["reported"]["answer_s"] for r in runs
+    )
+    return {**median, "server_pid": server, "runs": runs}
+
+
 def run_store_scale(
     args: argparse.Namespace, env: dict[str, str], home: Path, start: float, results: dict[str, Any]
 ) -> None:
@@ -433,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         run_session_workloads(args, env, home, start, results)
         if "w4" in args.workload_list:
             run_cold_starts(args, env, home, start, results)
+        if "attach" in args.workload_list and "nbtasks" in args.systems.split(","):
+            run_attach(args, env, home, start, results)
         if "w5" in args.workload_list and "nbtasks" in args.systems.split(","):
             run_store_scale(args, env, home, start, results)
         if "w6" in args.workload_list and "nbtasks" in args.systems.split(","):
@@ -460,7 +517,8 @@ def is_full_run(args: argparse.Namespace) -> bool:
     """Every system and workload at the default sizes, no --baseline: a result worth keeping
     as latest."""
     defaults = vars(parse_args([]))
-    sizes = [k for k in defaults if k.startswith(("w1_", "w2_", "w3_", "w4_", "w5_", "workers"))]
+    prefixes = ("w1_", "w2_", "w3_", "w4_", "w5_", "attach_", "workers")
+    sizes = [k for k in defaults if k.startswith(prefixes)]
     return (
         not args.baseline
         and set(args.workload_list) == set(ALL_WORKLOADS)
