@@ -156,6 +156,8 @@ class Server:
                 engine.watch(fut, run_ids, functools.partial(session.push, "status", cb))
             elif op == "is_waiting":
                 fut.set_result(args[0] in self.waiting_tasks())
+            elif op == "status":  # on the loop: it reads the live runs
+                fut.set_result(self.info())
             elif op == "hello":
                 if args[0].get("build") == wire.build():
                     session.hello = args[0]
@@ -300,10 +302,6 @@ def _require_runs(server: Server, ids: list[str]) -> None:
             engine.require_run(run_id)  # live since, or unknown: raises naming it
 
 
-def _status(server: Server) -> dict[str, Any]:
-    return server.info()
-
-
 def _stop(server: Server) -> int:
     server.stopping.set()
     return os.getpid()
@@ -315,7 +313,6 @@ THREAD_OPS: dict[str, Callable[..., Any]] = {
     "select": _select,
     "put_payloads": _put_payloads,
     "require_runs": _require_runs,
-    "status": _status,
     "stop": _stop,
 }
 
