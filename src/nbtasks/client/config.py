@@ -292,8 +292,7 @@ def task_defined(task: Any) -> None:
 
     Connected to a server, its waiting runs of the task start. Not connected, a task
     defined in ``__main__`` (a notebook or script) connects if the store exists, so runs
-    left waiting start when their task's cell runs again; for a new store, it starts the
-    server in the background, which boots while the notebook goes on to trigger."""
+    left waiting start when their task's cell runs again."""
     if _context.IN_WORKER:
         return
     engine = _engine
@@ -301,11 +300,8 @@ def task_defined(task: Any) -> None:
         if block(engine.call("is_waiting", task.id)):
             deploy(engine, task)
         return
-    if getattr(task, "__module__", None) != "__main__":
-        return
-    if not os.path.exists(store_path()):  # a new store: its server boots while the
-        prelaunch()  # notebook or script goes on to its first trigger
-        return
+    if getattr(task, "__module__", None) != "__main__" or not os.path.exists(store_path()):
+        return  # (a new store's server starts at the first trigger: the store may change)
     try:
         get_engine()
     except NbtasksError as exc:  # e.g. the store is held by another program
