@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import nbtasks
+from nbtasks.client import config
 
 # The driver's tasks (fault_tasks), imported by drive() only: the verifying process must not
 # define them, or it would start the runs recovery left waiting for their task.
@@ -119,7 +120,7 @@ def verify(store: str) -> None:
     """Open the store through nbtasks, so recovery runs, and close it cleanly."""
     nbtasks.configure(store=store, workers=1)
     nbtasks.runs.list(limit=1)
-    nbtasks.shutdown()
+    config.shutdown(stop_server=True)  # the store's server closes it
     print("recovered", flush=True)
 
 

@@ -18,6 +18,7 @@ import pytest
 
 import nbtasks
 from nbtasks import RunStatus, task
+from nbtasks.service.client import server_pid
 
 import crashers
 from conftest import wait_for
@@ -220,15 +221,18 @@ def test_an_attempt_ends_with_its_processes(nb: object, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("escape", ESCAPES)
-def test_kernel_death_kills_descendants_that_left_the_group(tmp_path: Path, escape: str) -> None:
+def test_server_death_kills_descendants_that_left_the_group(tmp_path: Path, escape: str) -> None:
+    """A kernel SIGKILLed leaves its run running; its store's server SIGKILLed takes the
+    run's process tree with it, even the processes that left the worker's group."""
     pid_file = tmp_path / "escaped.pid"
+    store = str(tmp_path / "s.duckdb")
     script = tmp_path / "kernel.py"
     script.write_text(
         textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import nbtasks, crashers
-        nbtasks.configure(store={str(tmp_path / "s.duckdb")!r}, workers=1)
+        nbtasks.configure(store={store!r}, workers=1)
         crashers.{escape}.trigger({str(pid_file)!r})
         time.sleep(300)
     """)
@@ -240,7 +244,10 @@ def test_kernel_death_kills_descendants_that_left_the_group(tmp_path: Path, esca
     finally:
         kernel.send_signal(signal.SIGKILL)
         kernel.wait()
-    assert wait_for(lambda: not _alive(pid), "the escaped process to die with the kernel", 15)
+    server = psutil.Process(server_pid(store))
+    assert _alive(pid)  # the run goes on without its kernel
+    server.send_signal(signal.SIGKILL)
+    assert wait_for(lambda: not _alive(pid), "the escaped process to die with the server", 15)
 
 
 def test_a_sent_ahead_run_canceled_is_never_executed(nb: object, tmp_path: Path) -> None:
