@@ -95,6 +95,33 @@ def nb(store_path: str) -> Iterator[object]:
     config.shutdown(stop_server=True)
 
 
+@pytest.fixture
+def served(store_path: str) -> Iterator[Any]:
+    """nbtasks with a fresh store whose server runs in this process, on threads of its
+    own, with two workers: for tests that look inside the engine, its dispatch or its
+    store (``served.engine``) while this process uses it over the socket, as any client
+    does. Yields the ``service.host.Server``."""
+    from nbtasks.service.host import Server
+    from nbtasks.service.places import place_of
+    from nbtasks.service.server import listen, take_lock
+    from nbtasks.store.files import make_store_folder
+
+    nbtasks.configure(store=store_path, workers=2)
+    settings = config.server_config()
+    make_store_folder(os.path.dirname(store_path))
+    place = place_of(store_path)
+    lock = take_lock(place)
+    assert lock is not None
+    server = Server(settings, place, listen(place), [])
+    try:
+        yield server
+    finally:
+        config.shutdown()  # disconnect: the server is this process's to close
+        server.close()
+        os.unlink(place.socket)
+        os.close(lock)
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_workers() -> Iterator[None]:
     """Every test must leave no worker process of this process behind: the server it

@@ -36,6 +36,7 @@ def _pid_from(path: Path) -> int:
 
 
 def _workers() -> set[int]:
+    """The worker processes of the server that runs in this process (``served``)."""
     me = psutil.Process()
     return {
         p.pid for p in me.children() if "nbtasks.executor.local.worker" in " ".join(p.cmdline())
@@ -68,7 +69,7 @@ def _max_overlap(runs: list[nbtasks.Run]) -> int:
 
 
 def test_thousands_of_quick_runs_each_execute_once_on_the_same_two_workers(
-    nb: object, tmp_path: Path
+    served: object, tmp_path: Path
 ) -> None:
     """I1 and I2 under send-ahead and take-back: a side-effect log shows every run's body
     exactly once, and no worker was killed and replaced."""

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from nbtasks import BatchItem, runs
-from nbtasks.client.config import engine
 from nbtasks.engine.state import utcnow
 from nbtasks.store.schema import RUN_UPDATE_COLUMNS
 
@@ -41,7 +40,7 @@ FILTERS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("recent", [2000, 25, 1, 0])
 def test_a_listing_shows_what_a_fold_would_write(
-    nb: object, monkeypatch: pytest.MonkeyPatch, recent: int
+    served: Any, monkeypatch: pytest.MonkeyPatch, recent: int
 ) -> None:
     """With folds held off, runs created, updated and finished since the last fold live
     only in the journal; each filter lists the same page before and after the fold,
@@ -50,7 +49,7 @@ def test_a_listing_shows_what_a_fold_would_write(
     add.batch_trigger_and_wait([{"a": i, "b": 0} for i in range(30)])  # folded: in the tables
     delayed = [echo.trigger(i, delay="1h", tags=["odd"]) for i in range(4)]
     runs.cancel(delayed[2].id)  # (a read: it folds)
-    engine().store.fold()
+    served.engine.store.fold()
     monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)
     monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
     echo.batch_trigger_and_wait(
@@ -59,7 +58,7 @@ def test_a_listing_shows_what_a_fold_would_write(
     add.batch_trigger_and_wait([{"a": i, "b": 1} for i in range(10)])  # updated since
     always_fail.trigger_and_wait(None)
     echo.trigger(1, delay="1h", tags=["odd"])
-    store = engine().store
+    store = served.engine.store
     for handle in delayed[:2]:  # runs in the tables, updated only in the journal
         runs.reschedule(handle.id, 0)
     status = RUN_UPDATE_COLUMNS.index("status")
@@ -82,9 +81,9 @@ def test_a_listing_shows_what_a_fold_would_write(
     assert sum(len(p) for p in before) > 100  # the filters did select runs
 
 
-def test_a_listing_never_waits_for_a_fold(nb: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_listing_never_waits_for_a_fold(served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     echo.trigger_and_wait(0)
-    store = engine().store
+    store = served.engine.store
     store.fold()
     inside, release = threading.Event(), threading.Event()
     write_tables = store._write_tables

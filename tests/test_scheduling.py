@@ -193,30 +193,28 @@ def test_a_run_sent_ahead_moves_to_a_worker_that_frees_up(nb: object) -> None:
     long.cancel()
 
 
-def _sent_ahead() -> dict[int, int]:
+def _sent_ahead(served: Any) -> dict[int, int]:
     """How many runs each worker (by pid) holds sent ahead, read on the engine's loop."""
-    from nbtasks.client.config import get_engine
-
-    eng = get_engine()
+    eng = served.engine
     lengths: dict[int, int] = eng.call(
         lambda fut: fut.set_result({w.pid: len(w.ahead) for w in eng.dispatch.workers.values()})
     ).result(10)
     return lengths
 
 
-def _busy_workers_with_quick_runs_ahead() -> tuple[list[Any], list[Any]]:
+def _busy_workers_with_quick_runs_ahead(served: Any) -> tuple[list[Any], list[Any]]:
     """Both workers sleeping, with quick runs sent several deep to each."""
     add.batch_trigger_and_wait([{"a": i, "b": 0} for i in range(40)])  # attempts look quick
     busy = [sleep_for.trigger(1.0) for _ in range(2)]
     for handle in busy:
         wait_for(has_status(handle.id, RunStatus.EXECUTING), "the sleeping run to execute")
     quick = [add.trigger({"a": i, "b": 100}) for i in range(8)]
-    assert max(_sent_ahead().values()) > 1
+    assert max(_sent_ahead(served).values()) > 1
     return busy, quick
 
 
-def test_canceling_a_run_deep_in_a_workers_queue_skips_only_that_one(nb: object) -> None:
-    busy, quick = _busy_workers_with_quick_runs_ahead()
+def test_canceling_a_run_deep_in_a_workers_queue_skips_only_that_one(served: Any) -> None:
+    busy, quick = _busy_workers_with_quick_runs_ahead(served)
     quick[3].cancel()
     results = [h.wait(timeout=10) for h in quick]
     assert [r.status for r in results] == [RunStatus.COMPLETED] * 3 + [RunStatus.CANCELED] + [
@@ -236,9 +234,9 @@ def test_canceling_a_run_deep_in_a_workers_queue_skips_only_that_one(nb: object)
     assert add.trigger_and_wait({"a": 2, "b": 2}).unwrap() == 4  # the workers carry on
 
 
-def test_runs_sent_ahead_to_a_worker_that_dies_run_elsewhere(nb: object) -> None:
-    busy, quick = _busy_workers_with_quick_runs_ahead()
-    ahead = _sent_ahead()
+def test_runs_sent_ahead_to_a_worker_that_dies_run_elsewhere(served: Any) -> None:
+    busy, quick = _busy_workers_with_quick_runs_ahead(served)
+    ahead = _sent_ahead(served)
     victim = max(ahead, key=lambda pid: ahead[pid])  # the worker holding the most
     on_victim = [h for h in busy if runs.retrieve(h.id).attempts[0].pid == victim]
     others = [h for h in busy if h not in on_victim]
