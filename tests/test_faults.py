@@ -62,7 +62,7 @@ def test_no_acknowledged_run_is_lost_and_recovery_is_consistent(
     assert sum(t.acked for t in done) > 0  # the kills came after runs were acknowledged
 
 
-# A kernel killed while a fold is under way: the writer has swapped the journal files and
+# A server killed while a fold is under way: the writer has swapped the journal files and
 # writes the older one's frames to the tables (here it never finishes), while commits go on
 # in the newer one; the run completed after the swap has its COMPLETED frame there.
 FOLD_UNDER_WAY = """
@@ -78,8 +78,15 @@ def write_tables(self, batches, last_seq):
 
 store.Store._write_tables = write_tables
 from fault_tasks import nap
+from nbtasks.client import config
+from nbtasks.service.host import Server
+from nbtasks.service.places import place_of
+from nbtasks.service.server import listen, take_lock
 
 nbtasks.configure(store=sys.argv[1], workers=2)
+place = place_of(sys.argv[1])  # the store's server runs in this process, killed with it
+lock = take_lock(place)  # held until the process dies
+server = Server(config.server_config(), place, listen(place), [])
 batch = nap.batch_trigger([0.5] * 4)
 assert folding.wait(15)  # no commit for 0.1 s: the writer folds the older file
 result = batch.runs[0].wait(15)  # (still live: a wait that reads would wait for the fold)
