@@ -1,4 +1,5 @@
-"""The DuckDB store: file, schema, durability, locking, location and task versions."""
+"""The DuckDB store: file, schema, durability, sharing and locking, location and task
+versions."""
 
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ import pytest
 
 import nbtasks
 from nbtasks import Task, runs
+from nbtasks.client import config
 from nbtasks.client.config import default_store_path
 from nbtasks.client.config import store_path as effective_store_path
 from nbtasks.core.errors import NbtasksError
+from nbtasks.service.client import connect, server_pid
+from nbtasks.service.settings import Config
 from nbtasks.store.journal import Batch, JournalFile
 from nbtasks.store.schema import ATTEMPT_COLUMNS, RUN_COLUMNS, RUN_UPDATE_COLUMNS, SCHEMA_VERSION
 from nbtasks.store.store import Store
 
-from conftest import PYTHONPATH, run_script
+from conftest import PYTHONPATH, run_script, start_script, wait_for
 from tasks import add, succeed_on_third
 
 TESTS = Path(__file__).resolve().parent
@@ -38,7 +42,7 @@ TIMEOUT = 30.0  # upper bound for a subprocess; never part of an assertion
 
 @contextmanager
 def open_store(path: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The store file opened read-only with plain duckdb (after the engine let go of it)."""
+    """The store file opened read-only with plain duckdb (after its server stopped)."""
     conn = duckdb.connect(str(path), read_only=True)
     try:
         conn.execute("SET TimeZone = 'UTC'")
@@ -71,12 +75,26 @@ def real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def stop_server(store: str | Path) -> None:
+    """Stop the server of ``store`` if one runs, and wait until it is gone: it committed
+    and closed the store, so the file alone holds everything."""
+    try:
+        engine = connect(Config(store=str(store)), "test", start=False)
+    except NbtasksError:
+        return  # none runs (it stopped when idle, and closed the store then)
+    try:
+        config.stop(engine)
+    finally:
+        engine.close()
+    assert server_pid(str(store)) is None
+
+
 # --------------------------------------------------------------------------- file and schema
 
 
 def test_store_file_and_schema(nb: object, store_path: str) -> None:
     assert add.trigger_and_wait({"a": 1, "b": 2}).output == 3
-    nbtasks.shutdown()
+    config.shutdown(stop_server=True)  # the server commits and closes the store
 
     assert os.path.isfile(store_path)
     with open_store(store_path) as conn:
@@ -94,9 +112,16 @@ def test_store_file_and_schema(nb: object, store_path: str) -> None:
 # --------------------------------------------------------------------------- durability
 
 
-def test_a_triggered_run_is_in_the_file_without_waiting(nb: object, store_path: str) -> None:
+def test_a_triggered_run_is_stored_at_once_and_in_the_file_once_its_server_stops(
+    nb: object, store_path: str
+) -> None:
     handle = add.trigger({"a": 4, "b": 5}, tags=["durable"])
-    nbtasks.shutdown()
+    # stored before trigger returned: the store, read through its server, has it
+    ((task_id, tags),) = runs.sql(
+        "SELECT task_id, tags FROM runs WHERE id = ?", [handle.id]
+    ).fetchall()
+    assert (task_id, tags) == ("add", ["durable"])
+    config.shutdown(stop_server=True)  # without waiting for the run
 
     with open_store(store_path) as conn:
         row = conn.execute(
@@ -116,7 +141,7 @@ def test_trigger_and_wait_leaves_the_final_state_in_the_file(nb: object, store_p
     simple = add.trigger_and_wait({"a": 1, "b": 1})
     retried = succeed_on_third.trigger_and_wait(None)
     assert simple.ok and retried.ok
-    nbtasks.shutdown()
+    config.shutdown(stop_server=True)
 
     with open_store(store_path) as conn:
         status, count, output = conn.execute(
@@ -154,45 +179,67 @@ def test_trigger_and_wait_leaves_the_final_state_in_the_file(nb: object, store_p
         assert simple_attempt == (1, "COMPLETED")
 
 
-def test_what_trigger_returned_survives_a_hard_exit(tmp_path: Path) -> None:
-    """``trigger`` returns once the run is stored: a kernel dying right after loses nothing."""
-    proc = run_script(
-        """
-        import os
-        import nbtasks.store.store
-        from nbtasks import task
+SERVER_THAT_NEVER_FOLDS = """
+import sys
+import nbtasks.store.store as store_module
+from nbtasks.cli import main
 
-        store_module = nbtasks.store.store
-        store_module.FOLD_IDLE_S = store_module.FOLD_MAX_AGE_S = 600  # no fold before the exit
+store_module.FOLD_IDLE_S = store_module.FOLD_MAX_AGE_S = 600  # commits stay in the journal
+main(["--store", sys.argv[1], "server", "start", "--workers", "2"])
+"""
 
-        @task
-        def slow(p):
-            import time
-            time.sleep(p)
 
-        @task
-        def quick(p):
-            return p * 10
+def test_what_trigger_returned_survives_a_hard_kill_of_the_kernel_and_the_server(
+    tmp_path: Path,
+) -> None:
+    """``trigger`` returns once the run is committed: a kernel dying right after, and its
+    store's server SIGKILLed, lose nothing of it."""
+    store = tmp_path / "hard.duckdb"
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_THAT_NEVER_FOLDS, str(store)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: server_pid(str(store)) == server.pid, "the server to serve the store")
+        proc = run_script(
+            """
+            import os
+            from nbtasks import task
+            from nbtasks.client import config
 
-        done = quick.trigger_and_wait(4)
-        pending = slow.trigger(60)
-        print(done.id, pending.id, flush=True)
-        os._exit(0)  # no shutdown, no atexit: the kernel is killed
-        """,
-        tmp_path,
-        env={"JPY_SESSION_NAME": "", "NBTASKS_STORE": str(tmp_path / "hard.duckdb")},
-        timeout=TIMEOUT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    done_id, pending_id = proc.stdout.split()
-    journal = tmp_path / "hard.duckdb.journal"  # what the dead process left there
+            @task
+            def slow(p):
+                import time
+                time.sleep(p)
+
+            @task
+            def quick(p):
+                return p * 10
+
+            done = quick.trigger_and_wait(4)
+            pending = slow.trigger(60)
+            print(done.id, pending.id, config.engine().info["pid"], flush=True)
+            os._exit(0)  # no shutdown, no atexit: the kernel is killed
+            """,
+            tmp_path,
+            env={"JPY_SESSION_NAME": "", "NBTASKS_STORE": str(store)},
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        done_id, pending_id, served_by = proc.stdout.split()
+        assert int(served_by) == server.pid  # the script used the server started here
+    finally:
+        server.kill()  # SIGKILL: no stop, no commit, no close
+        server.wait(TIMEOUT)
+    journal = tmp_path / "hard.duckdb.journal"  # what the dead server left there
     assert journal.stat().st_size > 0
-    with open_store(tmp_path / "hard.duckdb") as conn:
+    with open_store(store) as conn:
         found = conn.execute("SELECT count(*) FROM runs WHERE id = ?", [pending_id]).fetchone()
         assert found == (0,)  # not folded into the tables yet
-    Store(str(tmp_path / "hard.duckdb"), lambda ticket, error: None).close()  # folds it
+    Store(str(store), lambda ticket, error: None).close()  # folds it
     assert not journal.exists()
-    with open_store(tmp_path / "hard.duckdb") as conn:
+    with open_store(store) as conn:
         status, output = conn.execute(
             "SELECT status, output FROM runs WHERE id = ?", [done_id]
         ).fetchone()
@@ -207,16 +254,20 @@ def test_what_trigger_returned_survives_a_hard_exit(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- locking
 
 
-def test_a_store_in_use_by_another_process_raises_store_locked_error(
-    nb: object, store_path: str
-) -> None:
-    assert add.trigger_and_wait({"a": 1, "b": 1}).ok  # this process holds the store now
+def test_two_processes_on_one_store_share_its_server(nb: object, store_path: str) -> None:
+    mine = add.trigger_and_wait({"a": 1, "b": 1})
+    assert mine.ok  # this process's server serves the store now
+    served_by = config.engine().info["pid"]
     code = textwrap.dedent(
         f"""
         import sys
         sys.path.insert(0, {str(TESTS)!r})
+        from nbtasks import runs
+        from nbtasks.client import config
         from tasks import add
-        add.trigger({{"a": 1, "b": 2}})
+        theirs = add.trigger_and_wait({{"a": 1, "b": 2}})
+        print(theirs.id, theirs.output, config.engine().info["pid"])
+        print(runs.retrieve({mine.id!r}).output)  # this process's run, seen from there
         """
     )
     proc = subprocess.run(
@@ -231,19 +282,86 @@ def test_a_store_in_use_by_another_process_raises_store_locked_error(
         text=True,
         timeout=TIMEOUT,
     )
-    assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("nbtasks.StoreLockedError: ")
-    assert store_path in last
-    assert f"process {os.getpid()} " in last
-    assert "NBTASKS_STORE" in last
-    assert "configure(store=" in last
-    # one clean error: no DuckDB exception, chained or not
-    assert "IOException" not in proc.stderr
-    assert "During handling of the above exception" not in proc.stderr
-    assert "The above exception was the direct cause" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "StoreLockedError" not in proc.stderr and "NbtasksWarning" not in proc.stderr
+    (their_id, their_output, their_server), (seen_output,) = (
+        line.split() for line in proc.stdout.splitlines()
+    )
+    assert (their_output, int(their_server), seen_output) == ("3", served_by, "2")
+    assert runs.retrieve(their_id).output == 3  # their run, seen from here: one store
+    assert {r.id for r in runs.list()} == {mine.id, their_id}
 
-    # the holder is unaffected
+    # this process is unaffected
+    assert add.trigger_and_wait({"a": 2, "b": 2}).output == 4
+    assert config.engine().info["pid"] == served_by
+
+
+HOLDER = """
+import sys
+import duckdb
+
+conn = duckdb.connect(sys.argv[1])  # a program other than nbtasks holds the store file
+print("held", flush=True)
+sys.stdin.readline()
+conn.close()
+"""
+
+
+def test_a_store_held_by_another_program_raises_store_locked_error_naming_it(
+    nb: object, store_path: str, tmp_path: Path
+) -> None:
+    assert add.trigger_and_wait({"a": 1, "b": 1}).ok
+    config.shutdown(stop_server=True)  # the store exists, no server holds it
+    (tmp_path / "holder.py").write_text(HOLDER)
+    holder = subprocess.Popen(
+        [sys.executable, str(tmp_path / "holder.py"), store_path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
+    )  # fmt: skip
+    try:
+        assert _readline(holder, TIMEOUT) == "held\n"
+        code = textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(TESTS)!r})
+            from tasks import add
+            add.trigger({{"a": 1, "b": 2}})
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            env={
+                **os.environ,
+                "NBTASKS_STORE": store_path,
+                "NBTASKS_WORKERS": "2",
+                "PYTHONPATH": PYTHONPATH,
+            },
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("nbtasks.StoreLockedError: "), proc.stderr
+        assert store_path in last
+        assert f"process {holder.pid} " in last and "holder.py" in last  # by pid and command
+        assert "NBTASKS_STORE" in last
+        assert "configure(store=" in last
+        # one clean error: no DuckDB exception, chained or not
+        assert "IOException" not in proc.stderr
+        assert "During handling of the above exception" not in proc.stderr
+        assert "The above exception was the direct cause" not in proc.stderr
+
+        with pytest.raises(nbtasks.StoreLockedError, match=f"process {holder.pid} "):
+            add.trigger({"a": 1, "b": 2})  # in this process too
+        assert server_pid(store_path) is None  # no server was left behind
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("done\n")
+        holder.stdin.flush()
+        holder.wait(TIMEOUT)
+
+    # once the other program let go, the store opens
     assert add.trigger_and_wait({"a": 2, "b": 2}).output == 4
 
 
@@ -260,22 +378,54 @@ def fresh_config(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_default_store_is_one_per_notebook_in_the_working_directory(
+def test_default_store_is_one_per_folder_whatever_the_notebook(
     fresh_config: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     fresh_config.chdir(tmp_path)
     fresh_config.setenv("JPY_SESSION_NAME", "/some/dir/analysis.ipynb")
-    expected = str(real(tmp_path) / ".nbtasks" / "analysis.duckdb")
+    expected = str(real(tmp_path) / ".nbtasks" / "runs.duckdb")
     assert default_store_path() == expected
     assert effective_store_path() == expected
 
     fresh_config.setenv("JPY_SESSION_NAME", "/else/where/My Report (v2).ipynb")
-    other = default_store_path()
-    assert Path(other).parent == real(tmp_path) / ".nbtasks"
-    assert other != expected and other.endswith(".duckdb")
+    assert default_store_path() == expected  # another notebook, the same folder
+    fresh_config.delenv("JPY_SESSION_NAME")
+    assert default_store_path() == expected  # a script
+
+    (tmp_path / "elsewhere").mkdir()
+    fresh_config.chdir(tmp_path / "elsewhere")
+    assert default_store_path() == str(real(tmp_path) / "elsewhere" / ".nbtasks" / "runs.duckdb")
 
 
-def test_default_store_for_a_script(fresh_config: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_per_notebook_store_of_earlier_versions_opens_with_configure(
+    fresh_config: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fresh_config.chdir(tmp_path)
+    old = real(tmp_path) / ".nbtasks" / "analysis.duckdb"  # as earlier versions named it
+    nbtasks.configure(store=old, workers=2)
+    earlier = add.trigger_and_wait({"a": 20, "b": 1})
+    config.shutdown(stop_server=True)
+
+    fresh_config.setitem(nbtasks.client.config._settings, "store", None)
+    fresh_config.setenv("JPY_SESSION_NAME", "/some/dir/analysis.ipynb")
+    assert [r.id for r in runs.list()] == []  # the folder's store is another one
+    config.shutdown(stop_server=True)
+    nbtasks.configure(store=".nbtasks/analysis.duckdb")  # chosen, it opens as it is
+    assert effective_store_path() == str(old)
+    assert runs.retrieve(earlier.id).output == 21
+    later = add.trigger_and_wait({"a": 1, "b": 1})  # and takes new runs
+    assert later.output == 2
+    assert sorted(r.id for r in runs.list()) == sorted([earlier.id, later.id])
+    config.shutdown(stop_server=True)
+    assert sorted(p.name for p in old.parent.glob("*.duckdb")) == [
+        "analysis.duckdb",
+        "runs.duckdb",
+    ]
+
+
+def test_default_store_for_scripts_is_their_folders(
+    fresh_config: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     fresh_config.delenv("JPY_SESSION_NAME", raising=False)
     proc = run_script(
         """
@@ -286,16 +436,32 @@ def test_default_store_for_a_script(fresh_config: pytest.MonkeyPatch, tmp_path: 
         def inc(p):
             return p + 1
 
-        print(default_store_path())
-        print(inc.trigger_and_wait(1).unwrap())
+        done = inc.trigger_and_wait(1)
+        print(default_store_path(), done.output, done.id)
         """,
         tmp_path,
         timeout=TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr
-    expected = real(tmp_path) / ".nbtasks" / "script.duckdb"
-    assert proc.stdout.split() == [str(expected), "2"]
+    expected = real(tmp_path) / ".nbtasks" / "runs.duckdb"
+    where, output, first_id = proc.stdout.split()
+    assert (where, output) == (str(expected), "2")
     assert expected.is_file()
+
+    other = start_script(  # another script in the folder: the same store
+        """
+        from nbtasks import runs
+        from nbtasks.client.config import default_store_path
+
+        print(default_store_path(), *(r.id for r in runs.list()))
+        """,
+        tmp_path,
+        name="other.py",
+    )
+    out, err = other.communicate(timeout=TIMEOUT)
+    assert other.returncode == 0, err
+    assert out.split() == [str(expected), first_id]
+    assert sorted(p.name for p in expected.parent.glob("*.duckdb")) == ["runs.duckdb"]
 
 
 def test_configure_and_environment_override_the_default(
@@ -325,7 +491,7 @@ def test_store_from_the_environment_is_used(
     fresh_config.setenv("NBTASKS_STORE", str(from_env))
     nbtasks.configure(workers=2)
     result = add.trigger_and_wait({"a": 1, "b": 1})
-    nbtasks.shutdown()
+    config.shutdown(stop_server=True)
     with open_store(from_env) as conn:
         assert conn.execute("SELECT id FROM runs").fetchall() == [(result.id,)]
     assert not (tmp_path / ".nbtasks").exists()
@@ -371,19 +537,21 @@ def test_bad_workers_in_the_environment_fail_at_first_use(
 NOTEBOOK = """
 import json, sys
 from nbtasks import runs, task
+from nbtasks.client import config
 
 @task
 def square(p):
     return p * p
 
-first = square.trigger(1)  # opens this notebook's store
+first = square.trigger(1)  # reaches the folder's store, through its server
 print("open", flush=True)
-sys.stdin.readline()  # the test says go once both stores are open
+sys.stdin.readline()  # the test says go once both notebooks reached it
 batch = square.batch_trigger_and_wait([2, 3, 4])
 print(json.dumps({
     "outputs": [first.wait(timeout=30).output, *batch.outputs],
     "mine": sorted([first.id, *(r.id for r in batch)]),
     "listed": sorted(r.id for r in runs.list(limit=100)),
+    "server": config.engine().info["pid"],
 }), flush=True)
 """
 
@@ -395,7 +563,7 @@ def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
-def test_two_notebooks_in_one_folder_use_two_stores_at_once(tmp_path: Path) -> None:
+def test_two_notebooks_in_one_folder_share_its_store_at_once(tmp_path: Path) -> None:
     script = tmp_path / "notebook.py"
     script.write_text(NOTEBOOK)
     env = {k: v for k, v in os.environ.items() if k != "NBTASKS_STORE"}
@@ -416,7 +584,7 @@ def test_two_notebooks_in_one_folder_use_two_stores_at_once(tmp_path: Path) -> N
         for proc in procs:
             line = _readline(proc, TIMEOUT)
             assert line == "open\n", proc.stderr.read() if proc.stderr else line
-        for proc in procs:  # both stores are open: now run both at once
+        for proc in procs:  # both reached the store: now run both at once
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
@@ -431,19 +599,20 @@ def test_two_notebooks_in_one_folder_use_two_stores_at_once(tmp_path: Path) -> N
     for proc, (out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         reports.append(json.loads(out))
+    first, second = reports
     for report in reports:
         assert report["outputs"] == [1, 4, 9, 16]
-        assert report["listed"] == report["mine"]  # each store holds only its own runs
-    assert not set(reports[0]["mine"]) & set(reports[1]["mine"])
+        assert set(report["mine"]) <= set(report["listed"])  # one store holds both's runs
+    assert first["server"] == second["server"]  # served by one server
+    both = sorted([*first["mine"], *second["mine"]])
+    assert len(set(both)) == 8  # each notebook's own runs, none shared
+    assert first["listed"] == both or second["listed"] == both  # the later one saw all
     stores = real(tmp_path) / ".nbtasks"
-    assert sorted(p.name for p in stores.glob("*.duckdb")) == [
-        "first_nb.duckdb",
-        "second_nb.duckdb",
-    ]
-    for name, report in zip(("first_nb", "second_nb"), reports, strict=True):
-        with open_store(stores / f"{name}.duckdb") as conn:
-            stored = sorted(r[0] for r in conn.execute("SELECT id FROM runs").fetchall())
-        assert stored == report["mine"]
+    assert sorted(p.name for p in stores.glob("*.duckdb")) == ["runs.duckdb"]
+    stop_server(stores / "runs.duckdb")
+    with open_store(stores / "runs.duckdb") as conn:
+        stored = sorted(r[0] for r in conn.execute("SELECT id FROM runs").fetchall())
+    assert stored == both
 
 
 # --------------------------------------------------------------------------- versions
@@ -485,7 +654,7 @@ def test_task_versions(nb: object, store_path: str) -> None:
     assert {r.id for r in runs.list(version=v1)} == {r1.id, r2.id, r3.id}
     assert [r.id for r in runs.list(version=f"{day}.2")] == [r4.id]
     assert [r.id for r in runs.list(version=v1, task="other")] == []
-    nbtasks.shutdown()
+    config.shutdown(stop_server=True)
 
     with open_store(store_path) as conn:
         rows = conn.execute(
@@ -508,9 +677,10 @@ def test_a_new_store_records_the_versions_of_its_runs(tmp_path: Path) -> None:
     one, two = tmp_path / "one.duckdb", tmp_path / "two.duckdb"
     nbtasks.configure(store=one, workers=2)
     first = defined.trigger_and_wait(1)
-    nbtasks.configure(store=two, workers=2)
+    nbtasks.configure(store=two, workers=2)  # the server of one goes on
     second = defined.trigger_and_wait(1)
-    nbtasks.shutdown()
+    config.shutdown(stop_server=True)
+    stop_server(one)
 
     for path, result in ((one, first), (two, second)):
         with open_store(path) as conn:
@@ -526,11 +696,7 @@ def test_a_run_left_queued_by_a_dead_kernel_is_not_waited_on_as_final(tmp_path: 
     proc = run_script(
         """
         import os
-        import nbtasks.store.store
         from nbtasks import task
-
-        store_module = nbtasks.store.store
-        store_module.FOLD_IDLE_S = store_module.FOLD_MAX_AGE_S = 600  # no fold before the exit
 
         @task
         def slow(p):
@@ -549,7 +715,7 @@ def test_a_run_left_queued_by_a_dead_kernel_is_not_waited_on_as_final(tmp_path: 
     assert proc.returncode == 0, proc.stderr
     waiting_id = proc.stdout.strip()
 
-    nbtasks.configure(store=path, workers=2)  # a new kernel opens the store
+    nbtasks.configure(store=path, workers=1)  # a new kernel reaches the store's server
     run = runs.retrieve(waiting_id)
     assert run.attempt_count == 0
     assert not run.is_final  # it never executed: nothing ended it

@@ -20,6 +20,10 @@ import msgspec
 import pytest
 
 from nbtasks import runs
+from nbtasks.client import config
+from nbtasks.core.errors import NbtasksError
+from nbtasks.service.client import connect, server_pid
+from nbtasks.service.settings import Config
 from nbtasks.store.journal import JournalError
 from nbtasks.store.schema import RUN_COLUMNS
 from nbtasks.store.store import Store
@@ -237,8 +241,9 @@ def test_rows_the_tables_cannot_take_are_refused_and_nothing_of_them_is_written(
 def test_opening_a_store_with_a_planted_journal_from_a_notebook_runs_no_code(
     tmp_path: Path,
 ) -> None:
-    """As reported: defining a task in ``__main__`` opens the store beside it."""
-    path = tmp_path / ".nbtasks" / "script.duckdb"
+    """As reported: defining a task in ``__main__`` opens the folder's store (its server
+    does), and a trigger starts that server."""
+    path = tmp_path / ".nbtasks" / "runs.duckdb"
     folded = _store_with_runs(path)
     marker = tmp_path / "code-ran"
     journal = Path(str(path) + ".journal")
@@ -263,8 +268,12 @@ def test_opening_a_store_with_a_planted_journal_from_a_notebook_runs_no_code(
     assert done.returncode == 0, done.stderr
     assert not marker.exists()
     assert 0 <= folded < 50  # the planted frames include the one that follows on
-    assert done.stdout.startswith("refused: frame"), done.stdout
+    # the server refuses to open the store, and the trigger says why
+    assert done.stdout.startswith("refused: "), done.stdout
+    assert f"frame {folded + 1} of the journal" in done.stdout
+    assert "not nbtasks data" in done.stdout
     assert str(journal) in done.stdout
+    assert _runs_in(path) == [("run_a",)]  # the store is left as it was
 
 
 def test_a_journal_that_is_not_yours_or_others_can_write_is_refused(tmp_path: Path) -> None:
@@ -292,19 +301,38 @@ def test_a_journal_that_is_not_yours_or_others_can_write_is_refused(tmp_path: Pa
 
 # --------------------------------------------------------------------------- private files
 
+
+def _stop_server(store: Path) -> None:
+    """Stop the server of ``store`` if one runs (it may have stopped, idle) and wait until
+    it is gone."""
+    try:
+        engine = connect(Config(store=str(store)), "test", start=False)
+    except NbtasksError:
+        return
+    try:
+        config.stop(engine)
+    finally:
+        engine.close()
+    assert server_pid(str(store)) is None
+
+
 _MODES = """
 import json, os, sys
-os.umask(int(sys.argv[1], 8))
+os.umask(int(sys.argv[1], 8))  # the server this script starts inherits it
 import nbtasks
+from nbtasks.client import config
+from nbtasks.service.places import place_of
 
 @nbtasks.task
 def inc(p):
     return p + 1
 
 root = os.path.join(os.getcwd(), "made")
-nbtasks.configure(store=os.path.join(root, "deep", "store.duckdb"), workers=1)
+store = os.path.join(root, "deep", "store.duckdb")
+nbtasks.configure(store=store, workers=1)
 inc.batch_trigger_and_wait(list(range(50)))
 nbtasks.runs.list()  # a fold: DuckDB's WAL is there now
+place = place_of(store)  # where the server's own files are
 
 
 def modes():
@@ -313,11 +341,16 @@ def modes():
         for name in dirs + files:
             path = os.path.join(folder, name)
             found[os.path.relpath(path, root)] = oct(os.lstat(path).st_mode & 0o777)
+    for name in ("socket", "lock", "start_lock", "log"):
+        path = getattr(place, name)
+        if os.path.lexists(path):
+            found[name] = oct(os.lstat(path).st_mode & 0o777)
+    found["server folder"] = oct(os.lstat(os.path.dirname(place.socket)).st_mode & 0o777)
     return found
 
 
 while_open = modes()
-nbtasks.shutdown()
+config.shutdown(stop_server=True)  # the server closes the store and is gone
 print(json.dumps({"open": while_open, "closed": modes()}))
 open("after", "w").close()
 """
@@ -341,9 +374,19 @@ def test_every_file_is_0600_and_every_folder_0700_whatever_the_umask(
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert "deep/store.duckdb.wal" in seen["open"]  # DuckDB's own file, made by DuckDB
     assert "deep/store.duckdb.journal" in seen["open"]
+    # the server's files: beside the store (its folder is private) unless the socket's
+    # path would be too long, then in the user's private runtime folder
+    short = len(os.fsencode(str(tmp_path / "made" / "deep" / "store.duckdb.sock"))) <= 100
+    for name, beside in (("socket", "sock"), ("lock", "server"), ("start_lock", "starting"),
+                         ("log", "server.log")):  # fmt: skip
+        assert name in seen["open"], name
+        assert (f"deep/store.duckdb.{beside}" in seen["open"]) == short, beside
+    assert "socket" not in seen["closed"]  # a stopped server takes its socket away
+    for name in ("lock", "start_lock", "log"):
+        assert name in seen["closed"], name
     for when in ("open", "closed"):
         for name, mode in seen[when].items():
-            wanted = "0o700" if name in ("deep",) else "0o600"
+            wanted = "0o700" if name in ("deep", "server folder") else "0o600"
             assert mode == wanted, (when, name, mode)
     assert oct(os.stat(tmp_path / "made").st_mode & 0o777) == "0o700"
     assert (tmp_path / "made" / "deep" / ".gitignore").read_text().splitlines()[-1] == "*"
@@ -370,6 +413,7 @@ def test_the_default_store_folder_is_kept_out_of_git(tmp_path: Path) -> None:
     folder = tmp_path / ".nbtasks"
     assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    _stop_server(folder / "runs.duckdb")  # an older nbtasks left no server behind
     (folder / ".gitignore").unlink()  # a folder made by an older nbtasks gets one too
     folder.chmod(0o755)
     done = run_script("import nbtasks\nnbtasks.runs.list()\n", tmp_path, env={"NBTASKS_STORE": ""})

@@ -1,11 +1,12 @@
 """The notebook surface as VS Code's Jupyter extension presents it, with the parts that run
 here (a real VS Code window cannot: see the README's "VS Code" paragraph).
 
-1. Store naming. The extension starts the kernel itself (no Jupyter server, so no
-   ``JPY_SESSION_NAME``) and, before the first cell, runs one start-up request that assigns
-   the notebook's path to ``__vsc_ipynb_file__`` in the user namespace. A real kernel
-   (jupyter_client) gets that same request; the first run then stores in
-   ``.nbtasks/<notebook stem>.duckdb`` in the kernel's working directory.
+1. The store and the notebook's name. The extension starts the kernel itself (no Jupyter
+   server, so no ``JPY_SESSION_NAME``) and, before the first cell, runs one start-up request
+   that assigns the notebook's path to ``__vsc_ipynb_file__`` in the user namespace. A real
+   kernel (jupyter_client) gets that same request; the first run then stores in the
+   folder's ``.nbtasks/runs.duckdb`` (the kernel's working directory), and the store's
+   server knows the kernel by the notebook's name.
 2. The widgets outside JupyterLab. VS Code draws ipywidgets with its own renderer, which
    loads anywidget's front end; that front end imports a widget's ``_esm`` from a Blob URL,
    puts its ``_css`` in a ``<style>`` and calls ``render({model, el})`` with a model proxy
@@ -30,6 +31,8 @@ from playwright.sync_api import Browser as PlaywrightBrowser
 from playwright.sync_api import Page, expect, sync_playwright
 
 from nbtasks import runs
+from nbtasks.service.client import connect
+from nbtasks.service.settings import Config
 from nbtasks.ui.table import RunTable
 from nbtasks.ui.widgets import BatchWidget, RunWidget
 
@@ -45,7 +48,7 @@ CHROMIUM_FLAGS = [
 KERNEL_S = 30.0
 UI_MS = 5_000
 
-# -- 1. the store's name under VS Code --------------------------------------------------------
+# -- 1. the store and the notebook's name under VS Code ----------------------------------------
 
 NOTEBOOK = "/some/dir/My Analysis.ipynb"
 # What the extension runs once a Python kernel has started, before kernel_info and before any
@@ -121,7 +124,7 @@ def _stdout(msgs: list[dict[str, Any]]) -> str:
     return "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
 
 
-def test_the_store_is_named_after_the_notebook_vscode_opened(tmp_path: Path) -> None:
+def test_runs_of_the_notebook_vscode_opened_land_in_its_folders_store(tmp_path: Path) -> None:
     kernel = VSCodeKernel(tmp_path)
     try:
         version = _stdout(kernel.silently(VSCODE_WIDGETS_VERSION))
@@ -136,11 +139,19 @@ def test_the_store_is_named_after_the_notebook_vscode_opened(tmp_path: Path) -> 
         inputs = [m for m in first if m["msg_type"] == "execute_input"]
         assert inputs[0]["content"]["execution_count"] == 1  # start-up code took no number
         assert _stdout(first).split() == ["42", "None", "1"]
-        store = tmp_path / ".nbtasks" / "My_Analysis.duckdb"
+        store = tmp_path / ".nbtasks" / "runs.duckdb"
         where = _stdout(kernel.cell("import nbtasks.client.config as c\nprint(c.store_path())"))
         assert where.strip() == str(store)
         assert store.exists()
-        assert [p.name for p in (tmp_path / ".nbtasks").glob("*.duckdb")] == ["My_Analysis.duckdb"]
+        assert [p.name for p in (tmp_path / ".nbtasks").glob("*.duckdb")] == ["runs.duckdb"]
+        # the store's server knows the kernel by the notebook VS Code opened
+        engine = connect(Config(store=str(store)), "test", start=False)
+        try:
+            clients = engine.request("status")["clients"]
+        finally:
+            engine.close()
+        kernel_pid = kernel.km.provisioner.pid
+        assert {"pid": kernel_pid, "name": "My Analysis.ipynb"} in clients
     finally:
         kernel.close()
 

@@ -276,6 +276,7 @@ def start_server(place: Place, config: Config) -> socket.socket:
     """Start the server of ``place`` unless one starts meanwhile; its connected socket."""
     fd = os.open(place.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # the umask may have taken more away than that
         _lock(fd, place)
         sock = _connected(place.socket)
         if sock is not None:  # another process started it while this one waited
@@ -314,6 +315,7 @@ def _spawn(place: Place, config: Config) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     log = os.open(place.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(log, 0o600)  # the umask may have taken more away than that
         proc = subprocess.Popen(
             [sys.executable, "-m", "nbtasks.service.server"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
@@ -329,6 +331,13 @@ def _spawn(place: Place, config: Config) -> None:
     threading.Thread(target=proc.wait, name="nbtasks-reaper", daemon=True).start()
     if line in ("ready", "taken"):
         return
+    if line.startswith("locked: "):  # a program other than nbtasks holds the store file
+        import json
+
+        from nbtasks.core.errors import StoreLockedError
+
+        held = json.loads(line[len("locked: ") :])
+        raise StoreLockedError(held["path"], held["holder"])
     if not line:
         line = "it exited before it was ready; " + _log_tail(place.log)
     raise NbtasksError(f"the nbtasks server of store {place.store!r} did not start: {line}")

@@ -57,10 +57,14 @@ def take_lock(place: Place) -> int | None:
     """The server lock's descriptor, or None if a live server holds it."""
     fd = os.open(place.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # the umask may have taken more away than that
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -85,7 +89,8 @@ def listen(place: Place) -> socket.socket:
 
 def serve(config: Config, ready: Callable[[str], None] = lambda line: None) -> int:
     """Serve ``config.store`` until stopped; ``ready`` is told "ready", "taken" (another
-    server holds the store: returns 1) or "error: ..." once it is known."""
+    server holds the store: returns 1), "locked: {path, holder}" (a program other than
+    nbtasks holds the store file) or "error: ..." once it is known."""
     make_store_folder(os.path.dirname(config.store))
     place = place_of(config.store)
     lock = take_lock(place)
@@ -111,7 +116,12 @@ def serve(config: Config, ready: Callable[[str], None] = lambda line: None) -> i
     except BaseException as exc:
         sock.close()
         _unlink(place.socket)
-        ready("error: " + (str(exc) or type(exc).__name__).replace("\n", " "))
+        from nbtasks.core.errors import StoreLockedError
+
+        if isinstance(exc, StoreLockedError):  # the client raises it as it is
+            ready("locked: " + json.dumps({"path": exc.path, "holder": exc.holder}))
+        else:
+            ready("error: " + (str(exc) or type(exc).__name__).replace("\n", " "))
         raise
     os.ftruncate(lock, 0)
     os.pwrite(lock, json.dumps({"pid": os.getpid(), "build": wire.build()}).encode(), 0)
