@@ -300,3 +300,20 @@ def test_an_idle_server_stops_but_not_while_a_run_waits(tmp_path: Path) -> None:
     run = nbtasks.runs.retrieve(run_id)
     assert run.status is RunStatus.COMPLETED and run.output == 2
     assert run.finished_at is not None
+
+
+def test_a_server_is_found_after_its_folder_stopped_being_private(store: str) -> None:
+    """A store folder opened to others (chmod 755) while its server runs: a new server
+    would put its socket in the private runtime folder, yet clients still find the live
+    one beside the store, and no second server starts."""
+    add.trigger_and_wait({"a": 1, "b": 1})
+    server = config.engine().info["pid"]
+    nbtasks.shutdown()  # disconnect
+    folder = os.path.dirname(store)
+    os.chmod(folder, 0o755)
+    try:
+        assert place_of(store).socket != os.path.join(folder, "runs.duckdb.sock")
+        assert add.trigger_and_wait({"a": 2, "b": 2}).output == 4
+        assert config.engine().info["pid"] == server == server_pid(store)
+    finally:
+        os.chmod(folder, 0o700)

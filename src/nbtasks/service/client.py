@@ -29,7 +29,7 @@ from typing import Any
 
 from nbtasks.core.errors import NbtasksError
 from nbtasks.service import wire
-from nbtasks.service.places import Place, place_of
+from nbtasks.service.places import Place, lock_holder, place_of, places_of
 from nbtasks.service.settings import Config
 from nbtasks.store.files import make_store_folder
 
@@ -244,13 +244,22 @@ def _connected(path: str) -> socket.socket | None:
     return sock
 
 
+def _connected_any(store: str) -> socket.socket | None:
+    """A connection to the live server of ``store``, wherever it put its socket."""
+    for place in places_of(store):
+        sock = _connected(place.socket)
+        if sock is not None:
+            return sock
+    return None
+
+
 def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
     """A connection to the server of ``config.store``, started with ``config`` if none
     runs (unless not ``start``: then ``NbtasksError``)."""
     if start:
         make_store_folder(os.path.dirname(config.store))
     place = place_of(config.store)
-    sock = _connected(place.socket)
+    sock = _connected_any(config.store)
     if sock is None:
         if not start:
             raise NbtasksError(f"no nbtasks server runs for store {place.store!r}")
@@ -278,11 +287,11 @@ def start_server(place: Place, config: Config) -> socket.socket:
     try:
         os.fchmod(fd, 0o600)  # the umask may have taken more away than that
         _lock(fd, place)
-        sock = _connected(place.socket)
+        sock = _connected_any(place.store)
         if sock is not None:  # another process started it while this one waited
             return sock
         _spawn(place, config)
-        sock = _connected(place.socket)
+        sock = _connected_any(place.store)
         if sock is None:
             raise NbtasksError(
                 f"the nbtasks server of store {place.store!r} started but cannot be reached "
@@ -372,22 +381,8 @@ def _log_tail(path: str, lines: int = 5) -> str:
 
 def server_pid(store: str) -> int | None:
     """The pid of the live server of ``store``, if one holds its lock."""
-    import json
-
-    place = place_of(store)
-    try:
-        fd = os.open(place.lock, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # held: a server lives
-            text = os.pread(fd, 4096, 0)
-            try:
-                return int(json.loads(text)["pid"])
-            except (ValueError, KeyError, TypeError):
-                return None
-        return None
-    finally:
-        os.close(fd)
+    for place in places_of(store):
+        pid = lock_holder(place)
+        if pid is not None:
+            return pid or None
+    return None

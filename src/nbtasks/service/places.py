@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nbtasks.core.errors import NbtasksError
@@ -26,17 +27,41 @@ class Place:
 
 
 def place_of(store: str) -> Place:
-    """The server files of ``store``: beside it when its folder is private (0700, the
-    user's; a folder nbtasks makes is) and the socket's path is short enough; else in the
-    user's private runtime folder, named by a hash of the store's path."""
+    """Where a new server of ``store`` puts its files: beside the store when its folder
+    is private (0700, the user's; a folder nbtasks makes is) and the socket's path is
+    short enough; else in the user's private runtime folder, named by a hash of the
+    store's path."""
+    beside, hashed = _places(store)
+    if beside is not None and _is_private(os.path.dirname(beside.store)):
+        return beside
+    return hashed()
+
+
+def places_of(store: str) -> list[Place]:
+    """Every place a live server of ``store`` may be found: where a new one would go
+    first, then the other (the folder's mode may have changed since it started)."""
+    beside, hashed = _places(store)
+    first = place_of(store)
+    others = [p for p in (beside, hashed()) if p is not None and p != first]
+    return [first, *others]
+
+
+def _places(store: str) -> tuple[Place | None, Callable[[], Place]]:
     store = os.path.abspath(store)
-    folder, base = os.path.split(store)
-    if not _is_private(folder) or len(os.fsencode(store + ".sock")) > SOCKET_PATH_MAX:
+    beside = None
+    if len(os.fsencode(store + ".sock")) <= SOCKET_PATH_MAX:
+        beside = _files(store, store)
+
+    def hashed() -> Place:
         import hashlib
 
-        base = hashlib.blake2b(os.fsencode(store), digest_size=10).hexdigest()
-        folder = private_folder(_runtime_root())
-    at = os.path.join(folder, base)
+        name = hashlib.blake2b(os.fsencode(store), digest_size=10).hexdigest()
+        return _files(store, os.path.join(private_folder(_runtime_root()), name))
+
+    return beside, hashed
+
+
+def _files(store: str, at: str) -> Place:
     return Place(store, at + ".sock", at + ".server", at + ".starting", at + ".server.log")
 
 
@@ -70,3 +95,26 @@ def check_private(path: str) -> None:
             f"{path!r} must be a folder of user {os.getuid()} that only it can use (mode "
             f"0700); it is mode {stat.S_IMODE(info.st_mode):04o}, owner {info.st_uid}"
         )
+
+
+def lock_holder(place: Place) -> int | None:
+    """The pid of the server that holds ``place``'s lock (0 if it has not written it
+    yet), or None if no process holds it."""
+    import fcntl
+    import json
+
+    try:
+        fd = os.open(place.lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: a server lives
+            try:
+                return int(json.loads(os.pread(fd, 4096, 0))["pid"])
+            except (ValueError, KeyError, TypeError):
+                return 0
+        return None
+    finally:
+        os.close(fd)

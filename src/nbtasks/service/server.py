@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 
 from nbtasks.service import wire
-from nbtasks.service.places import Place, place_of
+from nbtasks.service.places import Place, lock_holder, place_of, places_of
 from nbtasks.service.settings import Config
 from nbtasks.store.files import make_store_folder
 
@@ -94,6 +94,9 @@ def serve(config: Config, ready: Callable[[str], None] = lambda line: None) -> i
     make_store_folder(os.path.dirname(config.store))
     place = place_of(config.store)
     lock = take_lock(place)
+    if lock is not None and any(lock_holder(p) is not None for p in places_of(config.store)[1:]):
+        os.close(lock)  # a server lives in the other place (the folder's mode changed)
+        lock = None
     if lock is None:
         ready("taken")
         return 1
