@@ -12,7 +12,9 @@ import pytest
 
 import nbtasks
 from nbtasks import AttemptStatus, Retry, RunStatus, Task, runs, task
+from nbtasks.client import config
 from nbtasks.core.status import FINAL, TRANSITIONS, IllegalTransition, check_transition
+from test_startup import spied, spy_env
 
 import crashers
 import tasks
@@ -145,7 +147,9 @@ def test_failed_run_keeps_the_error_and_its_type(nb: object) -> None:
 
 
 def test_retries_pass_through_reattempting_then_complete(nb: object) -> None:
-    handle = tasks.succeed_on_third.trigger(None)
+    # Delayed a little, so that the subscription (a round trip to the server) starts
+    # before the first attempt: the server runs a run as soon as it is committed.
+    handle = tasks.succeed_on_third.trigger(None, delay=0.3)
     seen = [s.status for s in runs.subscribe(handle.id)]
     assert seen[-1] is RunStatus.COMPLETED
     assert seen.count(RunStatus.REATTEMPTING) == 2
@@ -287,31 +291,50 @@ def test_unloadable_function_is_a_system_failure(nb: object) -> None:
 
 
 def test_workers_that_cannot_start_give_system_failure(
-    store_path: str, monkeypatch: pytest.MonkeyPatch
+    store_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYTHONHOME", "/nonexistent-python-home")
+    """The server's workers cannot start (their Python cannot: see ``test_startup.SPY``,
+    which breaks each worker the server launches while ``broken`` exists)."""
+    broken = tmp_path / "broken"
+    broken.touch()
+    for name, value in spy_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NBTASKS_TEST_BREAK_WORKERS", str(broken))
     nbtasks.configure(store=store_path, workers=2)
     result = tasks.add.trigger_and_wait({"a": 1, "b": 1})
     assert result.status is RunStatus.SYSTEM_FAILURE
     assert result.error is not None and "could not start a worker" in result.error.message
-    monkeypatch.delenv("PYTHONHOME")
-    # once the environment is fixed, the next trigger starts workers again
+    assert "nonexistent-python-home" in result.error.message  # the worker's own words
+    assert spied(tmp_path, "launch")  # (the workers were the server's)
+    broken.unlink()
+    # once the environment is fixed, the same server's next trigger starts workers again
+    server = nbtasks.client.config.get_engine().info["pid"]
     assert tasks.add.trigger_and_wait({"a": 1, "b": 1}).unwrap() == 2
+    assert nbtasks.client.config.get_engine().info["pid"] == server
 
 
-def test_shutdown_interrupts_executing_and_reattempting_runs(store_path: str) -> None:
+def test_stopping_the_server_interrupts_executing_and_reattempting_runs(store_path: str) -> None:
     nbtasks.configure(store=store_path, workers=2)
     executing = crashers.sleep_for.trigger(30)
     backing_off = slow_backoff.trigger(None)
     wait_for(has_status(executing.id, RunStatus.EXECUTING), "the sleeping run to execute")
     wait_for(has_status(backing_off.id, RunStatus.REATTEMPTING), "the failed run to back off")
-    nbtasks.shutdown()
+    server = config.get_engine().info["pid"]
+    nbtasks.shutdown()  # this process disconnects: the server and its runs go on
+    assert runs.retrieve(executing.id).status is RunStatus.EXECUTING
+    assert runs.retrieve(backing_off.id).status is RunStatus.REATTEMPTING
+    assert config.get_engine().info["pid"] == server
 
-    nbtasks.configure(store=store_path, workers=1)
-    run = runs.retrieve(executing.id)
+    config.shutdown(stop_server=True)  # stops the server, and waits until it is gone
+    assert not psutil.pid_exists(server) or psutil.Process(server).status() == "zombie"
+    nbtasks.configure(store=store_path, workers=2)
+    run = runs.retrieve(executing.id)  # (from a new server)
     assert run.status is RunStatus.INTERRUPTED
+    assert run.error is not None and run.error.message == "the nbtasks server stopped"
     assert run.attempts[-1].status is AttemptStatus.INTERRUPTED
-    assert runs.retrieve(backing_off.id).status is RunStatus.INTERRUPTED
+    backed_off = runs.retrieve(backing_off.id)
+    assert backed_off.status is RunStatus.INTERRUPTED and backed_off.attempt_count == 1
+    assert config.get_engine().info["pid"] != server
 
 
 def test_every_engine_status_is_reachable_in_one_store(nb: object) -> None:

@@ -12,7 +12,11 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import run_script, start_script
+import psutil
+
+from nbtasks.service.client import server_pid
+
+from conftest import run_script, start_script, wait_for
 
 DEADLINE_S = 20.0
 
@@ -46,39 +50,51 @@ def _kill(proc) -> None:  # type: ignore[no-untyped-def]
     proc.wait(timeout=DEADLINE_S)
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _second_kernel(tmp_path: Path, body: str, env: dict[str, str]) -> dict:  # type: ignore[type-arg]
     done = run_script(DEFINE + body, tmp_path, env=env, timeout=DEADLINE_S * 2)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def test_delayed_run_survives_a_killed_kernel(tmp_path: Path) -> None:
+def test_delayed_run_survives_a_killed_kernel_and_runs_on_time(tmp_path: Path) -> None:
     env = {"NBTASKS_STORE": str(tmp_path / "store.duckdb")}
     first = start_script(
         DEFINE
         + """
 h = add.trigger({"a": 20, "b": 22}, delay="1.5s")
-print(h.id, flush=True)
+print(h.id, h.retrieve().status.value, flush=True)
 time.sleep(300)
 """,
         tmp_path,
         env=env,
         name="first.py",
     )
-    run_id = _first_line(first, "the run id")
+    run_id, before = _first_line(first, "the run id").split()
     _kill(first)
+    killed_at = time.time()
+    # The store's server runs it when due, whether or not a kernel is there by then.
     out = _second_kernel(
         tmp_path,
         f"""
-run = runs.retrieve({run_id!r})
-before = run.status.value
 result = runs.wait({run_id!r}, timeout=15)
-print(json.dumps({{"before": before, "status": result.status.value, "output": result.output,
-                  "on_time": result.run.started_at >= run.delay_until}}))
+run = result.run
+print(json.dumps({{"status": result.status.value, "output": result.output,
+                  "on_time": run.started_at >= run.delay_until,
+                  "started_at": run.started_at.timestamp()}}))
 """,
         env,
     )
-    assert out == {"before": "DELAYED", "status": "COMPLETED", "output": 42, "on_time": True}
+    assert before == "DELAYED"
+    assert out["started_at"] > killed_at  # (it ran after its kernel died)
+    del out["started_at"]
+    assert out == {"status": "COMPLETED", "output": 42, "on_time": True}
 
 
 def test_run_that_came_due_while_no_kernel_ran_starts_at_the_next_open(tmp_path: Path) -> None:
@@ -111,7 +127,9 @@ print(json.dumps({{"status": result.status.value, "output": result.output}}))
     assert out == {"status": "COMPLETED", "output": 3}
 
 
-def test_queued_runs_wait_for_their_task_after_a_restart(tmp_path: Path) -> None:
+def test_queued_runs_wait_for_their_task_after_a_server_restart(tmp_path: Path) -> None:
+    """The kernel and then the store's server are killed (SIGKILL); the next server
+    interrupts what executed, and its queued run waits for a kernel to define its task."""
     env = {"NBTASKS_STORE": str(tmp_path / "store.duckdb"), "NBTASKS_WORKERS": "1"}
     first = start_script(
         DEFINE
@@ -120,15 +138,19 @@ busy = nap.trigger(300)
 while busy.retrieve().status.value != "EXECUTING":
     time.sleep(0.01)
 queued = add.trigger({"a": 2, "b": 2})
-print(busy.id, queued.id, flush=True)
+server = nbtasks.client.config.get_engine().info["pid"]
+print(busy.id, queued.id, server, flush=True)
 time.sleep(300)
 """,
         tmp_path,
         env=env,
         name="first.py",
     )
-    busy_id, queued_id = _first_line(first, "the run ids").split()
-    _kill(first)
+    busy_id, queued_id, server = _first_line(first, "the run ids").split()
+    _kill(first)  # first, or it would start the next server and define the task itself
+    os.kill(int(server), signal.SIGKILL)
+    wait_for(lambda: _gone(int(server)) and server_pid(env["NBTASKS_STORE"]) is None,
+             "the killed server to be gone")  # fmt: skip
     out = run_script(
         f"""
 import json

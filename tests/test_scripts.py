@@ -83,6 +83,7 @@ for listed in runs.list(limit=10000):
         "attempt_count": run.attempt_count,
         "output": run.output if run.status.value == "COMPLETED" else None,
         "error_type": run.error.type if run.error else None,
+        "error_message": run.error.message if run.error else None,
         "attempts": [
             {"status": a.status.value, "pid": a.pid, "exit_code": a.exit_code,
              "signal": a.signal, "oom": a.oom}
@@ -218,15 +219,15 @@ def inspect_store(tmp_path: Path, store: str) -> dict[str, Any]:
     return runs
 
 
-def worker_processes_of(kernel_pid: int) -> list[psutil.Process]:
-    """Live nbtasks workers whose parent is (or was, before it died) ``kernel_pid``."""
+def worker_processes_of(server_pid: int) -> list[psutil.Process]:
+    """Live nbtasks workers whose parent is (or was, before it died) ``server_pid``."""
     found = []
     for p in psutil.process_iter(["cmdline", "ppid"]):
         cmdline = p.info["cmdline"] or []
         if "nbtasks.executor.local.worker" not in " ".join(cmdline) or is_gone(p):
             continue
-        # The worker's last argument is the pid of the kernel that spawned it.
-        if p.info["ppid"] == kernel_pid or cmdline[-1:] == [str(kernel_pid)]:
+        # The worker's next-to-last argument is the pid of the server that spawned it.
+        if p.info["ppid"] == server_pid or cmdline[-2:-1] == [str(server_pid)]:
             found.append(p)
     return found
 
@@ -349,9 +350,8 @@ def test_main_defined_classes_helpers_lambdas_and_exceptions(tmp_path: Path,
 KILLED_KERNEL = """
 import subprocess
 
-import psutil
-
 from nbtasks import runs, task
+from nbtasks.client import config
 
 
 @task
@@ -363,54 +363,89 @@ def quick(n):
 def long_one(_):
     child = subprocess.Popen(["sleep", "300"])
     publish("task.json", {"worker": os.getpid(), "grandchild": child.pid})
-    time.sleep(300)
+    wait_for(lambda: (HERE / "release").exists(), "the test to release the task", 120)
+    child.kill()
+    return "released"
 
 
 done = [quick.trigger_and_wait(n) for n in range(3)]
 handle = long_one.trigger(None)
-emit("RUN", {"run": handle.id, "completed": {r.id: r.output for r in done}})
+emit("RUN", {"run": handle.id, "completed": {r.id: r.output for r in done},
+             "server": config.get_engine().info["pid"]})
 wait_for_file("task.json")
 # Hand over only once the store says EXECUTING, so the kill cannot land before that commit.
 wait_for(lambda: handle.id in [r.id for r in runs.list(status="EXECUTING")],
          "the run to show EXECUTING in the store")
-marker = "nbtasks.executor.local.worker"
-workers = [p.pid for p in psutil.Process().children() if marker in " ".join(p.cmdline())]
-publish("workers.json", workers)
+emit("EXECUTING", {})
 time.sleep(300)
 """
 
 
-def test_sigkilled_kernel_takes_its_workers_and_leaves_the_run_interrupted(
+def start_killed_kernel(
     tmp_path: Path, store_path: str, reaper: list[psutil.Process]
-) -> None:
+) -> tuple[Script, Any, list[psutil.Process]]:
+    """The script above, its run executing: the script, what it printed, and the server's
+    workers (the run's first)."""
     kernel = start(script(KILLED_KERNEL), tmp_path, reaper, {"NBTASKS_STORE": store_path})
     started = kernel.wait_line("RUN")
-    wait_for(lambda: (tmp_path / "workers.json").exists() or kernel.proc.poll() is not None,
-               "the script to record its workers")  # fmt: skip
-    assert kernel.proc.poll() is None, f"the script ended early\n{kernel.output()}"
+    kernel.wait_line("EXECUTING")
     task_info = read_json(tmp_path / "task.json")
-    worker_pids = read_json(tmp_path / "workers.json")
-    assert task_info["worker"] in worker_pids
-    grandchild = process(task_info["grandchild"])
-    workers = [process(pid) for pid in worker_pids]
-    reaper.extend([grandchild, *workers])
-    # The scan used after the kill finds exactly these workers while the script lives.
-    assert sorted(p.pid for p in worker_processes_of(kernel.proc.pid)) == sorted(worker_pids)
+    server = process(started["server"])
+    workers = worker_processes_of(server.pid)
+    assert task_info["worker"] in [p.pid for p in workers]
+    worker = process(task_info["worker"])
+    reaper.extend([process(task_info["grandchild"]), *workers, server])
+    return kernel, started, [worker, *(p for p in workers if p.pid != worker.pid)]
 
+
+def test_sigkilled_kernel_leaves_its_run_running_to_completion(
+    tmp_path: Path, store_path: str, reaper: list[psutil.Process]
+) -> None:
+    kernel, started, workers = start_killed_kernel(tmp_path, store_path, reaper)
     kernel.proc.send_signal(signal.SIGKILL)
     kernel.wait_exit()
 
-    for p in workers:
-        wait_for(lambda p=p: is_gone(p), f"worker {p.pid} to exit after its kernel was killed")
-    wait_for(lambda: is_gone(grandchild), "the task's grandchild `sleep` to be killed")
-    left = worker_processes_of(kernel.proc.pid)
-    assert not left, f"workers of the killed script still alive: {left}"
-
+    # The run and its worker (the server's) go on without the kernel.
+    assert not is_gone(workers[0]) and not is_gone(process(started["server"]))
+    runs = inspect_store(tmp_path, store_path)
+    assert runs[started["run"]]["status"] == "EXECUTING"
+    (tmp_path / "release").touch()
+    wait_for(lambda: inspect_store(tmp_path, store_path)[started["run"]]["status"] != "EXECUTING",
+             "the released run to end", 30, 0.2)  # fmt: skip
     runs = inspect_store(tmp_path, store_path)
     run = runs[started["run"]]
+    assert (run["status"], run["output"]) == ("COMPLETED", "released")
+    assert [a["status"] for a in run["attempts"]] == ["COMPLETED"]
+    assert run["attempts"][0]["pid"] == workers[0].pid
+    for run_id, output in started["completed"].items():
+        assert runs[run_id]["status"] == "COMPLETED"
+        assert runs[run_id]["output"] == output
+    assert len(runs) == 4
+
+
+def test_sigkilled_server_takes_its_workers_and_leaves_the_run_interrupted(
+    tmp_path: Path, store_path: str, reaper: list[psutil.Process]
+) -> None:
+    kernel, started, workers = start_killed_kernel(tmp_path, store_path, reaper)
+    grandchild = process(read_json(tmp_path / "task.json")["grandchild"])
+    kernel.proc.send_signal(signal.SIGKILL)  # (else it would start the next server itself)
+    kernel.wait_exit()
+    server = process(started["server"])
+    server.send_signal(signal.SIGKILL)
+
+    for p in workers:
+        wait_for(lambda p=p: is_gone(p), f"worker {p.pid} to exit after its server was killed")
+    wait_for(lambda: is_gone(grandchild), "the task's grandchild `sleep` to be killed")
+    wait_for(lambda: is_gone(server), "the killed server to be gone")
+    left = worker_processes_of(server.pid)
+    assert not left, f"workers of the killed server still alive: {left}"
+
+    runs = inspect_store(tmp_path, store_path)  # starts the next server, which settles it
+    run = runs[started["run"]]
     assert run["status"] == "INTERRUPTED"
+    assert run["error_message"] == "the nbtasks server that owned the run stopped"
     assert [a["status"] for a in run["attempts"]] == ["INTERRUPTED"]
-    assert run["attempts"][0]["pid"] == task_info["worker"]
+    assert run["attempts"][0]["pid"] == workers[0].pid
     for run_id, output in started["completed"].items():
         assert runs[run_id]["status"] == "COMPLETED"
         assert runs[run_id]["output"] == output
@@ -423,47 +458,53 @@ def test_sigkilled_kernel_takes_its_workers_and_leaves_the_run_interrupted(
 CLEAN_EXIT = """
 import subprocess
 
-import psutil
-
 from nbtasks import task
+from nbtasks.client import config
 
 
 @task
 def long_one(_):
     child = subprocess.Popen(["sleep", "300"])
     publish("task.json", {"worker": os.getpid(), "grandchild": child.pid})
-    time.sleep(300)
+    wait_for(lambda: (HERE / "release").exists(), "the test to release the task", 120)
+    child.kill()
+    return "released"
 
 
 handle = long_one.trigger(None)
 wait_for_file("task.json")
-marker = "nbtasks.executor.local.worker"
-workers = [p.pid for p in psutil.Process().children() if marker in " ".join(p.cmdline())]
-emit("RUN", {"run": handle.id, "workers": workers})
+emit("RUN", {"run": handle.id, "server": config.get_engine().info["pid"]})
 # the end of the script: no shutdown call, the interpreter exits
 """
 
 
-def test_script_ending_normally_interrupts_its_run_and_stops_its_workers(
+def test_script_ending_normally_leaves_its_run_to_complete_then_the_idle_server_stops(
     tmp_path: Path, store_path: str, reaper: list[psutil.Process]
 ) -> None:
     proc = run_script(script(CLEAN_EXIT), tmp_path, env={"NBTASKS_STORE": store_path},
                       timeout=DEADLINE_S)  # fmt: skip
     started = tagged(completed(proc), "RUN")
     task_info = read_json(tmp_path / "task.json")
-    assert task_info["worker"] in started["workers"]
-    for pid in [*started["workers"], task_info["grandchild"]]:
-        try:
-            p = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            continue
-        reaper.append(p)
-        wait_for(lambda p=p: is_gone(p), f"process {pid} of the ended script to exit")
+    server = process(started["server"])
+    workers = worker_processes_of(server.pid)
+    assert task_info["worker"] in [p.pid for p in workers]
+    reaper.extend([server, *workers, process(task_info["grandchild"])])
 
+    # The script is gone; its run executes on.
     runs = inspect_store(tmp_path, store_path)
-    run = runs[started["run"]]
-    assert run["status"] == "INTERRUPTED"
-    assert [a["status"] for a in run["attempts"]] == ["INTERRUPTED"]
+    assert runs[started["run"]]["status"] == "EXECUTING"
+    assert not any(is_gone(p) for p in [server, *workers])
+    (tmp_path / "release").touch()
+    wait_for(lambda: inspect_store(tmp_path, store_path)[started["run"]]["status"] != "EXECUTING",
+             "the released run to end", 30, 0.2)  # fmt: skip
+    run = inspect_store(tmp_path, store_path)[started["run"]]
+    assert (run["status"], run["output"]) == ("COMPLETED", "released")
+    assert [a["status"] for a in run["attempts"]] == ["COMPLETED"]
+    assert run["attempts"][0]["pid"] == task_info["worker"]
+    # With no client and no run left, the server stops once idle (3 s here), its workers
+    # with it.
+    for p in [server, *workers]:
+        wait_for(lambda p=p: is_gone(p), f"process {p.pid} of the idle server to exit", 30)
 
 
 # --------------------------------------------------------------------------- 4. Ctrl-C
@@ -695,6 +736,7 @@ for name, t, payload in (("hog", hog, 5), ("slow", slow, None)):
         "status": run.status.value,
         "attempt_count": run.attempt_count,
         "error_type": run.error.type if run.error else None,
+        "error_message": run.error.message if run.error else None,
         "attempts": [{"status": a.status.value, "oom": a.oom} for a in run.attempts],
     }
 emit("RESULT", out)

@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,10 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import psutil
 import pytest
 
 import nbtasks
+from nbtasks.service.client import server_pid
+from nbtasks.service.places import place_of
 from nbtasks.store.store import Store
+from test_startup import spy_env
 
 from conftest import PYTHONPATH, wait_for
 
@@ -74,28 +79,47 @@ def test_a_journal_deleted_or_replaced_while_running_is_put_back_and_nothing_is_
     store = tmp_path / "s" / "store.duckdb"
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "store.duckdb.journal.moved").write_bytes(b"")  # kept out of the way
+    # The server keeps rows in the journal (it folds them into the store after 600 s).
+    env = {**_env(), **spy_env(tmp_path), "NBTASKS_TEST_FOLD_S": "600"}
     done = subprocess.run(
         [sys.executable, _script(tmp_path, JOURNAL_TAMPERED), str(store)],
         cwd=tmp_path,
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
-    assert done.returncode == -9, done.stderr  # it ended by SIGKILL, as a crash would
-    acknowledged = set(done.stdout.split())
+    assert done.returncode == -9, done.stderr  # it ended by SIGKILL
+    *ids, server = done.stdout.split()
+    # The store's server, which owns the journal, is killed too: a crash of the store.
+    os.kill(int(server), signal.SIGKILL)
+    wait_for(lambda: _unheld(store), "the killed server to let go of the store")
+    acknowledged = set(ids)
     assert len(acknowledged) == 800
-    assert "was deleted while its store was open" in done.stderr
-    assert "was replaced while its store was open" in done.stderr  # (a warning says it once)
+    log = Path(place_of(str(store)).log).read_text()  # the server's stderr
+    assert "was deleted while its store was open" in log
+    assert "was replaced while its store was open" in log  # (a warning says it once)
     assert _ids_in(store) == acknowledged
+
+
+def _unheld(store: Path) -> bool:
+    try:
+        Store(str(store), lambda ticket, error: None).close()
+    except nbtasks.StoreLockedError:
+        return False
+    return True
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 JOURNAL_TAMPERED = """
 import os, signal, sys
 import nbtasks
-import nbtasks.store.store as store_module
-
-store_module.FOLD_IDLE_S = store_module.FOLD_MAX_AGE_S = 600.0  # rows stay in the journal
 
 @nbtasks.task
 def noop(p):
@@ -117,6 +141,7 @@ os.replace(path + ".planted", path + ".journal")
 burst(200)
 os.rename(path + ".journal", path + ".journal.moved")
 burst(200)
+print(nbtasks.client.config.get_engine().info["pid"], flush=True)  # the store's server
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -192,10 +217,13 @@ def test_a_read_only_folder_gives_a_clear_error_and_never_a_traceback(tmp_path: 
     lines = done.stdout.splitlines()
     assert lines[0] == "2"
     assert lines[1] == "read-only now"
-    assert lines[2].startswith("refused: cannot open the nbtasks store"), lines
-    assert "is not writable" in lines[2]
+    # The store's server stopped (quietly, though it could not tidy the folder); a new one
+    # cannot start there, and this process says why.
+    assert lines[2].startswith("refused: cannot start the nbtasks server of store"), lines
+    assert "store.duckdb.starting' (Read-only file system)" in lines[2], lines
     assert "Traceback" not in done.stderr, done.stderr
     assert lines[3] == "writable again: ['COMPLETED', 'COMPLETED']"
+    assert lines[4] == "server log: no traceback", lines
 
 
 READ_ONLY = """
@@ -216,7 +244,8 @@ folder = os.path.dirname(first)
 subprocess.run(["mount", "--bind", folder, folder], check=True)
 subprocess.run(["mount", "-o", "remount,bind,ro", folder], check=True)
 print("read-only now")
-nbtasks.shutdown()  # the journal cannot be removed, nor the WAL checkpointed: quietly
+# The server stops: the journal cannot be removed, nor the WAL checkpointed: quietly.
+nbtasks.client.config.shutdown(stop_server=True)
 nbtasks.configure(store=first)
 try:
     runs.list()
@@ -225,7 +254,9 @@ except nbtasks.NbtasksError as exc:
 subprocess.run(["umount", folder], check=True)
 nbtasks.configure(store=first)
 print("writable again:", [r.status.value for r in runs.list()])
-nbtasks.shutdown()
+nbtasks.client.config.shutdown(stop_server=True)
+with open(os.path.join(folder, "store.duckdb.server.log")) as log:  # the servers' stderr
+    print("server log:", "traceback" if "Traceback" in log.read() else "no traceback")
 """
 
 
@@ -242,9 +273,33 @@ def test_a_trigger_that_fails_on_a_held_store_leaks_nothing(tmp_path: Path) -> N
             timeout=TIMEOUT,
         )
     assert done.returncode == 0, done.stderr
-    before, after, refused = done.stdout.splitlines()
+    before, after, refused, message = done.stdout.splitlines()
+    # Each trigger started a server, which could not open the store and said why.
     assert refused == "refused 30"
+    said = f"the nbtasks server of store {str(store)!r} did not start: error: the nbtasks "
+    assert message.startswith(said + f"store {str(store)!r} is in use by process"), message
     assert after == before  # the same open files, and no child process, zombie or not
+    assert server_pid(str(store)) is None
+    wait_for(lambda: not _processes_of_store(str(store)), "the failed servers' workers to end")
+
+
+def _processes_of_store(store: str) -> list[int]:
+    """The processes a server of ``store`` started (they carry its scope)."""
+    import hashlib
+
+    from nbtasks.service.server import SCOPE_ENV
+
+    scope = hashlib.blake2b(os.fsencode(store), digest_size=8).hexdigest()
+    mark = f"{SCOPE_ENV}={scope}".encode()
+    found = []
+    for p in psutil.process_iter():
+        try:
+            with open(f"/proc/{p.pid}/environ", "rb") as f:
+                if mark in f.read().split(b"\0") and not _gone(p.pid):
+                    found.append(p.pid)
+        except OSError:
+            continue
+    return found
 
 
 HOLD = "import sys, time, duckdb\nc = duckdb.connect(sys.argv[1])\nprint('held', flush=True)\n"
@@ -282,20 +337,23 @@ def state():
 
 before = state()
 refused = 0
+messages = set()
 for _ in range(30):
     try:
         inc.trigger(1)
-    except nbtasks.StoreLockedError:
+    except nbtasks.NbtasksError as exc:
         refused += 1
+        messages.add(str(exc).split(" (")[0])  # (the holder's pid and command line)
 time.sleep(0.2)
 print(before)
 print(state())
 print("refused", refused)
+print(*messages, sep="\\n")
 """
 
 
 def test_defining_a_task_while_the_store_is_held_says_so(tmp_path: Path) -> None:
-    store = tmp_path / ".nbtasks" / "script.duckdb"
+    store = tmp_path / ".nbtasks" / "runs.duckdb"  # the folder's store
     Store(str(store), lambda ticket, error: None).close()
     code = "import nbtasks\n\n@nbtasks.task\ndef inc(p):\n    return p + 1\n"
     with _held(store):

@@ -333,8 +333,8 @@ def stop(engine: Any, timeout: float = 30.0) -> int | None:
     pid: int = engine.info["pid"]
     try:
         engine.request("stop")
-    except NbtasksError:
-        return None  # gone already
+    except NbtasksError:  # gone already, or its reply lost as it began stopping: wait
+        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:  # ended: gone, or a zombie its parent will reap
         try:

@@ -283,7 +283,7 @@ def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
 
 def start_server(place: Place, config: Config) -> socket.socket:
     """Start the server of ``place`` unless one starts meanwhile; its connected socket."""
-    fd = os.open(place.start_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _create(place.start_lock, os.O_RDWR, place)
     try:
         os.fchmod(fd, 0o600)  # the umask may have taken more away than that
         _lock(fd, place)
@@ -300,6 +300,19 @@ def start_server(place: Place, config: Config) -> socket.socket:
         return sock
     finally:
         os.close(fd)  # and its lock
+
+
+def _create(path: str, flags: int, place: Place) -> int:
+    """Open (creating it if new) one of the server's files, or say why it cannot start
+    (e.g. the store's folder is read-only)."""
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise NbtasksError(
+            f"cannot start the nbtasks server of store {place.store!r}: cannot write "
+            f"{path!r} ({exc.strerror or exc}); choose another store with "
+            "nbtasks.configure(store=...) or NBTASKS_STORE"
+        ) from None
 
 
 def _lock(fd: int, place: Place) -> None:
@@ -322,7 +335,7 @@ def _spawn(place: Place, config: Config) -> None:
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    log = os.open(place.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    log = _create(place.log, os.O_WRONLY | os.O_APPEND, place)
     try:
         os.fchmod(log, 0o600)  # the umask may have taken more away than that
         proc = subprocess.Popen(

@@ -143,9 +143,11 @@ def serve(config: Config, ready: Callable[[str], None] = lambda line: None) -> i
 
 
 def _unlink(path: str) -> None:
+    """Remove ``path`` if it can be: one left behind (say the folder became read-only) is
+    stale once this server is gone, and the next server replaces it."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:
         pass
 
 
