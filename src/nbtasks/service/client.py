@@ -270,6 +270,9 @@ def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
     except ServerLostError as exc:
         raise NbtasksError(f"the nbtasks server of store {place.store!r} refused: {exc}") from None
     engine.info = info
+    if info["store"] != place.store:  # a socket name's hash shared by two stores
+        engine.close()
+        raise NbtasksError(f"the server reached for store {place.store!r} serves {info['store']!r}")
     if info["build"] != wire.build():
         engine.close()
         raise ServerVersionError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from nbtasks.core.errors import NbtasksError
@@ -37,13 +37,17 @@ def place_of(store: str) -> Place:
     return hashed()
 
 
-def places_of(store: str) -> list[Place]:
+def places_of(store: str) -> Iterator[Place]:
     """Every place a live server of ``store`` may be found: where a new one would go
-    first, then the other (the folder's mode may have changed since it started)."""
-    beside, hashed = _places(store)
+    first, then the other (the folder's mode may have changed since it started). Lazy:
+    the other place is worked out only if the first does not do."""
     first = place_of(store)
-    others = [p for p in (beside, hashed()) if p is not None and p != first]
-    return [first, *others]
+    yield first
+    beside, hashed = _places(store)
+    if first != beside and beside is not None:
+        yield beside
+    elif first == beside:
+        yield hashed()
 
 
 def _places(store: str) -> tuple[Place | None, Callable[[], Place]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -94,7 +95,8 @@ def serve(config: Config, ready: Callable[[str], None] = lambda line: None) -> i
     make_store_folder(os.path.dirname(config.store))
     place = place_of(config.store)
     lock = take_lock(place)
-    if lock is not None and any(lock_holder(p) is not None for p in places_of(config.store)[1:]):
+    others = itertools.islice(places_of(config.store), 1, None)
+    if lock is not None and any(lock_holder(p) is not None for p in others):
         os.close(lock)  # a server lives in the other place (the folder's mode changed)
         lock = None
     if lock is None:
