@@ -12,6 +12,7 @@ import time
 
 import nbtasks
 from nbtasks import AbortRun, Retry, context, runs, task
+from nbtasks.client.config import store_path
 
 
 class Reading:
@@ -94,6 +95,13 @@ def main() -> None:
     for attempt in runs.list(task="flaky", limit=1)[0].attempts:
         error = f" ({attempt.error.type}: {attempt.error.message})" if attempt.error else ""
         print(f"  flaky attempt {attempt.number}: {attempt.status.value}{error}")
+
+    # The runs ran in the store's server, which outlives this script; the same table,
+    # from a terminal: nbtasks --store STORE runs list
+    store = store_path()
+    print(f"\nthe store's server served them; from a terminal: nbtasks --store {store} runs list")
+    if "NBTASKS_STORE" not in os.environ:  # a temporary store: stop its server too
+        nbtasks.shutdown(stop_server=True)
 
 
 if __name__ == "__main__":
