@@ -327,10 +327,15 @@ def shutdown(stop_server: bool = False) -> None:
 
 
 def stop(engine: Any, timeout: float = 30.0) -> int | None:
-    """Stop the server ``engine`` is connected to and wait for its process to end; its pid."""
+    """Stop the server ``engine`` is connected to and wait until it is gone: its process
+    ended and its socket answers no more (a process whose main thread ended may hold
+    its sockets a while longer, e.g. a thread finishing a write). Returns its pid."""
     import psutil
 
+    from nbtasks.service.client import listening
+
     pid: int = engine.info["pid"]
+    engine.on_lost = None  # a server stopped on purpose is not restarted by this process
     try:
         engine.request("stop")
     except NbtasksError:  # gone already, or its reply lost as it began stopping: wait
@@ -342,6 +347,8 @@ def stop(engine: Any, timeout: float = 30.0) -> int | None:
                 break
         except psutil.NoSuchProcess:
             break
+        time.sleep(0.01)
+    while listening(engine.store_path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return pid
 

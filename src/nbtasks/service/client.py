@@ -253,6 +253,15 @@ def _connected_any(store: str) -> socket.socket | None:
     return None
 
 
+def listening(store: str) -> bool:
+    """Whether a server of ``store`` accepts connections."""
+    sock = _connected_any(store)
+    if sock is None:
+        return False
+    sock.close()
+    return True
+
+
 def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
     """A connection to the server of ``config.store``, started with ``config`` if none
     runs (unless not ``start``: then ``NbtasksError``)."""
