@@ -3,6 +3,7 @@ while a cell blocks, the stop button cancels what the wait started, magics work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -98,8 +99,9 @@ def _stdout(msgs: list[dict[str, Any]]) -> str:
     return "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
 
 
-@pytest.fixture
-def kernel(tmp_path: Path) -> Iterator[Kernel]:
+@contextlib.contextmanager
+def set_up_kernel(tmp_path: Path) -> Iterator[Kernel]:
+    """A kernel in ``tmp_path`` that has run ``SETUP``; shut down afterwards."""
     k = Kernel(tmp_path)
     try:
         errors = [m for m in k.run(SETUP) if m["msg_type"] == "error"]
@@ -107,6 +109,12 @@ def kernel(tmp_path: Path) -> Iterator[Kernel]:
         yield k
     finally:
         k.close()
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[Kernel]:
+    with set_up_kernel(tmp_path) as k:
+        yield k
 
 
 def test_cancel_button_works_while_the_cell_waits(kernel: Kernel) -> None:

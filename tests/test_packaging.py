@@ -7,16 +7,25 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_carries_the_widget_assets_and_the_autoload_file(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this checkout, built once for the module."""
+    folder = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path),
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(folder),
          str(ROOT)],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    (wheel,) = tmp_path.glob("nbtasks-*.whl")
+    (built,) = folder.glob("nbtasks-*.whl")
+    return built
+
+
+def test_wheel_carries_the_widget_assets_and_the_autoload_file(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in ("common.js", "run.js", "batch.js", "table.js", "nbtasks.css"):
         assert f"nbtasks/widgets/{asset}" in names
@@ -27,14 +36,8 @@ def test_wheel_carries_the_widget_assets_and_the_autoload_file(tmp_path: Path) -
     assert "nbtasks/autoload.py" in names
 
 
-def test_installing_gives_the_nbtasks_command(tmp_path: Path) -> None:
+def test_installing_gives_the_nbtasks_command(wheel: Path) -> None:
     """The wheel declares the ``nbtasks`` console script, and it runs the CLI."""
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path),
-         str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    (wheel,) = tmp_path.glob("nbtasks-*.whl")
     archive = zipfile.ZipFile(wheel)
     (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
     text = archive.read(entry_points).decode()

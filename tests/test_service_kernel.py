@@ -14,7 +14,7 @@ import pytest
 
 import nbtasks
 from nbtasks import RunStatus
-from test_kernel import DEADLINE_S, SETUP, Kernel
+from test_kernel import DEADLINE_S, SETUP, Kernel, set_up_kernel
 
 from conftest import wait_for
 
@@ -23,13 +23,8 @@ from conftest import wait_for
 def kernel(tmp_path: Path) -> Iterator[Kernel]:
     """A kernel on the store ``tmp_path/k.duckdb``, which this process reads too."""
     nbtasks.configure(store=str(tmp_path / "k.duckdb"))
-    k = Kernel(tmp_path)
-    try:
-        errors = [m for m in k.run(SETUP) if m["msg_type"] == "error"]
-        assert not errors, errors
+    with set_up_kernel(tmp_path) as k:
         yield k
-    finally:
-        k.close()
 
 
 def _executing(task_id: str) -> nbtasks.Run | None:

@@ -270,18 +270,7 @@ def test_two_processes_on_one_store_share_its_server(nb: object, store_path: str
         print(runs.retrieve({mine.id!r}).output)  # this process's run, seen from there
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={
-            **os.environ,
-            "NBTASKS_STORE": store_path,
-            "NBTASKS_WORKERS": "2",
-            "PYTHONPATH": PYTHONPATH,
-        },
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    proc = _run_on_store(code, store_path)
     assert proc.returncode == 0, proc.stderr
     assert "StoreLockedError" not in proc.stderr and "NbtasksWarning" not in proc.stderr
     (their_id, their_output, their_server), (seen_output,) = (
@@ -294,6 +283,14 @@ def test_two_processes_on_one_store_share_its_server(nb: object, store_path: str
     # this process is unaffected
     assert add.trigger_and_wait({"a": 2, "b": 2}).output == 4
     assert config.engine().info["pid"] == served_by
+
+
+def _run_on_store(code: str, store_path: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in a process of its own, on ``store_path`` with two workers."""
+    env = {**os.environ, "NBTASKS_STORE": store_path, "NBTASKS_WORKERS": "2",
+           "PYTHONPATH": PYTHONPATH}  # fmt: skip
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)  # fmt: skip
 
 
 HOLDER = """
@@ -328,18 +325,7 @@ def test_a_store_held_by_another_program_raises_store_locked_error_naming_it(
             add.trigger({{"a": 1, "b": 2}})
             """
         )
-        proc = subprocess.run(
-            [sys.executable, "-c", code],
-            env={
-                **os.environ,
-                "NBTASKS_STORE": store_path,
-                "NBTASKS_WORKERS": "2",
-                "PYTHONPATH": PYTHONPATH,
-            },
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
+        proc = _run_on_store(code, store_path)
         assert proc.returncode == 1
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("nbtasks.StoreLockedError: "), proc.stderr
