@@ -25,9 +25,6 @@ from nbtasks.service.places import Place, lock_holder, place_of, places_of
 from nbtasks.service.settings import Config
 from nbtasks.store.files import make_store_folder
 
-# -- the process -------------------------------------------------------------------------
-
-
 SCOPE_ENV = "NBTASKS_SERVER_SCOPE"
 
 
@@ -35,22 +32,10 @@ def sweep_orphans(place: Place) -> None:
     """Kill what a killed server of this store left running (workers, the processes
     their tasks started), then mark this server's own: every process it starts carries
     the store's scope in its environment."""
-    from nbtasks.executor.local.treekill import kill_tree
+    from nbtasks.executor.local.pool import sweep_marked
 
     scope = hashlib.blake2b(os.fsencode(place.store), digest_size=8).hexdigest()
-    needle = f"{SCOPE_ENV}={scope}".encode()
-    me = os.getuid()
-    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            if os.stat(f"/proc/{name}").st_uid != me:
-                continue
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    kill_tree(int(name))
-        except OSError:
-            continue
+    sweep_marked(f"{SCOPE_ENV}={scope}")
     os.environ[SCOPE_ENV] = scope
 
 

@@ -61,11 +61,17 @@ def boot_slots() -> int:
 def sweep(token: str) -> int:
     """Kill every process of this user whose environment carries ``token``: what a worker
     that died on its own left behind, re-parented away from it. Returns how many."""
-    needle = f"{TOKEN_ENV}={token}".encode()
-    me = os.getuid()
+    return sweep_marked(f"{TOKEN_ENV}={token}")
+
+
+def sweep_marked(mark: str) -> int:
+    """Kill the process tree of every process of this user (but this one) whose
+    environment holds ``mark`` (``NAME=value``). Returns how many."""
+    needle = mark.encode()
+    me, mine = os.getuid(), os.getpid()
     found = 0
     for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not name.isdigit():
+        if not name.isdigit() or int(name) == mine:
             continue
         try:
             if os.stat(f"/proc/{name}").st_uid != me:
