@@ -322,3 +322,22 @@ def test_a_server_is_found_after_its_folder_stopped_being_private(store: str) ->
         assert config.engine().info["pid"] == server == server_pid(store)
     finally:
         os.chmod(folder, 0o700)
+
+
+def test_a_run_triggered_by_id_uses_the_definition_another_client_sent(
+    tmp_path: Path, store: str
+) -> None:
+    """A script that does not define ``add`` triggers it by id: the server runs the
+    definition this process sent it, instead of waiting for a deploy."""
+    add.trigger_and_wait({"a": 1, "b": 1})  # the server now knows add
+    proc = start_script(
+        """
+        import nbtasks
+        run = nbtasks.runs.trigger("add", {"a": 20, "b": 22}).wait(timeout=20)
+        print(run.status.value, run.output, flush=True)
+        """,
+        tmp_path, env={"NBTASKS_STORE": store}, name="by_id.py",
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["COMPLETED", "42"]
