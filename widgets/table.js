@@ -80,11 +80,21 @@ function render({ model, el }) {
   };
   cancel.addEventListener("click", () => act("cancel"));
   replay.addEventListener("click", () => act("replay"));
-  const ask = (op) => {
+  // A bulk action asks about the filter in the boxes: one typed but not yet applied is
+  // applied first, and the question waits for its count.
+  let asking = null; // the op whose question waits for the typed filter to apply
+  const applied = () => {
     const f = model.get("filters") || {};
-    const count = op === "cancel" ? model.get("unfinished") : model.get("total");
-    confirming = { op, filters: f, count };
-    update();
+    return Object.entries(current()).every(([k, v]) => (f[k] || "") === v);
+  };
+  const ask = (op) => {
+    confirming = null;
+    asking = op;
+    if (applied()) update();
+    else {
+      clearTimeout(typing);
+      sendFilter();
+    }
   };
   bulkCancel.addEventListener("click", () => ask("cancel"));
   bulkReplay.addEventListener("click", () => ask("replay"));
@@ -149,6 +159,11 @@ function render({ model, el }) {
     next.disabled = !model.get("has_next");
     bulkCancel.disabled = !model.get("unfinished");
     bulkReplay.disabled = !total;
+    if (asking && applied()) {
+      const count = asking === "cancel" ? model.get("unfinished") : total;
+      confirming = { op: asking, filters: { ...f }, count };
+      asking = null;
+    }
     if (confirming) {
       const { op, count } = confirming;
       const what = op === "cancel" ? `Cancel the ${count} unfinished` : `Replay the ${count}`;

@@ -163,8 +163,11 @@ class RunTable(LiveWidget):
     def _act(self, content: dict[str, Any]) -> str | None:
         action = content["action"]
         if action == "filter":
-            self.filters = {k: str(content.get(k) or "").strip() for k in FILTERS}
-            self.page = 0
+            with self.hold_sync():  # the filter and what it matches reach the page together
+                self.filters = {k: str(content.get(k) or "").strip() for k in FILTERS}
+                self.page = 0
+                self.refresh()
+            return None
         elif action == "sort":
             col = str(content.get("col"))
             same = self.sort.get("col") == col
