@@ -319,6 +319,10 @@ def no_leftover_workers() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    yield from launch_chromium()
+
+
+def launch_chromium() -> Iterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (see .ci/run)")
     with sync_playwright() as p:

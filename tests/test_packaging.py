@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import subprocess
 import sys
 import zipfile
@@ -27,7 +29,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_carries_the_widget_assets_and_the_autoload_file(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for asset in ("common.js", "run.js", "batch.js", "table.js", "nbtasks.css"):
+    for asset in ("common.js", "run.js", "batch.js", "table.js", "nbtasks.css",
+                  "dashboard.js", "dashboard.css"):  # fmt: skip
         assert f"nbtasks/widgets/{asset}" in names
         assert (ROOT / "widgets" / asset).read_bytes() == zipfile.ZipFile(wheel).read(
             f"nbtasks/widgets/{asset}"
@@ -47,3 +50,18 @@ def test_installing_gives_the_nbtasks_command(wheel: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0 and "server" in done.stdout and "runs" in done.stdout
+
+
+def test_wheel_enables_the_dashboard_in_jupyter_server(wheel: Path) -> None:
+    """Installing puts the server extension's switch where Jupyter looks for it
+    (``{sys.prefix}/etc/jupyter/jupyter_server_config.d``), naming a module that has it."""
+    archive = zipfile.ZipFile(wheel)
+    where = ".data/data/etc/jupyter/jupyter_server_config.d/nbtasks.json"
+    (switch,) = [n for n in archive.namelist() if n.endswith(where)]
+    extensions = json.loads(archive.read(switch))["ServerApp"]["jpserver_extensions"]
+    assert extensions == {"nbtasks.dashboard": True}
+    from nbtasks.dashboard import _jupyter_server_extension_points
+
+    ((point,),) = [_jupyter_server_extension_points()]
+    module = importlib.import_module(point["module"])
+    assert callable(module._load_jupyter_server_extension)

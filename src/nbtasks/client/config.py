@@ -183,7 +183,18 @@ def server_config(spawn: bool = False) -> Any:
                   os.getcwd(), spawn, server_idle_s())  # fmt: skip
 
 
+_named: list[str] = []  # the name this process gave itself, if it did
+
+
+def name_process(name: str) -> None:
+    """What the server's clients list calls this process, e.g. ``nbtasks dashboard``
+    (otherwise: its notebook, or its script)."""
+    _named[:] = [name]
+
+
 def _process_name() -> str:
+    if _named:
+        return _named[0]
     name = _notebook_name()
     if name is not None:
         return name
