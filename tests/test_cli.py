@@ -256,6 +256,8 @@ def test_runs_list_show_logs_and_replay_read_the_store_a_notebook_writes(
     said = chatty.trigger_and_wait("hello", tags=["nightly"])
     failed = fail.trigger_and_wait(7)
     newest_first = [failed.id, said.id, second.id, first.id]
+    here = config.engine().name  # where this process's runs come from (test_origin.py)
+    assert here and " " not in here
 
     # Reads that do not depend on each other run at once, as several terminals would.
     lists = {
@@ -287,6 +289,7 @@ def test_runs_list_show_logs_and_replay_read_the_store_a_notebook_writes(
     assert (by_id[first.id]["status"], by_id[first.id]["tags"]) == ("COMPLETED", ["nightly"])
     assert by_id[failed.id]["status"] == "FAILED"
     assert by_id[failed.id]["error"]["message"] == "custom failure 7"
+    assert {r["origin"] for r in pages["all"]["runs"]} == {here}
     assert ids["failed"] == [failed.id]
     assert ids["final"] == newest_first
     assert ids["add"] == [second.id, first.id]
@@ -296,20 +299,24 @@ def test_runs_list_show_logs_and_replay_read_the_store_a_notebook_writes(
 
     # The table: a header, then one row per run, newest first.
     rows = ok(table).splitlines()
-    assert rows[0].split() == ["ID", "TASK", "STATUS", "ATTEMPTS", "CREATED", "DURATION"]
-    assert [row.split()[:4] for row in rows[1:]] == [
-        [failed.id, "fail", "FAILED", "1"],
-        [said.id, "chatty", "COMPLETED", "1"],
-        [second.id, "add", "COMPLETED", "1"],
-        [first.id, "add", "COMPLETED", "1"],
+    assert rows[0].split() == ["ID", "TASK", "STATUS", "ATTEMPTS", "CREATED", "DURATION",
+                               "ORIGIN"]  # fmt: skip
+    assert [row.split()[:4] + row.split()[-1:] for row in rows[1:]] == [
+        [failed.id, "fail", "FAILED", "1", here],
+        [said.id, "chatty", "COMPLETED", "1", here],
+        [second.id, "add", "COMPLETED", "1", here],
+        [first.id, "add", "COMPLETED", "1", here],
     ]
+    assert {row.index(here) for row in rows[1:]} == {rows[0].index("ORIGIN")}  # a column
 
     run = strict_json(ok(shown_json))
     assert (run["id"], run["task_id"], run["status"]) == (failed.id, "fail", "FAILED")
+    assert run["origin"] == here
     assert [(a["number"], a["status"]) for a in run["attempts"]] == [(1, "FAILED")]
     assert run["attempts"][0]["error"]["type"].endswith("CustomError")
     text = ok(shown)
     assert "status:          FAILED" in text
+    assert f"origin:          {here}" in text
     assert "custom failure 7" in text
     assert "attempt 1: FAILED" in text
 
@@ -320,6 +327,10 @@ def test_runs_list_show_logs_and_replay_read_the_store_a_notebook_writes(
     assert new_id.startswith("run_") and new_id not in newest_first
     replay = nbtasks.runs.retrieve(new_id)
     assert (replay.task_id, replay.replayed_from, replay.tags) == ("add", first.id, ("nightly",))
+    assert replay.origin == "nbtasks"  # whoever replays, not the original's origin
+    by_cli = ok(cli("runs", "list", "--origin", "nbtasks", "--json", cwd=tmp_path,
+                    store=store_path))  # fmt: skip
+    assert [(r["id"], r["origin"]) for r in strict_json(by_cli)["runs"]] == [(new_id, "nbtasks")]
     assert replay.payload == {"a": 1, "b": 2}
     # The CLI has no definition of the task: the run starts once one is deployed (as when
     # the notebook runs the task's cell again), if it did not start at once.

@@ -32,9 +32,10 @@ def slow(s):
 
 
 class Kernel:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+        """A kernel started in ``tmp_path`` with a store there, unless ``env`` says else."""
         env = {**os.environ, "NBTASKS_STORE": str(tmp_path / "k.duckdb"),
-               "NBTASKS_WORKERS": "2", "PYTHONPATH": PYTHONPATH}  # fmt: skip
+               "NBTASKS_WORKERS": "2", "PYTHONPATH": PYTHONPATH, **(env or {})}  # fmt: skip
         self.km = KernelManager(kernel_name="python3")
         self.km.start_kernel(env=env, cwd=str(tmp_path))
         self.kc = self.km.client()

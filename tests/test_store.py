@@ -1072,30 +1072,75 @@ def test_a_failed_fold_loses_nothing_and_the_next_store_folds_both_files(
     assert not os.path.exists(str(path) + ".journal.1")
 
 
-def test_a_store_of_schema_3_gains_the_resources_column(tmp_path: Path) -> None:
+def test_a_store_of_schema_3_gains_the_resources_and_origin_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     Store(str(path), lambda ticket, error: None).close()
     conn = duckdb.connect(str(path))
+    conn.execute("ALTER TABLE runs DROP COLUMN origin")
     conn.execute("ALTER TABLE runs DROP COLUMN resources")
     conn.execute("DELETE FROM schema_version")
     conn.execute("INSERT INTO schema_version VALUES (3)")
     conn.close()
     Store(str(path), lambda ticket, error: None).close()
     with open_store(path) as conn:
-        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
-        columns = [r[0] for r in conn.execute("DESCRIBE runs").fetchall()]
-        assert columns[-1] == "resources"
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (5,)
+        assert columns(conn, "runs") == RUN_COLUMNS
+        assert RUN_COLUMNS[-2:] == ("resources", "origin")
 
 
-def test_a_journal_frame_of_schema_3_is_read_with_no_resources() -> None:
-    from nbtasks.store.journal import Batch
-    from nbtasks.store.schema import RUN_COLUMNS
+def test_a_store_of_schema_4_opens_with_its_runs_of_no_origin(
+    fresh_config: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A store the previous version wrote (no runs.origin): its runs read as of no origin,
+    new ones record theirs, and the listing filters on it."""
+    path = tmp_path / "old" / "runs.duckdb"
+    proc = run_script(
+        """
+        from nbtasks import task
 
+        @task
+        def inc(p):
+            return p + 1
+
+        print(inc.trigger_and_wait(1).id, inc.trigger_and_wait(2).id)
+        """,
+        tmp_path,
+        env={"JPY_SESSION_NAME": "", "NBTASKS_STORE": str(path)},
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    old_ids = proc.stdout.split()
+    stop_server(path)
+    conn = duckdb.connect(str(path))  # as the previous version left it
+    conn.execute("ALTER TABLE runs DROP COLUMN origin")
+    conn.execute("DELETE FROM schema_version WHERE version = 5")
+    conn.close()
+
+    nbtasks.configure(store=path, workers=1)
+    try:
+        assert [runs.retrieve(i).origin for i in old_ids] == [None, None]
+        assert [(r.id, r.origin) for r in runs.list()] == [(i, None) for i in reversed(old_ids)]
+        new = add.trigger_and_wait({"a": 1, "b": 1})
+        here = config.engine().name  # this process's origin
+        assert here and runs.retrieve(new.id).origin == here
+        assert [r.id for r in runs.list(origin=here)] == [new.id]
+        assert runs.sql("SELECT count(*) FROM runs WHERE origin IS NULL").fetchall() == [(2,)]
+    finally:
+        config.shutdown(stop_server=True)
+    with open_store(path) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (5,)
+        assert columns(conn, "runs") == RUN_COLUMNS
+
+
+def test_a_journal_frame_of_an_earlier_schema_is_read_with_the_later_columns_null() -> None:
+    row = tuple(["run_1", "t", *([None] * (len(RUN_COLUMNS) - 3)), "notebook.ipynb"])
     batch = Batch()
-    row = tuple(["run_1", "t", *([None] * (len(RUN_COLUMNS) - 3))])  # one column fewer
-    batch.new_runs["run_1"] = row
-    read = Batch.loads(batch.dumps())
-    assert read.new_runs["run_1"] == (*row, None)
-    batch.new_runs["run_1"] = row[:-1]  # two fewer: not a row of this store
+    batch.new_runs["run_1"] = row[:-1]  # schema 4: no origin
+    assert Batch.loads(batch.dumps()).new_runs["run_1"] == (*row[:-1], None)
+    batch.new_runs["run_1"] = row[:-2]  # schema 3: no resources either
+    assert Batch.loads(batch.dumps()).new_runs["run_1"] == (*row[:-2], None, None)
+    batch.new_runs["run_1"] = row  # this schema: as written
+    assert Batch.loads(batch.dumps()).new_runs["run_1"] == row
+    batch.new_runs["run_1"] = row[:-3]  # three fewer: not a row of this store
     with pytest.raises(ValueError, match="does not fit"):
         Batch.loads(batch.dumps())

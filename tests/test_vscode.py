@@ -359,6 +359,8 @@ def test_batch_widget_renders_and_its_badges_and_cells_send(nb: object, browser:
     )
     expect(root.locator(".nbt-detail")).to_have_attribute("data-detail-status", "FAILED")
     expect(root.locator(".nbt-detail .nbt-id code")).to_have_text(ids[17])
+    origin = runs.retrieve(ids[17]).origin  # a run opened in another view says where from
+    expect(root.locator(".nbt-detail .nbt-origin")).to_have_text(f"from {origin}")
     assert not errors, errors
 
     static = _static(browser, widget)
@@ -377,6 +379,10 @@ def test_run_table_renders_and_its_filters_and_actions_send(nb: object, browser:
     expect(root.locator("tbody tr")).to_have_count(11)
     expect(root.locator(f"tr[data-id='{held.id}'] .nbt-badge")).to_have_text("DELAYED")
     expect(root.locator(f"tr[data-id='{held.id}'] .nbt-id code")).to_have_text(held.id)
+    origin = held.retrieve().origin  # this process's: where the run was triggered from
+    assert origin
+    expect(root.locator(f"tr[data-id='{held.id}'] td.nbt-origin")).to_have_text(origin)
+    expect(root.locator("th[data-col=origin]")).to_have_text("origin")
     expect(root.locator("tbody tr[data-status=FAILED]")).to_have_count(1)
     root.locator(".nbt-filter-status").select_option("FAILED")
     root.locator(".nbt-filter-task").fill("fail")

@@ -6,6 +6,7 @@ button sends are delivered the way ipywidgets delivers them (``_handle_custom_ms
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from nbtasks.core import display
 from nbtasks.ui.table import RunTable
 from nbtasks.ui.widgets import BatchWidget, RunWidget
 
-from conftest import wait_for
+from conftest import start_script, wait_for
 from crashers import sleep_for
 from tasks import add, always_fail, fail_some, succeed_on_third
 
@@ -165,6 +166,38 @@ def test_run_table_bulk_actions_act_on_what_the_filter_matches(nb: object) -> No
     assert len(runs.list(task="add")) == 2
     for r in runs.list(task="sleep_for"):
         runs.cancel(r.id)
+
+
+ORIGIN_SCRIPT = """
+from nbtasks import task
+
+@task
+def tick(n):
+    return n
+
+tick.trigger_and_wait(1)
+"""
+
+
+def test_run_table_shows_and_sorts_where_each_run_came_from(
+    nb: object, store_path: str, tmp_path: Path
+) -> None:
+    for name in ("b_job.py", "a_job.py"):  # b's run is the older
+        script = start_script(ORIGIN_SCRIPT, tmp_path, env={"NBTASKS_STORE": store_path},
+                              name=name)  # fmt: skip
+        _, err = script.communicate(timeout=60)
+        assert script.returncode == 0, err
+    table = RunTable()
+    assert [r["origin"] for r in table.rows] == ["a_job.py", "b_job.py"]  # newest first
+    _click(table, {"action": "sort", "col": "origin"})
+    assert table.sort == {"col": "origin", "desc": True}
+    assert [r["origin"] for r in table.rows] == ["b_job.py", "a_job.py"]
+    _click(table, {"action": "sort", "col": "origin"})
+    assert [r["origin"] for r in table.rows] == ["a_job.py", "b_job.py"]
+    _click(table, {"action": "open", "id": table.rows[1]["id"]})
+    assert table.detail["origin"] == "b_job.py"
+    html = table._repr_mimebundle_()[0]["text/html"]
+    assert "<th" in html and ">origin</th>" in html and ">b_job.py</td>" in html
 
 
 class _Output:

@@ -194,6 +194,8 @@ function renderDetail(container, run) {
     attemptsEl: tb, timeline: [] });
   const box = text("div", "", "nbt nbt-run nbt-detail");
   box.dataset.detailStatus = run.status;
+  // where it was triggered from: in another view than its own, worth saying
+  if (run.origin) h.append(text("span", `from ${run.origin}`, "nbt-muted nbt-origin"));
   box.append(h, p, tbl);
   container.replaceChildren(box);
 }

@@ -1,9 +1,10 @@
 // The interactive run table: filter, sort, page, live updates, select to cancel or replay
 // (or every run the filter matches, once confirmed), open a run.
 const COLUMNS = [["id", "id"], ["created", "created"], ["started", "started"],
-  ["finished", "finished"], ["task_id", "task"], ["status", "status"],
+  ["finished", "finished"], ["task_id", "task"], ["origin", "origin"], ["status", "status"],
   ["attempt_count", "attempts"], ["duration_ms", "duration"], ["output", "output / error"]];
-const SORTABLE = new Set(["created", "task_id", "status", "attempt_count", "duration_ms"]);
+const SORTABLE = new Set(["created", "task_id", "origin", "status", "attempt_count",
+  "duration_ms"]);
 const TYPING_MS = 300; // a text filter applies this long after the last key, or on Enter
 
 function render({ model, el }) {
@@ -136,7 +137,7 @@ function render({ model, el }) {
       const finished = text("td", clock(r.finished_at), "nbt-date");
       started.title = dateTime(r.started_at); finished.title = dateTime(r.finished_at);
       tr.append(cb, idCell, text("td", dateTime(r.created_at), "nbt-date"), started, finished,
-        text("td", r.task_id), st,
+        text("td", r.task_id), text("td", r.origin ?? "", "nbt-origin"), st,
         text("td", String(r.attempt_count)), text("td", ms(r.duration_ms)),
         text("td", r.error ? `${r.error}` : (r.output_preview ?? "")));
       for (const cell of [...tr.children].slice(2)) {

@@ -56,7 +56,7 @@ def run_dict(run: Run, attempts: bool = False) -> dict[str, Any]:
             "created_at", "updated_at", "queued_at", "started_at", "finished_at",
             "delay_until", "ttl", "expired_at", "idempotency_key", "metadata", "max_attempts",
             "attempt_count", "parent_id", "root_id", "depth", "batch_id", "replayed_from",
-            "resources",
+            "resources", "origin",
         )
     }  # fmt: skip
     out["tags"] = list(run.tags)
@@ -113,6 +113,7 @@ class _Main(click.Group):
 @click.version_option(VERSION, prog_name="nbtasks")
 def main(store: str | None) -> None:
     """nbtasks: list, follow, cancel and replay runs; see and stop the store's server."""
+    config.name_process("nbtasks")  # what its replays record, however it was started
     if store:
         nbtasks.configure(store=store)
 
@@ -131,23 +132,27 @@ def runs() -> None:
               help="Only runs with this status (repeat for several).")  # fmt: skip
 @click.option("--task", help="Only runs of this task id.")
 @click.option("--tag", help="Only runs with this tag.")
+@click.option("--origin", help="Only runs triggered from this notebook, script or command.")
 @click.option("--limit", default=25, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def list_runs(statuses: tuple[str, ...], task: str | None, tag: str | None, limit: int,
-              as_json: bool) -> None:  # fmt: skip
+def list_runs(statuses: tuple[str, ...], task: str | None, tag: str | None,
+              origin: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
     """Runs, newest first."""
     try:
-        page = nbtasks.runs.list(status=list(statuses) or None, task=task, tag=tag, limit=limit)
+        page = nbtasks.runs.list(status=list(statuses) or None, task=task, tag=tag,
+                                 origin=origin, limit=limit)  # fmt: skip
     except (NbtasksError, ValueError) as exc:
         _fail(exc)
     if as_json:
         _emit({"runs": [run_dict(r) for r in list(page)], "next": page.next})
         return
-    rows = [("ID", "TASK", "STATUS", "ATTEMPTS", "CREATED", "DURATION")]
+    # ORIGIN last: a notebook's path may be long and hold spaces
+    rows = [("ID", "TASK", "STATUS", "ATTEMPTS", "CREATED", "DURATION", "ORIGIN")]
     for r in page:
         duration = "" if r.duration_ms is None else f"{r.duration_ms / 1000:.3f}s"
         created = r.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((r.id, r.task_id, r.status.value, str(r.attempt_count), created, duration))
+        rows.append((r.id, r.task_id, r.status.value, str(r.attempt_count), created, duration,
+                     r.origin or ""))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -173,7 +178,7 @@ def show(run_id: str, as_json: bool) -> None:
     if as_json:
         _emit(data)
         return
-    for key in ("id", "task_id", "version", "status", "created_at", "started_at",
+    for key in ("id", "task_id", "version", "status", "origin", "created_at", "started_at",
                 "finished_at", "duration_ms", "attempt_count", "tags", "payload_preview",
                 "output_preview", "parent_id", "batch_id", "replayed_from"):  # fmt: skip
         if data[key] not in (None, [], ""):

@@ -40,8 +40,8 @@ def _workers_from(name: str, value: object) -> int:
     return n
 
 
-def _notebook_name() -> str | None:
-    """The running notebook's file name, from Jupyter or VS Code, if there is one."""
+def _notebook_path() -> str | None:
+    """The running notebook's path (or name), from Jupyter or VS Code, if there is one."""
     path = os.environ.get("JPY_SESSION_NAME")
     if not path:
         main = sys.modules.get("__main__")
@@ -50,9 +50,7 @@ def _notebook_name() -> str | None:
         if path is None and ipython is not None:
             shell = ipython.get_ipython()
             path = shell.user_ns.get("__vsc_ipynb_file__") if shell else None
-    if not path:
-        return None
-    return os.path.basename(str(path))
+    return str(path) if path else None
 
 
 def default_store_path() -> str:
@@ -187,19 +185,40 @@ _named: list[str] = []  # the name this process gave itself, if it did
 
 
 def name_process(name: str) -> None:
-    """What the server's clients list calls this process, e.g. ``nbtasks dashboard``
-    (otherwise: its notebook, or its script)."""
+    """What the server's clients list calls this process, and the origin of the runs it
+    triggers (replays), e.g. ``nbtasks dashboard`` (otherwise: ``origin``)."""
     _named[:] = [name]
 
 
-def _process_name() -> str:
+def origin(store: str) -> str:
+    """What this process runs, as its runs record it (``Run.origin``) and its store's server
+    lists its clients: a notebook (``_notebook_origin``); else ``ipython`` in an IPython
+    shell; else a script's file name (``python -m pkg``: the package's name). Computed at
+    each connection, not per run."""
     if _named:
         return _named[0]
-    name = _notebook_name()
-    if name is not None:
-        return name
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    return os.path.basename(main_file) if main_file else os.path.basename(sys.argv[0] or "python")
+    notebook = _notebook_path()
+    if notebook is not None:
+        return _notebook_origin(notebook, store)
+    ipython = sys.modules.get("IPython")  # not imported: not in IPython, no need to
+    if ipython is not None and ipython.get_ipython() is not None:
+        return "ipython"
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or sys.argv[0]
+    name = os.path.basename(main) if main else ""
+    if name == "__main__.py":
+        return os.path.basename(os.path.dirname(main))
+    return name if name and name != "-c" else "python"
+
+
+def _notebook_origin(notebook: str, store: str) -> str:
+    """A notebook's path relative to the folder that holds the store's folder (the
+    project's folder, for the default ``.nbtasks/runs.duckdb``) if it lies inside it, else
+    its file name. (Jupyter may give a path relative to its own root: just the name then.)"""
+    if os.path.isabs(notebook):
+        inside = os.path.relpath(notebook, os.path.dirname(os.path.dirname(store)))
+        if inside != os.pardir and not inside.startswith(os.pardir + os.sep):
+            return inside
+    return os.path.basename(notebook)
 
 
 def prelaunch() -> None:
@@ -233,7 +252,7 @@ def get_engine(spawn: bool = False) -> Any:
         from nbtasks.service.client import connect
 
         config = server_config(spawn)
-        engine = connect(config, _process_name())
+        engine = connect(config, origin(config.store))
         _check_same_choices(engine, config)
         engine.on_lost = _reconnect_later
         _engine = engine

@@ -75,6 +75,7 @@ class Runs:
         limit: int = 25,
         after: str | None = None,
         batch: str | None = None,
+        origin: str | None = None,
     ) -> Page:
         """Runs newest first, filtered; ``Page.next`` is the cursor to pass as ``after=``."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
@@ -100,6 +101,7 @@ class Runs:
             ("tag", tag, "list_contains(tags, ?)", "tags", _has),
             ("after", after, "id < ?", "id", _less),
             ("batch", batch, "batch_id = ?", "batch_id", _eq),
+            ("origin", origin, "origin = ?", "origin", _eq),
         ):
             if value is not None:
                 if not isinstance(value, str):

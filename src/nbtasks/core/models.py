@@ -115,6 +115,7 @@ class Run:
     batch_id: str | None
     replayed_from: str | None
     resources: dict[str, float] | None = None  # what its attempts need of a worker
+    origin: str | None = None  # the notebook, script or command that triggered its root run
     _payload_bytes: bytes | None = field(default=None, compare=False)
     _output_bytes: bytes | None = field(default=None, compare=False)
     _attempts: tuple[Attempt, ...] | None = field(default=None, compare=False)
@@ -317,7 +318,7 @@ def run_from_row(
      error, created_at, updated_at, queued_at, started_at, finished_at, delay_until, ttl_s,
      expired_at, idempotency_key, _key_expires, tags, metadata, _trigger_metadata,
      max_attempts, _max_duration, attempt_count, parent_id, root_id, depth, batch_id,
-     replayed_from, _owner, resources) = row  # fmt: skip
+     replayed_from, _owner, resources, origin) = row  # fmt: skip
     return Run(
         id=id_,
         task_id=task_id,
@@ -346,6 +347,7 @@ def run_from_row(
         batch_id=batch_id,
         replayed_from=replayed_from,
         resources=json.loads(resources) if resources else None,
+        origin=origin,
         _payload_bytes=payload,
         _output_bytes=output,
         _attempts=attempts,

@@ -118,6 +118,7 @@ class IntakeMixin(_Base):
             concurrency_limit=spec.concurrency_limit,
             payload_stored=spec.payload_stored,
             resources=spec.resources,
+            origin=spec.origin,
         )
         if spec.idempotency_key is not None:
             ttl = spec.idempotency_key_ttl_s
@@ -125,6 +126,7 @@ class IntakeMixin(_Base):
             self._keys[(run.task_id, spec.idempotency_key)] = run.id
         if parent is not None:
             run.parent_id, run.root_id, run.depth = parent.id, parent.root_id, parent.depth + 1
+            run.origin = parent.origin  # the root's: a worker is no origin of its own
         else:
             run.root_id = run.id
         if tv is not None:

@@ -62,6 +62,7 @@ class RunSpec:
     parent_id: str | None = None  # set by the engine for runs triggered inside a task
     payload_stored: bool = False  # in the store's payloads table already (payloads.py)
     resources: dict[str, float] | None = None
+    origin: str | None = None  # what the triggering process runs (client/config.py origin)
 
 
 @dataclass(slots=True, eq=False)
@@ -143,6 +144,7 @@ class RunState:
     replayed_from: str | None = None
     owner: str | None = None
     resources: dict[str, float] | None = None  # what its attempts need of a worker
+    origin: str | None = None  # where it was triggered from; a child has its root's
     concurrency_limit: int | None = None
     attempts: list[AttemptState] = field(default_factory=list)
     timer: Any = None  # delay or backoff
@@ -178,7 +180,7 @@ class RunState:
             json.dumps(self.trigger_metadata) if self.trigger_metadata else None,
             self.max_attempts, self.max_duration_s, self.attempt_count, self.parent_id,
             self.root_id, self.depth, self.batch_id, self.replayed_from, self.owner,
-            json.dumps(self.resources) if self.resources else None,
+            json.dumps(self.resources) if self.resources else None, self.origin,
         )  # fmt: skip
 
     @classmethod
@@ -188,7 +190,7 @@ class RunState:
          output_preview, error, created_at, updated_at, queued_at, started_at, finished_at,
          delay_until, ttl_s, expired_at, key, key_expires, tags, metadata, trigger_metadata,
          max_attempts, max_duration_s, attempt_count, parent_id, root_id, depth, batch_id,
-         replayed_from, owner, resources) = row  # fmt: skip
+         replayed_from, owner, resources, origin) = row  # fmt: skip
         return cls(
             id=id_, task_id=task_id, version=version, status=RunStatus(status), queue=queue,
             payload=payload, payload_preview=payload_preview, created_at=created_at,
@@ -201,7 +203,7 @@ class RunState:
             max_attempts=max_attempts or 1, max_duration_s=max_duration_s,
             attempt_count=attempt_count, parent_id=parent_id, root_id=root_id, depth=depth,
             batch_id=batch_id, replayed_from=replayed_from, owner=owner,
-            resources=json.loads(resources) if resources else None,
+            resources=json.loads(resources) if resources else None, origin=origin,
         )  # fmt: skip
 
     def update_row(self) -> tuple[Any, ...]:
@@ -242,6 +244,7 @@ class RunState:
             batch_id=self.batch_id,
             replayed_from=self.replayed_from,
             resources=self.resources,
+            origin=self.origin,
             _payload_bytes=self.payload,
             _output_bytes=self.output,
             _attempts=tuple(a.snapshot() for a in self.attempts),

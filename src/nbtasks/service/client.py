@@ -70,8 +70,10 @@ class RemoteStore:
 class RemoteEngine:
     """One connection to a store's server."""
 
-    def __init__(self, sock: socket.socket, place: Place, max_payload: tuple[int, str]) -> None:
+    def __init__(self, sock: socket.socket, place: Place, max_payload: tuple[int, str],
+                 name: str) -> None:  # fmt: skip
         self.sock = sock
+        self.name = name  # as this client introduced itself: what its runs record as origin
         self.place = place
         self.store_path = place.store
         self.max_payload = max_payload
@@ -273,7 +275,7 @@ def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
         if not start:
             raise NbtasksError(f"no nbtasks server runs for store {place.store!r}")
         sock = start_server(place, config)
-    engine = RemoteEngine(sock, place, config.max_payload)
+    engine = RemoteEngine(sock, place, config.max_payload, name)
     try:
         info = engine.request("hello", {"pid": os.getpid(), "name": name, "build": wire.build()})
     except ServerLostError as exc:

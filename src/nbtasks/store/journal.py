@@ -34,6 +34,9 @@ Row = tuple[Any, ...]
 # Where each column of a run update goes in a full run row.
 _UPDATE_SLOTS = tuple(RUN_COLUMNS.index(c) for c in RUN_UPDATE_COLUMNS)
 _EVENT_WIDTH, _VERSION_WIDTH = 5, 7  # run_events and task_versions columns
+# The last run columns, added by later schemas (4: resources, 5: origin): a frame written
+# before has rows without them, read as NULL.
+_ADDED_RUN_COLUMNS = 2
 
 
 def apply_run_update(row: Row, update: Row) -> Row:
@@ -140,9 +143,10 @@ class Batch:
         batch = cls()
         (batch.new_runs, batch.run_updates, batch.new_attempts, batch.attempt_updates,
          batch.events, batch.versions) = body  # fmt: skip
-        for key, row in batch.new_runs.items():  # written before schema 4: no resources
-            if len(row) == len(RUN_COLUMNS) - 1:
-                batch.new_runs[key] = (*row, None)
+        for key, row in batch.new_runs.items():
+            missing = len(RUN_COLUMNS) - len(row)
+            if 0 < missing <= _ADDED_RUN_COLUMNS:
+                batch.new_runs[key] = (*row, *(None,) * missing)
         for name, rows, width in (
             ("new run", batch.new_runs, len(RUN_COLUMNS)),
             ("run update", batch.run_updates, len(RUN_UPDATE_COLUMNS)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4  # 2: journal_state; 3: payloads; 4: runs.resources
+SCHEMA_VERSION = 5  # 2: journal_state; 3: payloads; 4: runs.resources; 5: runs.origin
 
 RUN_COLUMNS: tuple[str, ...] = (
     "id", "task_id", "version", "status", "queue",
@@ -11,7 +11,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "delay_until", "ttl_s", "expired_at", "idempotency_key", "idempotency_expires_at",
     "tags", "metadata", "trigger_metadata", "max_attempts", "max_duration_s",
     "attempt_count", "parent_id", "root_id", "depth", "batch_id", "replayed_from", "owner",
-    "resources",
+    "resources", "origin",
 )  # fmt: skip
 
 # The columns that change after a run is created; updates write only these.
@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS runs (
     batch_id VARCHAR,
     replayed_from VARCHAR,
     owner VARCHAR,
-    resources JSON
+    resources JSON,
+    origin VARCHAR
 );
 CREATE TABLE IF NOT EXISTS attempts (
     id VARCHAR PRIMARY KEY,
@@ -107,6 +108,7 @@ CREATE TABLE IF NOT EXISTS payloads (run_id VARCHAR PRIMARY KEY, data BLOB NOT N
 CREATE TABLE IF NOT EXISTS journal_state (folded_seq BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_run ON attempts (run_id);
 CREATE INDEX IF NOT EXISTS events_run ON run_events (run_id);
--- Stores made before schema 4.
+-- Stores made before schema 4, and 5 (their runs' origin stays NULL: not recorded then).
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS resources JSON;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS origin VARCHAR;
 """

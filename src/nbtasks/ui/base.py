@@ -232,5 +232,6 @@ def run_state(run: Run, logs: bool = False) -> dict[str, Any]:
         "duration_ms": run.duration_ms,
         "depth": run.depth,
         "replayed_from": run.replayed_from,
+        "origin": run.origin,
         "now": datetime.now(timezone.utc).isoformat(),  # the kernel's clock, for elapsed time
     }

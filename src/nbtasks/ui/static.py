@@ -145,7 +145,8 @@ def batch_html(task_id: str, total: int, counts: Mapping[str, int], final: set[s
 def _table_row(r: Mapping[str, Any]) -> str:
     outcome = r["error"] or (r["output_preview"] or "")
     return _row([
-        f"<code>{escape(r['id'])}</code>", escape(r["task_id"]), badge(r["status"]),
+        f"<code>{escape(r['id'])}</code>", escape(r["task_id"]), escape(r["origin"] or ""),
+        badge(r["status"]),
         when(r["created_at"]), ms(r["duration_ms"]), escape(outcome),
     ])  # fmt: skip
 
@@ -153,7 +154,8 @@ def _table_row(r: Mapping[str, Any]) -> str:
 def table_html(rows: list[dict[str, Any]], total: int, filters: Mapping[str, str]) -> str:
     """A page of the run table, and how many runs match its filter."""
     shown = ", ".join(f"{k}={v!r}" for k, v in filters.items() if v)
-    head = _row(["id", "task", "status", "created", "duration", "output / error"], header=True)
+    head = _row(["id", "task", "origin", "status", "created", "duration", "output / error"],
+                header=True)  # fmt: skip
     body = "".join(_table_row(r) for r in rows)
     return (
         f'<div class="nbt-static" style="{_BOX}">{total} runs'

@@ -20,6 +20,7 @@ from nbtasks.ui.base import FINAL_VALUES, LiveWidget, asset, esm, run_state
 _SORTS = {
     "created": "id",
     "task_id": "task_id",
+    "origin": "origin",
     "status": "status",
     "attempt_count": "attempt_count",
     "duration_ms": "finished_at - started_at",
@@ -99,8 +100,8 @@ class RunTable(LiveWidget):
         order = _SORTS.get(str(self.sort.get("col", "created")), "id")
         direction = "DESC" if self.sort.get("desc", True) else "ASC"
         sql = (
-            "SELECT id, task_id, status, attempt_count, created_at, started_at, finished_at, "
-            "output_preview, error FROM runs" + where
+            "SELECT id, task_id, origin, status, attempt_count, created_at, started_at, "
+            "finished_at, output_preview, error FROM runs" + where
             + f" ORDER BY {order} {direction} NULLS LAST, id DESC"
             + f" LIMIT {self.page_size + 1} OFFSET {self.page * self.page_size}"
         )  # fmt: skip
@@ -112,11 +113,13 @@ class RunTable(LiveWidget):
             params,
         )
         out = []
-        for run_id, task_id, status, attempts, created, started, finished, preview, err in rows:
+        for (run_id, task_id, origin, status, attempts, created, started, finished, preview,
+             err) in rows:  # fmt: skip
             duration = (finished - started).total_seconds() * 1000 if started and finished else None
             error = json.loads(err) if err else None
             out.append({
-                "id": run_id, "task_id": task_id, "status": status, "attempt_count": attempts,
+                "id": run_id, "task_id": task_id, "origin": origin, "status": status,
+                "attempt_count": attempts,
                 "created_at": created.isoformat(),
                 "started_at": started.isoformat() if started else None,
                 "finished_at": finished.isoformat() if finished else None,
