@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from nbtasks.client.config import engine, version_of
+from nbtasks.client.config import version_of
 from nbtasks.core import context as _context
 from nbtasks.core.durations import parse_delay, parse_duration
 from nbtasks.core.ids import new_id
@@ -139,8 +139,4 @@ def make_specs(
                 **fields,
             )
         )
-    if not _context.IN_WORKER:  # inside a task, the server gives children their root's origin
-        origin = engine().name  # this process's, computed when it connected
-        for spec in specs:
-            spec.origin = origin
     return specs

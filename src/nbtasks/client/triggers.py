@@ -34,7 +34,11 @@ RESTART_GRACE_S = 0.3
 
 
 def _payloads(eng: RemoteEngine, specs: list[RunSpec]) -> None:
-    """Refuse a payload over the cap; write big ones to the store first (payloads.py)."""
+    """Refuse a payload over the cap; write big ones to the store first (payloads.py).
+    Name this process as the runs' origin (inside a task, the server gives children
+    their root's)."""
+    for spec in specs:
+        spec.origin = eng.name  # as this process introduced itself when it connected
     check_sizes(specs, *eng.max_payload)
     store_big(eng.store, specs)  # the server writes them
 
