@@ -37,6 +37,8 @@ import pytest
 from jupyter_client import BlockingKernelClient
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
+from nbtasks.service.client import server_pid
+
 from conftest import PYTHONPATH, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +263,13 @@ class JupyterServer:
             except psutil.Error:
                 pass
         self.log.close()
+        # A server of the store started after the stop above (e.g. by a background refresh)
+        # would drive its delayed runs, alone, for ever.
+        pid = server_pid(str(self.store))
+        if pid is not None:
+            leaked = psutil.Process(pid)
+            self.stop_nbtasks_server()
+            alive.append(leaked)
         return alive
 
 

@@ -201,11 +201,26 @@ def test_the_dashboard_shows_every_process_s_runs_live_and_its_buttons_act(
         # A run page of an unknown run says so.
         page.goto(dash.base + "runs/run_nosuchrun")
         expect(page.locator(".nbt-dash-error")).to_contain_text("run_nosuchrun", timeout=UI_MS)
+
+        # A server stopped on purpose stays stopped while the page refreshes: it says so.
+        page.goto(dash.base)
+        expect(table_rows(page)).to_have_count(3, timeout=RUN_MS)
+        cli("server", "stop", cwd=project)
+        expect(page.locator(".nbt-dash-server")).to_contain_text(
+            "no nbtasks server runs", timeout=UI_MS
+        )
+        stopped = subprocess.run(
+            [sys.executable, "-m", "nbtasks.cli", "server", "status"], cwd=project, env=_env(),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert stopped.returncode == 3, stopped.stdout  # no server
+        page.reload()  # opening a page is asking: it starts the server
+        expect(table_rows(page)).to_have_count(3, timeout=RUN_MS)
         page.close()
     finally:
         code = dash.stop()
     assert code == 0, dash.proc.stderr.read() if dash.proc.stderr else ""
-    # The dashboard was a client: the runs and the server go on without it.
+    # The dashboard was a client: the server goes on without it.
     assert "pid" in json.loads(cli("server", "status", "--json", cwd=project))
 
 

@@ -225,6 +225,29 @@ def test_static_copies_are_drawn_again_when_their_runs_end(nb: object) -> None:
         assert handle.id in html and "EXECUTING" not in html
 
 
+def test_a_live_tables_refresh_never_starts_a_stopped_server_again(
+    nb: object, store_path: str
+) -> None:
+    """A table with a live (DELAYED) run refreshes itself every second on a thread of its
+    own. Once the server was stopped on purpose, that refresh must not start it again: with
+    a delayed run to drive, the new server would never stop by itself."""
+    from nbtasks.client import config
+    from nbtasks.service.client import listening, server_pid
+
+    handle = add.trigger({"a": 1, "b": 2}, delay="1h")
+    table = RunTable()
+    assert [r["status"] for r in table.rows] == ["DELAYED"]
+    pid = server_pid(store_path)
+    config.shutdown(stop_server=True)
+    assert not listening(store_path)
+    table.refresh_quietly()  # what its thread does each second
+    assert not listening(store_path) and server_pid(store_path) is None
+    assert [r["id"] for r in table.rows] == [handle.id]  # what it showed, still shown
+    table.refresh()  # asked for: the server starts, and the run is driven on
+    assert server_pid(store_path) not in (None, pid)
+    assert handle.retrieve().status is RunStatus.DELAYED
+
+
 def test_run_table_validates_its_filters(nb: object) -> None:
     with pytest.raises(ValueError, match="status='NOPE'"):
         RunTable(status="NOPE")

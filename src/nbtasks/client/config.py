@@ -5,11 +5,13 @@ given the versions of the tasks defined here, and closed."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.client.blocking import block
@@ -236,6 +238,21 @@ def _connect_quietly(spawn: bool = True) -> None:
         pass
 
 
+_background = threading.local()
+
+
+@contextlib.contextmanager
+def in_background() -> Iterator[None]:
+    """Calls made inside, on this thread, reach a running server only. A background
+    refresh (a live table's, the dashboard's) must never start one: after `nbtasks server
+    stop` it would bring the server back, with no one to stop it."""
+    _background.on = True
+    try:
+        yield
+    finally:
+        _background.on = False
+
+
 def get_engine(spawn: bool = False) -> Any:
     global _engine
     engine = _engine
@@ -252,7 +269,8 @@ def get_engine(spawn: bool = False) -> Any:
         from nbtasks.service.client import connect
 
         config = server_config(spawn)
-        engine = connect(config, origin(config.store))
+        engine = connect(config, origin(config.store),
+                         start=not getattr(_background, "on", False))  # fmt: skip
         _check_same_choices(engine, config)
         engine.on_lost = _reconnect_later
         _engine = engine

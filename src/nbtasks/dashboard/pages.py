@@ -113,8 +113,11 @@ class Page:
             _page.reset(token)
 
     def _repeat(self, every: float, step: Callable[[], None]) -> None:
+        from nbtasks.client.config import in_background
+
         while not self.closed.wait(every):
-            step()
+            with in_background():  # a stopped server stays stopped; the page says so
+                step()
 
     def _send_status(self) -> None:
         from nbtasks.client.config import get_engine

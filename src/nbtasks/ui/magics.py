@@ -283,11 +283,14 @@ class Background:
                          name=f"nbtasks-bg-{handle.id}").start()  # fmt: skip
 
     def _wait(self, handle: Any) -> None:
+        from nbtasks.client.config import in_background
+
         try:
             handle.wait()
         except Exception:  # the engine was shut down: nothing to assign
             pass
-        self.assign(handle.id)
+        with in_background():  # a server stopped meanwhile is not started again for this
+            self.assign(handle.id)
 
     def assign(self, run_id: str) -> None:
         with self.lock:  # each run's outputs are assigned once
@@ -305,15 +308,19 @@ class Background:
 
     def before_cell(self, *_: Any) -> None:
         """IPython's ``pre_run_cell``: assign what completed since the last cell."""
+        from nbtasks.client.config import in_background
+
         with self.lock:  # an assignment under way (in its thread) ends first
             pending = list(self.pending.items())
         for run_id, (_shell, handle) in pending:
             try:
-                final = handle.retrieve().is_final
+                with in_background():  # a hook before every cell starts no server
+                    final = handle.retrieve().is_final
             except Exception:
                 final = True  # the engine is gone: drop it
             if final:
-                self.assign(run_id)
+                with in_background():
+                    self.assign(run_id)
 
 
 BACKGROUND = Background()

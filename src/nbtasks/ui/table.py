@@ -11,7 +11,7 @@ from typing import Any
 
 import traitlets
 
-from nbtasks.client.config import engine
+from nbtasks.client.config import engine, in_background
 from nbtasks.client.control import cancel
 from nbtasks.client.runs import runs, status_values
 from nbtasks.ui import static
@@ -145,9 +145,11 @@ class RunTable(LiveWidget):
             self.redisplay()
 
     def refresh_quietly(self) -> None:
+        """A refresh from a background thread: skipped while no server runs the store."""
         try:
             self._refreshing = True
-            self.refresh()
+            with in_background():
+                self.refresh()
         except Exception:
             pass
 
