@@ -50,8 +50,8 @@ def test_a_listing_shows_what_a_fold_would_write(
     delayed = [echo.trigger(i, delay="1h", tags=["odd"]) for i in range(4)]
     runs.cancel(delayed[2].id)  # (a read: it folds)
     served.engine.store.fold()
-    monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)
-    monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_IDLE_S", 600.0)
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_MAX_AGE_S", 600.0)
     echo.batch_trigger_and_wait(
         [BatchItem(i, tags=["odd" if i % 2 else "even"]) for i in range(50)]
     )

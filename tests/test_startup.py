@@ -86,7 +86,7 @@ def spy_store(module):
 HOOKS = {
     "nbtasks.executor.local.launch": spy_launch,
     "nbtasks.executor.local.pool": spy_pool,
-    "nbtasks.store.store": spy_store,
+    "nbtasks.store.folding": spy_store,
 }
 
 

@@ -181,10 +181,10 @@ def test_trigger_and_wait_leaves_the_final_state_in_the_file(nb: object, store_p
 
 SERVER_THAT_NEVER_FOLDS = """
 import sys
-import nbtasks.store.store as store_module
+import nbtasks.store.folding as folding
 from nbtasks.cli import main
 
-store_module.FOLD_IDLE_S = store_module.FOLD_MAX_AGE_S = 600  # commits stay in the journal
+folding.FOLD_IDLE_S = folding.FOLD_MAX_AGE_S = 600  # commits stay in the journal
 main(["--store", sys.argv[1], "server", "start", "--workers", "2"])
 """
 
@@ -737,8 +737,8 @@ def test_the_journal_folds_into_the_tables_as_the_commits_wrote_them(
     """Batches committed to the journal, folded at once by a read, leave the tables as
     writing each batch in turn would: a run created and finished in between is one row with
     its final state, a run folded earlier gets its update, events keep their order."""
-    monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)  # only the reads below fold
-    monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_IDLE_S", 600.0)  # only the reads below fold
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_MAX_AGE_S", 600.0)
     committed: dict[int, BaseException | None] = {}
     done = threading.Condition()
 
@@ -947,8 +947,8 @@ def test_a_hurried_step_commits_on_the_staging_thread_when_the_writer_is_idle(
 def test_the_journal_is_folded_while_commits_never_pause(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)  # never idle long enough
-    monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 0.05)
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_IDLE_S", 600.0)  # never idle long enough
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_MAX_AGE_S", 0.05)
     steps: list[Any] = []
     commits = _Commits()
     store = Store(str(tmp_path / "busy.duckdb"), commits, steps.append)
@@ -981,8 +981,8 @@ def _commit_run(store: Store, commits: _Commits, run_id: str) -> None:
 def test_commits_go_on_while_a_fold_writes_the_tables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)  # only the calls below fold
-    monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_IDLE_S", 600.0)  # only the calls below fold
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_MAX_AGE_S", 600.0)
     commits = _Commits()
     store = Store(str(tmp_path / "fold.duckdb"), commits)
     inside, release = threading.Event(), threading.Event()

@@ -472,8 +472,8 @@ def test_a_journal_restore_that_failed_is_tried_again_and_numbers_still_follow_o
         return real(name)
 
     try:
-        monkeypatch.setattr("nbtasks.store.store.FOLD_IDLE_S", 600.0)
-        monkeypatch.setattr("nbtasks.store.store.FOLD_MAX_AGE_S", 600.0)
+        monkeypatch.setattr("nbtasks.store.folding.FOLD_IDLE_S", 600.0)
+        monkeypatch.setattr("nbtasks.store.folding.FOLD_MAX_AGE_S", 600.0)
         _commit_one(store, errors, "run_a")
         wait_for(lambda: len(errors) == 1, "the first commit")
         os.unlink(str(path) + ".journal")
