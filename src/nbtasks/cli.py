@@ -112,7 +112,8 @@ class _Main(click.Group):
               help="The store file (default: .nbtasks/runs.duckdb here).")  # fmt: skip
 @click.version_option(VERSION, prog_name="nbtasks")
 def main(store: str | None) -> None:
-    """nbtasks: list, follow, cancel and replay runs; see and stop the store's server."""
+    """nbtasks: list, follow, cancel and replay runs; see and stop the store's server; open
+    the dashboard."""
     config.name_process("nbtasks")  # what its replays record, however it was started
     if store:
         nbtasks.configure(store=store)
