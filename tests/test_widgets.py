@@ -18,7 +18,7 @@ from nbtasks.core import display
 from nbtasks.ui.table import RunTable
 from nbtasks.ui.widgets import BatchWidget, RunWidget
 
-from conftest import start_script, wait_for
+from conftest import has_status, start_script, wait_for
 from crashers import sleep_for
 from tasks import add, always_fail, fail_some, succeed_on_third
 
@@ -97,6 +97,88 @@ def test_batch_grid_reaches_every_item_and_filters_by_status(nb: object) -> None
     assert widget.selected["error"]["message"] == "item 1997"
     _click(widget, {"action": "grid", "status": "FAILED"})  # the same badge again: all
     assert widget.grid["status"] == "" and widget.grid["matching"] == 2000
+
+
+def test_live_views_follow_their_runs_onto_the_next_server_after_a_crash(
+    nb: object, store_path: str
+) -> None:
+    """SIGKILL of the server while a run view and a batch view follow executing runs: the
+    process starts a new server, which settles them INTERRUPTED, and both views show it
+    (they would stay on EXECUTING, following a server that is gone)."""
+    import signal
+
+    import psutil
+
+    from nbtasks.client import config
+    from nbtasks.service.client import server_pid
+
+    one = sleep_for.trigger(60)
+    batch = sleep_for.batch_trigger([60])
+    ids = [one.id, batch.runs[0].id]
+    for run_id in ids:
+        wait_for(has_status(run_id, RunStatus.EXECUTING), "the runs to execute")
+    run_view = RunWidget(one.id)
+    batch_view = BatchWidget([batch.runs[0].id], "sleep_for")
+    assert run_view.run["status"] == "EXECUTING" and batch_view.counts == {"EXECUTING": 1}
+    crashed = psutil.Process(config.engine().info["pid"])
+    crashed.send_signal(signal.SIGKILL)
+    crashed.wait(timeout=10)
+    wait_for(lambda: server_pid(store_path) not in (None, crashed.pid), "a new server")
+    wait_for(lambda: run_view.run["status"] == "INTERRUPTED", "the run view to say INTERRUPTED")
+    wait_for(lambda: batch_view.counts == {"INTERRUPTED": 1}, "the batch view to say it too")
+    assert "server that owned the run stopped" in run_view.run["error"]["message"]
+
+
+def test_a_process_that_only_shows_a_run_follows_it_onto_the_next_server(
+    tmp_path: Path,
+) -> None:
+    """The same from a process that defines no task and only shows a run: after the crash,
+    it starts the next server itself, for its view."""
+    import signal
+
+    import psutil
+
+    from nbtasks.service.client import server_pid
+
+    store = str(tmp_path / "store" / "runs.duckdb")
+    env = {"NBTASKS_STORE": store}
+    trigger = start_script("""
+        import time
+        from nbtasks import task
+
+        @task
+        def nap(s):
+            time.sleep(s)
+
+        print(nap.trigger(60).id, flush=True)
+    """, tmp_path, env=env, name="trigger.py")  # fmt: skip
+    out, err = trigger.communicate(timeout=60)
+    assert trigger.returncode == 0, err
+    run_id = out.strip()
+    viewer = start_script(f"""
+        import sys, time
+        from nbtasks import RunStatus, runs
+        from nbtasks.ui.widgets import RunWidget
+
+        while runs.retrieve({run_id!r}).status is not RunStatus.EXECUTING:
+            time.sleep(0.02)
+        view = RunWidget({run_id!r})
+        print(view.run["status"], flush=True)
+        deadline = time.monotonic() + 30
+        while view.run["status"] != "INTERRUPTED" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        print(view.run["status"], flush=True)
+    """, tmp_path, env=env, name="viewer.py")  # fmt: skip
+    try:
+        assert viewer.stdout is not None
+        assert viewer.stdout.readline().strip() == "EXECUTING"
+        crashed = psutil.Process(server_pid(store) or 0)
+        crashed.send_signal(signal.SIGKILL)
+        out, err = viewer.communicate(timeout=60)
+    finally:
+        viewer.kill()
+    assert out.strip() == "INTERRUPTED", err
+    assert server_pid(store) not in (None, crashed.pid)  # the viewer started it
 
 
 def test_a_stopped_batch_says_what_did_not_complete(nb: object) -> None:

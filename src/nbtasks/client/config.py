@@ -12,7 +12,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nbtasks.client.blocking import block
 from nbtasks.client.registry import registry
@@ -281,16 +281,40 @@ def get_engine(spawn: bool = False) -> Any:
         return engine
 
 
+class Follower(Protocol):
+    """What follows runs live in this process (the UI's views, ``add_follower``)."""
+
+    def wanted(self) -> bool:
+        """Whether it follows runs that are not final yet."""
+
+    def resume(self) -> None:
+        """Follow them again, on this process's new connection."""
+
+
+_followers: list[Follower] = []
+
+
+def add_follower(follower: Follower) -> None:
+    _followers.append(follower)
+
+
 def _reconnect_later(lost: Any) -> None:
     """The server crashed: if this process defines tasks, start a new server and give it
-    their definitions, so that their queued and delayed runs resume."""
-    if not len(registry):
+    their definitions, so that their queued and delayed runs resume; if it shows live runs,
+    start one too, and follow them again there (the new server settles what the crashed
+    one left, e.g. its executing runs end INTERRUPTED, and the views show it)."""
+    if not len(registry) and not any(f.wanted() for f in _followers):
         return
 
     def reconnect() -> None:
         time.sleep(RECONNECT_AFTER_S)
         if _engine is lost:
             _connect_quietly(spawn=False)
+        for follower in list(_followers):
+            try:
+                follower.resume()
+            except Exception:  # no server to follow them on: they stay as they were
+                pass
 
     threading.Thread(target=reconnect, name="nbtasks-reconnect", daemon=True).start()
 

@@ -8,6 +8,7 @@ runs.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -16,7 +17,7 @@ from typing import Any
 import traitlets
 
 from nbtasks.client.blocking import block
-from nbtasks.client.config import engine
+from nbtasks.client.config import add_follower, engine
 from nbtasks.client.control import cancel
 from nbtasks.client.runs import runs
 from nbtasks.core.display import in_notebook
@@ -34,6 +35,39 @@ from nbtasks.ui.base import (
 )
 
 BATCH_SAMPLE = 200  # items of a batch on one page of its grid
+
+
+class _Views:
+    """This process's live run and batch views, held weakly. After a server crash the
+    client connects to a new server (one is started for them) and they follow their runs
+    again there: those the crashed server was executing show how the new one settled them
+    (INTERRUPTED), instead of staying on their last state."""
+
+    def __init__(self) -> None:
+        self._views: weakref.WeakSet[RunWidget | BatchWidget] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, view: RunWidget | BatchWidget) -> None:
+        with self._lock:
+            self._views.add(view)
+
+    def _live(self) -> list[RunWidget | BatchWidget]:
+        with self._lock:
+            return [v for v in self._views if not v._final_drawn]
+
+    def wanted(self) -> bool:
+        return bool(self._live())
+
+    def resume(self) -> None:
+        for view in self._live():
+            try:
+                view.follow_again()
+            except Exception:  # e.g. its run is gone with a store deleted meanwhile
+                pass
+
+
+views = _Views()
+add_follower(views)
 
 
 def _logs(run: Run) -> str:
@@ -69,6 +103,7 @@ class RunWidget(LiveWidget):
         self._detail_id: str | None = None
         self._pending_detail: Run | None = None
         self._ready = False  # snapshots that arrive before the first one wait for it
+        self._heard = self._heard_detail = 0  # snapshots taken (of the run, of the detail)
         self._timeline: list[list[str]] = []
         live = _follow(run_id, self._on_snapshot) if follow else None
         snapshot = live or runs.retrieve(run_id)  # not live: final, and in the store
@@ -84,6 +119,21 @@ class RunWidget(LiveWidget):
         self._apply(snapshot)
         self._ready = True
         self._flush()
+        if live is not None:
+            views.add(self)
+
+    def follow_again(self) -> None:
+        """On a new server: follow the run (and the replay opened below it) from there."""
+        with self._lock:
+            heard = self._heard
+        live = _follow(self.run_id, self._on_snapshot)
+        self._on_snapshot(live or runs.retrieve(self.run_id), heard)
+        detail_id = self._detail_id
+        if detail_id is not None:
+            with self._lock:
+                heard = self._heard_detail
+            live = _follow(detail_id, self._on_detail)
+            self._on_detail(live or runs.retrieve(detail_id), heard)
 
     def _record(self, entry: list[str]) -> None:
         """Add a transition to the timeline unless it is already there."""
@@ -92,8 +142,13 @@ class RunWidget(LiveWidget):
         ):
             self._timeline.append(entry)
 
-    def _on_snapshot(self, snapshot: Run) -> None:
+    def _on_snapshot(self, snapshot: Run, heard: int | None = None) -> None:
+        """A snapshot pushed by the server; or, with ``heard``, the one a new subscription
+        answered with, taken unless a pushed one came since (then it is the newer)."""
         with self._lock:
+            if heard is not None and heard != self._heard:
+                return
+            self._heard += 1
             self._pending = snapshot
             self._record(_entry(snapshot))  # every transition, even those not drawn
         if snapshot.is_final:
@@ -131,8 +186,11 @@ class RunWidget(LiveWidget):
     def _static_html(self) -> str:
         return static.run_html(self.run, self.logs, self.replays)
 
-    def _on_detail(self, snapshot: Run) -> None:
+    def _on_detail(self, snapshot: Run, heard: int | None = None) -> None:
         with self._lock:
+            if heard is not None and heard != self._heard_detail:
+                return
+            self._heard_detail += 1
             self._pending_detail = snapshot
         if snapshot.is_final:
             self._flush()
@@ -193,6 +251,8 @@ class BatchWidget(LiveWidget):
         self.run_ids = run_ids
         self.task_id = task_id
         self._statuses: dict[str, str] = {}
+        self._heard = 0  # status changes taken, and when each run's last one was
+        self._heard_at: dict[str, int] = {}
         self._counts: Counter[str] | None = None  # kept up to date once the view is set up
         self._grid_status = ""
         self._grid_page = 0
@@ -200,32 +260,52 @@ class BatchWidget(LiveWidget):
         self._changed = False
         self._text = text or f"Batch(task={task_id!r}, runs={len(run_ids)})"
         self.total = len(run_ids)
-        eng = engine()
-        # Watch first, then read the store for the runs that were not live any more: those
-        # are final and committed, so no change falls between the two.
-        live: dict[str, str] = block(eng.call("watch", run_ids, self._on_status))
+        live, stored = self._watch(run_ids)
         with self._lock:  # a change reported meanwhile is newer than ``live``
             for run_id, status in live.items():
                 self._statuses.setdefault(run_id, status)
-        rest = [run_id for run_id in run_ids if run_id not in live]
-        if rest:
-            rows = eng.store.query(
-                "SELECT id, status FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))", [rest]
-            )
-            with self._lock:
-                self._statuses.update({run_id: status for run_id, status in rows})
-        with self._lock:
+            self._statuses.update(stored)
             self._counts = Counter(self._statuses.values())
         self._flush_now()
+        if live:
+            views.add(self)
+
+    def _watch(self, run_ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """Watch ``run_ids``: the statuses of those live now, and of the others, final and
+        committed, from the store (read after the watch began: no change falls between)."""
+        eng = engine()
+        live: dict[str, str] = block(eng.call("watch", run_ids, self._on_status))
+        rest = [run_id for run_id in run_ids if run_id not in live]
+        if not rest:
+            return live, {}
+        rows = eng.store.query(
+            "SELECT id, status FROM runs WHERE id IN (SELECT unnest(?::VARCHAR[]))", [rest]
+        )
+        return live, dict(rows)
+
+    def follow_again(self) -> None:
+        """On a new server: watch the runs not final here from there."""
+        with self._lock:
+            unfinished = [r for r in self.run_ids if self._statuses.get(r) not in FINAL_VALUES]
+            heard = self._heard + 1
+        live, stored = self._watch(unfinished)
+        for run_id, status in {**stored, **live}.items():
+            self._on_status(run_id, status, heard)
 
     def _finished(self) -> bool:
         counts: Counter[str] = self._counts or Counter()
         return sum(n for s, n in counts.items() if s in FINAL_VALUES) == len(self.run_ids)
 
-    def _on_status(self, run_id: str, status: str) -> None:
+    def _on_status(self, run_id: str, status: str, heard: int | None = None) -> None:
         """From the engine's thread, at every status change: only mark, and draw at once
-        only the batch's end (before a wait on it returns, so the cell ends with it)."""
+        only the batch's end (before a wait on it returns, so the cell ends with it).
+        With ``heard``: a status a new watch answered with, taken unless a change of that
+        run was pushed since (then it is the newer)."""
         with self._lock:
+            if heard is not None and self._heard_at.get(run_id, -1) >= heard:
+                return
+            self._heard += 1
+            self._heard_at[run_id] = self._heard
             old = self._statuses.get(run_id)
             self._statuses[run_id] = status
             if self._counts is not None:
