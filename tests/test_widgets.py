@@ -117,6 +117,9 @@ def test_live_views_follow_their_runs_onto_the_next_server_after_a_crash(
     ids = [one.id, batch.runs[0].id]
     for run_id in ids:
         wait_for(has_status(run_id, RunStatus.EXECUTING), "the runs to execute")
+    # ... and until the store holds it (a start is committed within 20 ms): a run whose
+    # start the crash lost is QUEUED for the next server, which runs it again.
+    wait_for(lambda: _stored_statuses(ids) == {"EXECUTING"}, "their starts to be committed")
     run_view = RunWidget(one.id)
     batch_view = BatchWidget([batch.runs[0].id], "sleep_for")
     assert run_view.run["status"] == "EXECUTING" and batch_view.counts == {"EXECUTING": 1}
@@ -127,6 +130,12 @@ def test_live_views_follow_their_runs_onto_the_next_server_after_a_crash(
     wait_for(lambda: run_view.run["status"] == "INTERRUPTED", "the run view to say INTERRUPTED")
     wait_for(lambda: batch_view.counts == {"INTERRUPTED": 1}, "the batch view to say it too")
     assert "server that owned the run stopped" in run_view.run["error"]["message"]
+
+
+def _stored_statuses(run_ids: list[str]) -> set[str]:
+    """The statuses the store holds (committed) for ``run_ids``."""
+    rows = runs.sql("SELECT status FROM runs WHERE id IN (SELECT unnest(?))", [run_ids])
+    return {status for (status,) in rows.fetchall()}
 
 
 def test_a_process_that_only_shows_a_run_follows_it_onto_the_next_server(
@@ -157,10 +166,11 @@ def test_a_process_that_only_shows_a_run_follows_it_onto_the_next_server(
     run_id = out.strip()
     viewer = start_script(f"""
         import sys, time
-        from nbtasks import RunStatus, runs
+        from nbtasks import runs
         from nbtasks.ui.widgets import RunWidget
 
-        while runs.retrieve({run_id!r}).status is not RunStatus.EXECUTING:
+        stored = "SELECT status FROM runs WHERE id = ?"  # committed: what a crash keeps
+        while runs.sql(stored, [{run_id!r}]).fetchall() != [("EXECUTING",)]:
             time.sleep(0.02)
         view = RunWidget({run_id!r})
         print(view.run["status"], flush=True)

@@ -52,8 +52,9 @@ class _Views:
             self._views.add(view)
 
     def _live(self) -> list[RunWidget | BatchWidget]:
+        """The views showing runs not final yet, and not closed."""
         with self._lock:
-            return [v for v in self._views if not v._final_drawn]
+            return [v for v in self._views if not v._final_drawn and v.comm is not None]
 
     def wanted(self) -> bool:
         return bool(self._live())
