@@ -26,7 +26,7 @@ import psutil
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from test_browser import RUN_MS, UI_MS, Lab, launch_chromium, serve
+from test_browser import RUN_MS, UI_MS, Lab, Notebook7, launch_chromium, serve
 
 from conftest import PYTHONPATH, run_script
 
@@ -111,6 +111,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any) -> None:
         return None  # the redirect itself is the answer
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Notebook7]:
+    yield from serve(Notebook7, tmp_path_factory)
 
 
 def answer(url: str, *, data: bytes | None = None, jar: Any = None) -> tuple[int, str]:
@@ -291,3 +296,16 @@ def test_jupyter_serves_the_dashboard_at_nbtasks_behind_its_own_auth(
     )
     page.close()
     lab.stop_nbtasks_server()
+
+
+def test_notebook_7_serves_the_dashboard_too(notebook7: Notebook7) -> None:
+    """The extension belongs to Jupyter Server, which Notebook 7 runs as JupyterLab does."""
+    jar = http.cookiejar.CookieJar()
+    assert answer(f"{notebook7.url}/nbtasks/?token={notebook7.token}", jar=jar)[0] == 200
+    page = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar)).open(
+        f"{notebook7.url}/nbtasks/", timeout=10
+    )
+    text = page.read().decode()
+    assert f"<code class='nbt-dash-store'>{notebook7.store}</code>" in text
+    code, where = answer(f"{notebook7.url}/nbtasks/")
+    assert (code, where.split("?")[0]) == (302, "/login")
