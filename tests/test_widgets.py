@@ -340,6 +340,24 @@ def test_a_live_tables_refresh_never_starts_a_stopped_server_again(
     assert handle.retrieve().status is RunStatus.DELAYED
 
 
+def test_calls_in_the_background_start_no_server_even_after_a_nested_block(
+    store_path: str,
+) -> None:
+    from nbtasks.client import config
+    from nbtasks.core.errors import NbtasksError
+    from nbtasks.service.client import server_pid
+
+    nbtasks.configure(store=store_path)
+    with config.in_background():
+        with config.in_background():  # e.g. a refresh inside the dashboard's tick
+            pass
+        with pytest.raises(NbtasksError, match="no nbtasks server runs"):
+            runs.list()
+    assert server_pid(store_path) is None
+    assert list(runs.list()) == []  # outside: asked for, so the server starts
+    assert server_pid(store_path) is not None
+
+
 def test_run_table_validates_its_filters(nb: object) -> None:
     with pytest.raises(ValueError, match="status='NOPE'"):
         RunTable(status="NOPE")

@@ -246,11 +246,12 @@ def in_background() -> Iterator[None]:
     """Calls made inside, on this thread, reach a running server only. A background
     refresh (a live table's, the dashboard's) must never start one: after `nbtasks server
     stop` it would bring the server back, with no one to stop it."""
+    before = getattr(_background, "on", False)  # nested: the outer one still holds after
     _background.on = True
     try:
         yield
     finally:
-        _background.on = False
+        _background.on = before
 
 
 def get_engine(spawn: bool = False) -> Any:
