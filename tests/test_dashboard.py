@@ -309,3 +309,19 @@ def test_notebook_7_serves_the_dashboard_too(notebook7: Notebook7) -> None:
     assert f"<code class='nbt-dash-store'>{notebook7.store}</code>" in text
     code, where = answer(f"{notebook7.url}/nbtasks/")
     assert (code, where.split("?")[0]) == (302, "/login")
+
+
+def test_a_user_can_turn_the_extension_off(tmp_path: Path) -> None:
+    """The README's switch, in the user's Jupyter config: no ``/nbtasks/`` then."""
+    switch = tmp_path / "config" / "jupyter_server_config.json"
+    switch.parent.mkdir(parents=True)
+    off = {"ServerApp": {"jpserver_extensions": {"nbtasks.dashboard": False}}}
+    switch.write_text(json.dumps(off))
+    server = Lab(tmp_path)
+    try:
+        jar = http.cookiejar.CookieJar()
+        assert answer(f"{server.url}/lab?token={server.token}", jar=jar)[0] == 200  # logged in
+        assert answer(f"{server.url}/nbtasks", jar=jar)[0] == 404
+        assert answer(f"{server.url}/nbtasks/events?view=table", jar=jar)[0] == 404
+    finally:
+        assert not server.stop()

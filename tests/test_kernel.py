@@ -196,6 +196,27 @@ def test_task_magic_assigns_outputs_and_reports_inputs(kernel: Kernel, tmp_path:
     assert kernel.value("answer, older.wait().output['answer']") == "(2, 1)"
 
 
+def test_a_bg_cell_left_waiting_starts_no_server_once_it_was_stopped(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """``nbtasks server stop`` while a ``%%task --bg`` run executes: the run ends, and
+    neither the thread waiting to assign its outputs nor the hook before the next cells
+    brings a server back."""
+    go = tmp_path / "go"
+    kernel.run(f"%%task stuck --bg\nimport os, time\nwhile not os.path.exists({str(go)!r}):\n"
+               "    time.sleep(0.01)\nanswer = 1")  # fmt: skip
+    kernel.run("from nbtasks.client import config\nfrom nbtasks.ui import magics\n"
+               "from nbtasks.service.client import server_pid\n"
+               "store = config.store_path()\nconfig.shutdown(stop_server=True)")  # fmt: skip
+    deadline = time.monotonic() + DEADLINE_S
+    while kernel.value("len(magics.BACKGROUND.pending)") != "0":  # each cell runs the hook
+        assert time.monotonic() < deadline, "the --bg run was never settled"
+        time.sleep(0.05)
+    for _ in range(3):
+        assert kernel.value("repr(server_pid(store))") == "'None'"
+    assert kernel.value("'answer' in globals()") == "False"
+
+
 def test_each_trigger_ships_the_globals_the_task_uses_as_they_are_now(kernel: Kernel) -> None:
     kernel.run(
         "RATE = 2\nCONFIG = {'offset': 1}\n"

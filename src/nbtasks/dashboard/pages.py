@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextvars
-import json
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -127,7 +126,7 @@ class Page:
         except Exception as exc:  # shown on the page; the next tick tries again
             self.push({"type": "server", "error": f"{type(exc).__name__}: {exc}"})
             return
-        self.push({"type": "server", "info": json.loads(json.dumps(info, default=str))})
+        self.push({"type": "server", "info": info})  # the stream writes it as JSON
 
     def _refresh(self) -> None:
         """Runs that other notebooks, scripts or the CLI started appear without a click."""
