@@ -152,6 +152,11 @@ def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(
     delayed = add.trigger({"a": 3, "b": 4}, delay="2s")
     for path in ("grandchild.pid", "other.pid"):
         wait_for(lambda path=path: (tmp_path / path).exists(), "the tasks' own children")
+    # ... and their starts committed (within 20 ms, with no one waiting): a start the crash
+    # lost leaves the run QUEUED for the next server, which runs it again (README).
+    started = "SELECT count(*) FROM runs WHERE id IN (?, ?) AND status = 'EXECUTING'"
+    wait_for(lambda: nbtasks.runs.sql(started, [executing.id, other.id]).fetchall() == [(2,)],
+             "the starts to be committed")  # fmt: skip
     assert nbtasks.runs.retrieve(queued.id).status is RunStatus.QUEUED
     grandchild = psutil.Process(int((tmp_path / "grandchild.pid").read_text()))
     server = psutil.Process(config.engine().info["pid"])
