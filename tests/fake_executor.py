@@ -128,6 +128,7 @@ class FakeExecutor:
         self.kill_log: list[tuple[WorkerId, str, bool]] = []  # kills answered
         self.closed = False
         self.on_kill: Callable[[WorkerId, str], None] | None = None  # the test's I3 check
+        self.on_start: Callable[[AttemptSpec], None] | None = None  # and its I1 check
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sink: E.Sink | None = None
         self._ids = itertools.count(1)
@@ -151,6 +152,8 @@ class FakeExecutor:
         aid = attempt.attempt_id
         self.requests.append(("start", worker, aid, ahead))
         self._check_open("start")
+        if self.on_start is not None:
+            self.on_start(attempt)
         w = self.fleet.get(worker)
         if w is None or w.lost:
             self._violate(f"start({worker}, {aid}): the worker is unknown or was lost")

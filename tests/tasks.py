@@ -96,3 +96,16 @@ def nap(seconds: float) -> float:
     """Sleeps: a run that stays EXECUTING until it is canceled or interrupted."""
     time.sleep(seconds)
     return seconds
+
+
+@task
+def mark(p: dict[str, object]) -> str:
+    """Note this run's id in a file as its body begins (one appending write), then nap."""
+    run_id = context().run_id
+    fd = os.open(str(p["path"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{run_id}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(float(p["nap"]))  # type: ignore[arg-type]
+    return run_id

@@ -8,7 +8,9 @@ from task code (nested triggers and waits that freeze the run, reads, cancels), 
 out of memory; take-backs and kills are answered late (or, like the local pool often does,
 at once inside ``kill``). After every step (``Harness.check``):
 
-- I1: no attempt starts twice, and a run never has two bodies running at once;
+- I1: no attempt starts twice, and a run never has two bodies running at once; an attempt
+  reaches a worker only once the store holds, committed, that its run counts it (so an
+  engine that takes the store over after a crash never starts that run again);
 - I2: bodies running (not blocked in a wait that froze their run) <= the pool size, and
   per queue <= its concurrency limit; so do the engine's own counts, and its queue
   counters match the attempts holding slots;
@@ -55,6 +57,8 @@ from nbtasks.core.options import Retry
 from nbtasks.core.status import FINAL, RunStatus
 from nbtasks.engine.engine import Engine
 from nbtasks.engine.state import RunSpec, RunState, TaskVersion, utcnow
+from nbtasks.executor.base import AttemptSpec
+from nbtasks.store.schema import RUN_COLUMNS
 from nbtasks.store.store import Store
 
 S = RunStatus
@@ -76,6 +80,7 @@ LATE = TaskVersion(  # runs of this task are triggered by id before it is define
     retry=NO_RETRY_DELAY, memory_limit=None,
 )  # fmt: skip
 PAYLOAD = b"\x80\x04N."  # pickled None
+COUNT = RUN_COLUMNS.index("attempt_count")
 
 
 class _Records(logging.Handler):
@@ -110,6 +115,7 @@ class Harness:
             raise
         self.engine._thread.call(self.engine.loop.set_exception_handler, self._loop_error)
         self.fake.on_kill = self._check_kill
+        self.fake.on_start = self._check_claimed
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -266,6 +272,21 @@ class Harness:
 
     # -- invariants -----------------------------------------------------------------------------
 
+    def _check_claimed(self, spec: AttemptSpec) -> None:
+        """I1 across a crash, as an attempt is handed to a worker (on the engine's loop):
+        the store holds, committed, that the run counts it, so a next engine on the store
+        would never start the run again (what a store reader sees: the tables and the
+        journal's committed frames, not what is only staged)."""
+        rows = self.engine.store.list_runs(
+            "id = ?", [spec.run_id], lambda row: row[0] == spec.run_id, 1
+        )
+        counted = rows[0][COUNT] if rows else None
+        if counted is None or counted < spec.number:
+            self.fake.violations.append(
+                f"I1: attempt {spec.number} of {spec.run_id} handed to a worker while the "
+                f"store's committed attempt_count is {counted}"
+            )
+
     def _check_kill(self, worker: int, attempt_id: str) -> None:
         """I3, on the engine's side, as it asks for a kill (on its loop)."""
         fake = self.fake
@@ -420,6 +441,12 @@ class Harness:
         left = {i: s for i, s in runs.items() if s in ("EXECUTING", "FROZEN", "REATTEMPTING")}
         assert not left, f"runs left running by a shutdown: {left}"
         assert not attempts, f"attempts left EXECUTING by a shutdown: {attempts}"
+        # I1 across engines: no run whose body began is left to run again by the next one
+        # (sent ahead, say, its Started not heard before the shutdown).
+        begun = {self.fake.specs[a].run_id for a in self.fake.taken_up}
+        after = reopened_statuses(self.engine.store_path)
+        again = {i: after[i] for i in begun if after[i] in ("QUEUED", "WAITING_FOR_DEPLOY")}
+        assert not again, f"I1: runs whose body began, to run again on the next engine: {again}"
         return runs
 
     def describe(self) -> str:
@@ -437,6 +464,15 @@ class Harness:
             return "\n".join(lines)
 
         return "\n" + self.read(dump) + "\nrequests: " + repr(self.fake.requests[-40:])
+
+
+def reopened_statuses(store_path: str) -> dict[str, str]:
+    """Every run's status once a next engine took the store over (and settled it)."""
+    engine = Engine(store_path, 1, FakeExecutor())
+    try:
+        return dict(engine.store.query("SELECT id, status FROM runs"))
+    finally:
+        engine.close()
 
 
 @contextmanager
@@ -894,3 +930,32 @@ def test_out_of_memory_reported_before_started() -> None:
         h.drain_and_check()
         assert _statuses(h)[r2] == "CRASHED"
         assert len(h.fake.by_run[r2]) == 1
+
+
+def test_a_run_sent_ahead_never_runs_again_on_the_next_engine() -> None:
+    """A run handed ahead to a busy worker may begin without the engine hearing it before
+    it stops: the next engine ends it INTERRUPTED, with its attempt, rather than start it
+    again."""
+    with harness(1) as h:
+        r1, r2 = h.trigger(h.spec(), h.spec())
+        (w1,) = h.fake.fleet
+        h.ready_worker(w1)
+        h.take_up(w1)  # r1 executes; r2 is sent ahead
+        assert h.fake.sent_to[h.fake.by_run[r2][0]] == (w1, True)
+        h.finish(w1)
+        h.deliver(w1)  # Finished(r1)
+        assert h.take_up(w1) == h.fake.by_run[r2][0]  # r2 begins; its Started is not heard
+        path = h.engine.store_path
+        h.engine.close()
+        assert reopened_statuses(path) == {r1: "COMPLETED", r2: "INTERRUPTED"}
+        store = Store(path, lambda ticket, error: None)
+        try:
+            events = store.query(
+                'SELECT status, attempt_number FROM run_events WHERE run_id = ? ORDER BY "at"',
+                [r2],
+            )
+            attempts = store.query("SELECT number, status FROM attempts WHERE run_id = ?", [r2])
+        finally:
+            store.close()
+        assert events[-2:] == [("EXECUTING", 1), ("INTERRUPTED", 1)]
+        assert attempts == [(1, "INTERRUPTED")]

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import textwrap
+import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -152,11 +155,7 @@ def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(
     delayed = add.trigger({"a": 3, "b": 4}, delay="2s")
     for path in ("grandchild.pid", "other.pid"):
         wait_for(lambda path=path: (tmp_path / path).exists(), "the tasks' own children")
-    # ... and their starts committed (within 20 ms, with no one waiting): a start the crash
-    # lost leaves the run QUEUED for the next server, which runs it again (README).
-    started = "SELECT count(*) FROM runs WHERE id IN (?, ?) AND status = 'EXECUTING'"
-    wait_for(lambda: nbtasks.runs.sql(started, [executing.id, other.id]).fetchall() == [(2,)],
-             "the starts to be committed")  # fmt: skip
+    # (a body begins only once its start is committed: the next server never runs it again)
     assert nbtasks.runs.retrieve(queued.id).status is RunStatus.QUEUED
     grandchild = psutil.Process(int((tmp_path / "grandchild.pid").read_text()))
     server = psutil.Process(config.engine().info["pid"])
@@ -180,6 +179,44 @@ def test_a_killed_server_fails_calls_at_once_and_the_next_one_recovers(
     assert nbtasks.runs.wait(delayed.id, timeout=DEADLINE_S).output == 7
     assert nbtasks.runs.retrieve(done.id).status is RunStatus.COMPLETED
     assert nbtasks.runs.retrieve(other.id).status is RunStatus.INTERRUPTED
+
+
+def test_no_body_runs_twice_across_server_kills(tmp_path: Path, store: str) -> None:
+    """SIGKILL of the server at random moments while quick runs start one after another
+    (on idle workers and sent ahead): every body begins at most once. A run whose body
+    began before a kill ends INTERRUPTED if the kill cut it off, never queued again; the
+    others complete on the next servers, each once."""
+    from tasks import mark
+
+    marks = tmp_path / "marks"
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    items = [{"path": str(marks), "nap": rng.choice((0.0, 0.001, 0.004))} for _ in range(300)]
+    batch = mark.batch_trigger(items)
+    killed: list[int] = []
+    for _ in range(4):
+        pid = wait_for(lambda: server_pid(store) not in (None, *killed) and server_pid(store),
+                       "the next server")  # fmt: skip
+        server = psutil.Process(pid)
+        begun = len(marks.read_text().split()) if marks.exists() else 0
+        wait_for(lambda begun=begun: marks.exists() and len(marks.read_text().split()) > begun,
+                 "bodies to begin")  # fmt: skip
+        time.sleep(rng.uniform(0.0, 0.05))
+        server.send_signal(signal.SIGKILL)
+        server.wait(DEADLINE_S)
+        killed.append(pid)
+        # This process defines ``mark``: it starts the next server on its own.
+    wait_for(lambda: server_pid(store) not in (None, *killed), "the last server")
+    runs = [nbtasks.runs.wait(h.id, timeout=DEADLINE_S * 3).run for h in batch.runs]
+    began = marks.read_text().split()
+    twice = sorted(run_id for run_id, n in Counter(began).items() if n > 1)
+    assert not twice, f"bodies that began twice (seed {seed}): {twice}"
+    statuses = Counter(r.status for r in runs)
+    assert set(statuses) <= {RunStatus.COMPLETED, RunStatus.INTERRUPTED}, (seed, statuses)
+    assert statuses[RunStatus.INTERRUPTED] >= 1, (seed, statuses)  # the kills cut some off
+    for run in runs:
+        assert (run.status is RunStatus.COMPLETED) <= (run.id in began), (seed, run)
+        assert run.attempt_count == 1 and len(run.attempts) == 1, (seed, run, run.attempts)
 
 
 def test_racing_starters_end_with_one_server(tmp_path: Path) -> None:

@@ -117,8 +117,8 @@ def test_live_views_follow_their_runs_onto_the_next_server_after_a_crash(
     ids = [one.id, batch.runs[0].id]
     for run_id in ids:
         wait_for(has_status(run_id, RunStatus.EXECUTING), "the runs to execute")
-    # ... and until the store holds it (a start is committed within 20 ms): a run whose
-    # start the crash lost is QUEUED for the next server, which runs it again.
+    # ... and until the store holds it: the engine says EXECUTING as it stages a start, and
+    # a start the crash lost was never handed to a worker: its run is queued again.
     wait_for(lambda: _stored_statuses(ids) == {"EXECUTING"}, "their starts to be committed")
     run_view = RunWidget(one.id)
     batch_view = BatchWidget([batch.runs[0].id], "sleep_for")

@@ -12,7 +12,11 @@ interleavings, and by the real pool's stress test):
 - I1: an attempt's body starts at most once, and a run never has two bodies running: a
   run sent ahead stays bound to its worker (``run.prefetched``) until the worker says
   ``Started`` or ``Dropped`` (or is lost without saying ``Started``); only then can it go
-  anywhere else.
+  anywhere else. Across a crash too: a worker is handed an attempt only once the store
+  holds, committed, that it may begin (``Engine.claim``: the run counts the attempt), so
+  the next engine on the store never starts that run again (``recovery.py``). Until that
+  commit the attempt is *unsent*: a take-back or a kill of it is settled here, as the
+  executor would have answered, without reaching the executor.
 - I2: never more attempts executing than ``size``, nor than a queue's limit: capacity and
   queue slots are released only once the executor reports the body gone.
 - I3: a kill only ever hits the attempt it was meant for (the executor checks which one
@@ -81,6 +85,7 @@ class Dispatch:
         self.spawn_failures = 0
         self.boot_slots = executor.boot_slots()
         self.wanted: dict[Kind, deque[RunState]] = {}  # runs waiting for a worker of their kind
+        self.unsent: dict[str, WorkerView] = {}  # attempts waiting for their claim's commit
         self._asking = False  # a look again at the executor's room is due
 
     # -- capacity ----------------------------------------------------------------------
@@ -302,11 +307,11 @@ class Dispatch:
         )
 
     def start(self, run: RunState, view: WorkerView) -> None:
-        """Start the next attempt of ``run`` on an idle worker."""
+        """Start the next attempt of ``run`` on an idle worker, once its start is durable."""
         attempt = self.new_attempt(run, view)
         view.attempt = attempt
-        self.engine.begin(run, attempt)
-        self.executor.start(view.id, self._spec(run, attempt), ahead=False)
+        self.engine.begin(run, attempt)  # the run counts the attempt: its claim
+        self._send_when_claimed(run, attempt, view)
 
     def _send_ahead(self, run: RunState, view: WorkerView) -> None:
         """Give a busy worker a run to start once what it has ends, without a round trip
@@ -314,7 +319,44 @@ class Dispatch:
         attempt = self.new_attempt(run, view)
         view.ahead.append((run, attempt))
         run.prefetched = view.id
-        self.executor.start(view.id, self._spec(run, attempt), ahead=True)
+        self.engine.claim(run, attempt)
+        self._send_when_claimed(run, attempt, view)
+
+    def _send_when_claimed(self, run: RunState, attempt: AttemptState, view: WorkerView) -> None:
+        """Hand the attempt to the worker once its claim is committed (now, if the store
+        had nothing staged). Sends to one worker keep their order: commits end in order."""
+        self.unsent[attempt.id] = view
+        self.engine.when_durable(lambda error: self._claimed(run, attempt, error))
+
+    def _claimed(self, run: RunState, attempt: AttemptState, error: BaseException | None) -> None:
+        view = self.unsent.get(attempt.id)
+        if view is None:
+            return
+        if error is not None and not self.engine.closed:  # the store keeps the rows and
+            self.engine.when_durable(  # tries again: the body waits for that commit
+                lambda again: self._claimed(run, attempt, again), hurry=False
+            )
+            return
+        del self.unsent[attempt.id]
+        if self.engine.closed or self.workers.get(view.id) is not view:
+            return  # shut down, or the worker was lost: ``lost`` settled what it held
+        if view.attempt is attempt:
+            if attempt.kill_reason is None:
+                self.executor.start(view.id, self._spec(run, attempt), ahead=False)
+            else:  # canceled, timed out...: its body never began
+                self._never_began(view, attempt)
+        elif attempt.id in view.taking_back:  # taken back before it was sent: dropped
+            self.on_dropped(view.id, attempt.id)
+        else:
+            self.executor.start(view.id, self._spec(run, attempt), ahead=True)
+
+    def _never_began(self, view: WorkerView, attempt: AttemptState) -> None:
+        """An attempt killed before it was sent: its worker is free again, as after a
+        ``Finished``; the engine recorded its end when it decided the kill."""
+        view.attempt = None
+        self.engine.release_slot(attempt)
+        self.make_idle(view)
+        self.pump()
 
     def _spec(self, run: RunState, attempt: AttemptState) -> AttemptSpec:
         tv = run.task
@@ -338,7 +380,8 @@ class Dispatch:
             if ahead is run:
                 del view.ahead[i]
                 view.taking_back[attempt.id] = (run, attempt)
-                self.executor.take_back(view.id, attempt.id)
+                if attempt.id not in self.unsent:  # else dropped once its claim commits
+                    self.executor.take_back(view.id, attempt.id)
                 return
 
     def take_back_all(self, view: WorkerView) -> None:
@@ -349,7 +392,7 @@ class Dispatch:
         """Kill an executing attempt (its run already moved on); capacity stays held
         until the executor reports the body gone."""
         view = self.workers.get(attempt.worker)
-        if view is None:
+        if view is None or attempt.id in self.unsent:  # unsent: it never begins
             return
         if view.attempt is attempt:
             view.dying = True  # nothing more goes to it unless the kill finds it ended
@@ -394,6 +437,7 @@ class Dispatch:
         """A run sent ahead that never started: first in line again if still QUEUED."""
         run.prefetched = None
         if run.status is S.QUEUED:
+            self.engine.unclaim(run)
             self.engine.scheduler.push_front(run)
 
     def on_killed(self, worker_id: WorkerId, attempt_id: str, killed: bool) -> None:

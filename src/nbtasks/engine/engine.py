@@ -55,6 +55,8 @@ class EngineBase:
         def _on_call(self, worker: int, attempt: AttemptState, request_id: int, op: str,
                      args: tuple[Any, ...]) -> None: ...  # fmt: skip
         def release_slot(self, attempt: AttemptState) -> None: ...
+        def claim(self, run: RunState, attempt: AttemptState) -> None: ...
+        def unclaim(self, run: RunState) -> None: ...
         def fail_queued(self, log: str) -> None: ...
         def resume_ready(self) -> None: ...
         def _create(self, specs: list[RunSpec], parent: RunState | None = None
@@ -228,16 +230,18 @@ class EngineBase:
 
     def _ack_after_commit(self, fut: cf.Future[Any], result: Any) -> None:
         """Resolve ``fut`` with ``result`` once everything staged so far is committed."""
-        self._when_durable(
+        self.when_durable(
             lambda error: fut.set_exception(error) if error else fut.set_result(result)
         )
 
-    def _when_durable(self, callback: Callable[[BaseException | None], None]) -> None:
+    def when_durable(self, callback: Callable[[BaseException | None], None],
+                     hurry: bool = True) -> None:  # fmt: skip
+        """Call ``callback`` once everything staged so far is committed (now, if it is)."""
         ticket = self.store.barrier()
         if ticket is None:
             callback(None)
         else:
-            self._after_commit(ticket, callback)
+            self._after_commit(ticket, callback, hurry)
 
     def _live_or_none(self, run_id: str) -> RunState | str:
         return self.runs.get(run_id) or run_id
@@ -382,7 +386,7 @@ class EngineBase:
                     timer.cancel()
         self.dispatch.idle.clear()
         self.executor.close()
-        self._when_durable(lambda _e: fut.set_result(None))
+        self.when_durable(lambda _e: fut.set_result(None))
 
 
 from nbtasks.engine.intake import IntakeMixin  # noqa: E402

@@ -44,7 +44,7 @@ class IntakeMixin(_Base):
             self._ack_after_commit(fut, created)
             return
         # A blocking wait needs only final states to be durable: new runs are not hurried
-        # (they commit within the store's DEFER_MAX_S, or with the first final state).
+        # for it (those that start at once are, with their starts: dispatch.py, I1).
         created = self._create(specs)
         live = [self.runs[i] for i, cached in created if not cached and i in self.runs]
         if len(live) > 1:  # their final states commit together when the last one is final
@@ -67,7 +67,7 @@ class IntakeMixin(_Base):
                     continue
             run = self._new_run(spec, now, parent)
             out.append((run.id, False))
-            if self.dispatch.idle:  # an idle worker starts the first runs while the rest are made
+            if self.dispatch.idle:  # idle workers take the first runs while the rest are made
                 self._pump()
         self.dispatch.spawn_failures = 0  # a new trigger tries to start workers again
         self._top_up()

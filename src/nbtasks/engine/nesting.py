@@ -67,7 +67,7 @@ class NestingMixin(_Base):
                 target = self.runs.get(run_id)
                 if target is not None:
                     self._cancel(target, *cause)
-                    self._when_durable(lambda e: reply(e is None, e))
+                    self.when_durable(lambda e: reply(e is None, e))
                 else:
                     self.require_run(run_id)
                     reply(True, None)
@@ -87,7 +87,7 @@ class NestingMixin(_Base):
             if wait:
                 self._freeze(run, attempt, [run_id for run_id, _ in created], reply)
             else:
-                self._when_durable(lambda e: reply(e is None, e or created))
+                self.when_durable(lambda e: reply(e is None, e or created))
         except Exception as exc:
             reply(False, exc)
 

@@ -51,6 +51,21 @@ class OutcomesMixin(_Base):
         if run.max_duration_s is not None:
             attempt.timer = self.loop.call_later(run.max_duration_s, self._time_out, run, attempt)
 
+    def claim(self, run: RunState, attempt: AttemptState) -> None:
+        """Record, before a worker is handed ``attempt`` ahead, that it may begin: the run
+        stays QUEUED but its stored ``attempt_count`` counts the attempt, whose own row comes
+        with its start (``begin``). A crash leaves such a run counting an attempt it has no
+        row for: the next engine ends it INTERRUPTED rather than run it again
+        (``recovery.py``). ``unclaim`` undoes it for an attempt that never started."""
+        counted, run.attempt_count = run.attempt_count, attempt.number
+        try:
+            self.store.stage_run(run.row(), run.update_row())
+        finally:
+            run.attempt_count = counted
+
+    def unclaim(self, run: RunState) -> None:
+        self.store.stage_run(run.row(), run.update_row())
+
     def _take_slot(self, run: RunState, attempt: AttemptState) -> None:
         attempt.holds_slot = True
         attempt.queue = run.queue

@@ -1,8 +1,11 @@
 """What a newly opened store says about the engine that held it before.
 
 Runs that were executing, waiting for a retry or frozen when their kernel went away end
-INTERRUPTED, and so do their executing attempts. Queued runs wait for their task to be
-defined again (WAITING_FOR_DEPLOY); delayed runs stay delayed. Every change follows the
+INTERRUPTED, and so do their executing attempts. So does a queued run that counts an
+attempt it has no row for: a worker was handed that attempt (``Engine.claim``), and its
+body may have begun, so it is never started again; it is recorded as having executed that
+attempt (EXECUTING, then INTERRUPTED). Other queued runs wait for their task to be defined
+again (WAITING_FOR_DEPLOY); delayed runs stay delayed. Every change follows the
 transition table and is recorded as an event.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from nbtasks.core.ids import new_id
 from nbtasks.core.status import AttemptStatus, RunStatus, check_transition
 from nbtasks.engine.state import RunState, error_json
 from nbtasks.store.schema import RUN_SELECT
@@ -37,12 +41,26 @@ def reconcile_at_start(store: Store, now: datetime) -> None:
     for status in _LEFT_RUNNING:
         check_transition("(reconcile)", status, RunStatus.INTERRUPTED)
     check_transition("(reconcile)", RunStatus.QUEUED, RunStatus.WAITING_FOR_DEPLOY)
+    check_transition("(reconcile)", RunStatus.QUEUED, RunStatus.EXECUTING)
     text = error_json(
         RunStatus.INTERRUPTED, "Interrupted", "the nbtasks server that owned the run stopped"
     )
     running = [s.value for s in _LEFT_RUNNING]
 
     def settle(cur: object) -> None:
+        handed = cur.execute(  # type: ignore[attr-defined]
+            "SELECT id, attempt_count, updated_at FROM runs WHERE status = 'QUEUED' AND "
+            "attempt_count > (SELECT count(*) FROM attempts WHERE run_id = runs.id)"
+        ).fetchall()
+        if handed:  # their attempts, EXECUTING: settled with the others just below
+            cur.executemany(  # type: ignore[attr-defined]
+                "INSERT INTO attempts (id, run_id, number, status, started_at, oom) "
+                "VALUES (?, ?, ?, ?, ?, false)",
+                [(new_id("attempt"), run_id, number, AttemptStatus.EXECUTING.value, at)
+                 for run_id, number, at in handed],
+            )  # fmt: skip
+            _move(cur, [h[0] for h in handed], RunStatus.EXECUTING, now,
+                  ", started_at = coalesce(started_at, updated_at)", [])  # fmt: skip
         ids = [r[0] for r in cur.execute(  # type: ignore[attr-defined]
             "SELECT id FROM runs WHERE status IN (SELECT unnest(?::VARCHAR[]))", [running]
         ).fetchall()]  # fmt: skip
