@@ -114,6 +114,7 @@ class Harness:
             self._clean_up()
             raise
         self.engine._thread.call(self.engine.loop.set_exception_handler, self._loop_error)
+        self.engine.take_back_s = 0.0  # fake workers answer take-backs only when told
         self.fake.on_kill = self._check_kill
         self.fake.on_start = self._check_claimed
 

@@ -219,6 +219,30 @@ def test_no_body_runs_twice_across_server_kills(tmp_path: Path, store: str) -> N
         assert run.attempt_count == 1 and len(run.attempts) == 1, (seed, run, run.attempts)
 
 
+def test_a_stop_gives_back_the_runs_workers_hold_ahead(tmp_path: Path, store: str) -> None:
+    """``nbtasks server stop`` while two runs execute and the next two wait on their busy
+    workers (sent ahead): the executing ones end INTERRUPTED; those held ahead are taken
+    back, never began, and complete on the next server, as the queued one does."""
+    from tasks import nap
+
+    runs = [nap.trigger(60), nap.trigger(60)]
+    for run in runs:
+        wait_for(lambda run=run: nbtasks.runs.retrieve(run.id).status is RunStatus.EXECUTING,
+                 "the long runs to execute")  # fmt: skip
+    runs += [nap.trigger(0.1) for _ in range(3)]
+    held = "SELECT count(*) FROM runs WHERE status = 'QUEUED' AND attempt_count = 1"
+    wait_for(lambda: nbtasks.runs.sql(held).fetchall() == [(2,)], "two runs sent ahead")
+    pid = server_pid(store)
+    stop = subprocess.run([sys.executable, "-m", "nbtasks.cli", "--store", store, "server",
+                           "stop"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert stop.returncode == 0, stop.stderr
+    assert f"(pid {pid})" in stop.stdout
+    wait_for(lambda: server_pid(store) != pid, "the server to stop")
+    ended = [nbtasks.runs.wait(r.id, timeout=DEADLINE_S).run for r in runs]  # a new server
+    assert [r.status for r in ended] == [RunStatus.INTERRUPTED] * 2 + [RunStatus.COMPLETED] * 3
+    assert [r.attempt_count for r in ended] == [1] * 5
+
+
 def test_racing_starters_end_with_one_server(tmp_path: Path) -> None:
     """Eight processes that start on a fresh store at the same moment share one server."""
     store = str(tmp_path / "race" / "runs.duckdb")

@@ -338,16 +338,17 @@ class Dispatch:
             )
             return
         del self.unsent[attempt.id]
-        if self.engine.closed or self.workers.get(view.id) is not view:
-            return  # shut down, or the worker was lost: ``lost`` settled what it held
+        closed = self.engine.closed  # shutting down: nothing more is sent
+        if self.workers.get(view.id) is not view:
+            return  # the worker was lost: ``lost`` settled what it held
         if view.attempt is attempt:
-            if attempt.kill_reason is None:
+            if attempt.kill_reason is None and not closed:
                 self.executor.start(view.id, self._spec(run, attempt), ahead=False)
-            else:  # canceled, timed out...: its body never began
+            else:  # canceled, timed out, shut down...: its body never began
                 self._never_began(view, attempt)
         elif attempt.id in view.taking_back:  # taken back before it was sent: dropped
             self.on_dropped(view.id, attempt.id)
-        else:
+        elif not closed:
             self.executor.start(view.id, self._spec(run, attempt), ahead=True)
 
     def _never_began(self, view: WorkerView, attempt: AttemptState) -> None:

@@ -37,6 +37,7 @@ from nbtasks.store.store import Store
 
 S = RunStatus
 BY_REQUEST = "by request"  # a cancel's cause when its caller gives none
+TAKE_BACK_S = 2.0  # how long a shutdown waits for workers to give back what they hold ahead
 TaskResolver = Callable[[str], "TaskVersion | None"]
 Listener = Callable[[Run], None]
 Waiter = Callable[[Run, BaseException | None], None]
@@ -78,6 +79,7 @@ class EngineBase:
         self.closed = False
         self.max_payload: tuple[int, str] = (64 << 20, "64MiB")  # bytes, as written
         self.stop_cause = "the engine that owned the run stopped"  # why close interrupts
+        self.take_back_s = TAKE_BACK_S
         self.runs: dict[str, RunState] = {}  # live runs, until their final state is committed
         self.versions: dict[tuple[str, str], str] = {}  # (task id, code hash) -> version
         self.waiting_tasks: set[str] = set()  # task ids with runs WAITING_FOR_DEPLOY
@@ -372,7 +374,25 @@ class EngineBase:
             self._thread.stop()
 
     def _shutdown(self, fut: cf.Future[Any]) -> None:
+        """Take back what workers hold ahead (so a run that never began waits for the next
+        engine rather than end INTERRUPTED: ``recovery.py``), for at most ``take_back_s``; then
+        interrupt what executes and stop the executor."""
         self.closed = True
+        self.dispatch.idle.clear()
+        d = self.dispatch
+        for view in list(d.workers.values()):
+            d.take_back_all(view)
+        give_up = self.loop.time() + self.take_back_s
+
+        def answered() -> None:
+            if any(v.taking_back for v in d.workers.values()) and self.loop.time() < give_up:
+                self.loop.call_later(0.005, answered)
+            else:
+                self._stop(fut)
+
+        answered()
+
+    def _stop(self, fut: cf.Future[Any]) -> None:
         text = error_json(S.INTERRUPTED, "Interrupted", self.stop_cause)
         for run in list(self.runs.values()):
             if run.status in (S.EXECUTING, S.REATTEMPTING, S.FROZEN):
