@@ -52,11 +52,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from fake_executor import FakeExecutor, FakeWorker
+from nbtasks.core.durations import utcnow
 from nbtasks.core.ids import new_id
 from nbtasks.core.options import Retry
 from nbtasks.core.status import FINAL, RunStatus
 from nbtasks.engine.engine import Engine
-from nbtasks.engine.state import RunSpec, RunState, TaskVersion, utcnow
+from nbtasks.engine.state import RunSpec, RunState, TaskVersion
 from nbtasks.executor.base import AttemptSpec
 from nbtasks.store.schema import RUN_COLUMNS
 from nbtasks.store.store import Store

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from nbtasks import BatchItem, runs
-from nbtasks.engine.state import utcnow
+from nbtasks.core.durations import utcnow
 from nbtasks.store.schema import RUN_UPDATE_COLUMNS
 
 from conftest import wait_for

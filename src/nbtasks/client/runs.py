@@ -15,11 +15,10 @@ from nbtasks.client.config import engine
 from nbtasks.client.handles import RunHandle
 from nbtasks.client.registry import registry
 from nbtasks.core import display
-from nbtasks.core.durations import parse_delay, parse_duration
+from nbtasks.core.durations import parse_delay, parse_duration, utcnow
 from nbtasks.core.ids import check_task_id
 from nbtasks.core.models import Page, Result, Run, run_from_row
 from nbtasks.core.status import RunStatus
-from nbtasks.engine.state import utcnow
 from nbtasks.store.schema import RUN_COLUMNS, RUN_PAYLOAD
 
 _SLOT = {column: i for i, column in enumerate(RUN_COLUMNS)}

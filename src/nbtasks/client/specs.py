@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from nbtasks.client.config import version_of
 from nbtasks.core import context as _context
-from nbtasks.core.durations import parse_delay, parse_duration
+from nbtasks.core.durations import parse_delay, parse_duration, utcnow
 from nbtasks.core.ids import new_id
 from nbtasks.core.models import BatchItem
 from nbtasks.core.options import check_resources, coerce_queue
 from nbtasks.core.serialize import dumps_checked, preview
-from nbtasks.engine.state import RunSpec, utcnow
+from nbtasks.engine.state import RunSpec
 
 if TYPE_CHECKING:
     from nbtasks.client.task import Task

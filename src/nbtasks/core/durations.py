@@ -9,7 +9,6 @@ import math
 import numbers
 import re
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 
 __all__ = [
     "MAX_DURATION_S",
@@ -65,6 +64,11 @@ class _Negative(Exception):
 
 class _TooLong(Exception):
     """The value is well-formed but above the maximum."""
+
+
+def utcnow() -> datetime:
+    """The time now, in UTC (what the store records)."""
+    return datetime.now(timezone.utc)
 
 
 def _duration_string_seconds(text: str) -> float:
@@ -207,6 +211,8 @@ def parse_memory(option: str, value: object) -> int | None:
         match = _MEMORY.fullmatch(text[1:].lstrip() if negative else text)
         if match is None or match.group(2).lower() not in _MEMORY_UNITS:
             raise ValueError(invalid)
+        from decimal import Decimal  # exact, and imported only when a size is written
+
         size = int(Decimal(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()])
         if negative:
             size = -size

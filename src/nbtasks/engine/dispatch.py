@@ -9,14 +9,8 @@ take-back and kill is answered by the executor; nothing here assumes the answer.
 Invariants (checked by ``tests/test_engine_model.py`` after every step of random
 interleavings, and by the real pool's stress test):
 
-- I1: an attempt's body starts at most once, and a run never has two bodies running: a
-  run sent ahead stays bound to its worker (``run.prefetched``) until the worker says
-  ``Started`` or ``Dropped`` (or is lost without saying ``Started``); only then can it go
-  anywhere else. Across a crash too: a worker is handed an attempt only once the store
-  holds, committed, that it may begin (``Engine.claim``: the run counts the attempt), so
-  the next engine on the store never starts that run again (``recovery.py``). Until that
-  commit the attempt is *unsent*: a take-back or a kill of it is settled here, as the
-  executor would have answered, without reaching the executor.
+- I1: an attempt's body starts at most once, and a run never has two bodies running, across
+  engines too: how attempts are handed over to workers is ``handover.py``'s.
 - I2: never more attempts executing than ``size``, nor than a queue's limit: capacity and
   queue slots are released only once the executor reports the body gone.
 - I3: a kill only ever hits the attempt it was meant for (the executor checks which one
@@ -35,10 +29,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from nbtasks.core.ids import new_id
-from nbtasks.core.status import AttemptStatus, RunStatus
-from nbtasks.engine.state import AttemptState, RunState, utcnow
-from nbtasks.executor.base import AttemptSpec, Executor, WorkerId
+from nbtasks.core.status import RunStatus
+from nbtasks.engine.handover import HandoverMixin
+from nbtasks.engine.state import AttemptState, RunState
+from nbtasks.executor.base import Executor, WorkerId
 
 if TYPE_CHECKING:
     from nbtasks.engine.engine import Engine
@@ -48,7 +42,6 @@ AHEAD_BUDGET_S = 0.002  # the work a busy worker is sent ahead, in seconds of re
 AHEAD_MAX = 16  # and at most this many runs
 ROOM_EVERY_S = 1.0  # how often runs that wait for a kind of worker no machine has look again
 MAX_SPAWN_FAILURES = 3  # workers in a row dying before ready: the queued runs fail
-TAKEN_BACK = "taken back"  # the kill reason of an attempt that started after its run ended
 
 
 Kind = tuple[tuple[str, float], ...] | None
@@ -74,7 +67,18 @@ class WorkerView:
         return self.attempt is None and not self.ahead and not self.taking_back
 
 
-class Dispatch:
+class DispatchBase:
+    """Capacity, workers' kinds, pumping, kills and what the executor reports; the
+    hand-over of attempts is ``HandoverMixin``'s (``handover.py``)."""
+
+    if TYPE_CHECKING:  # provided by the mixin
+
+        def start(self, run: RunState, view: WorkerView) -> None: ...
+        def _send_ahead(self, run: RunState, view: WorkerView) -> None: ...
+        def take_back(self, run: RunState) -> None: ...
+        def take_back_all(self, view: WorkerView) -> None: ...
+        def _unbind(self, run: RunState) -> None: ...
+
     def __init__(self, engine: Engine, executor: Executor, size: int) -> None:
         self.engine = engine
         self.executor = executor
@@ -295,99 +299,7 @@ class Dispatch:
                 return
             self.take_back(view.ahead[-1][0])
 
-    def new_attempt(self, run: RunState, view: WorkerView) -> AttemptState:
-        return AttemptState(
-            id=new_id("attempt"),
-            run_id=run.id,
-            number=run.attempt_count + 1,
-            status=AttemptStatus.EXECUTING,
-            started_at=utcnow(),
-            pid=view.pid,
-            worker=view.id,
-        )
-
-    def start(self, run: RunState, view: WorkerView) -> None:
-        """Start the next attempt of ``run`` on an idle worker, once its start is durable."""
-        attempt = self.new_attempt(run, view)
-        view.attempt = attempt
-        self.engine.begin(run, attempt)  # the run counts the attempt: its claim
-        self._send_when_claimed(run, attempt, view)
-
-    def _send_ahead(self, run: RunState, view: WorkerView) -> None:
-        """Give a busy worker a run to start once what it has ends, without a round trip
-        through the kernel. The run stays QUEUED, bound to that worker, until it says."""
-        attempt = self.new_attempt(run, view)
-        view.ahead.append((run, attempt))
-        run.prefetched = view.id
-        self.engine.claim(run, attempt)
-        self._send_when_claimed(run, attempt, view)
-
-    def _send_when_claimed(self, run: RunState, attempt: AttemptState, view: WorkerView) -> None:
-        """Hand the attempt to the worker once its claim is committed (now, if the store
-        had nothing staged). Sends to one worker keep their order: commits end in order."""
-        self.unsent[attempt.id] = view
-        self.engine.when_durable(lambda error: self._claimed(run, attempt, error))
-
-    def _claimed(self, run: RunState, attempt: AttemptState, error: BaseException | None) -> None:
-        view = self.unsent.get(attempt.id)
-        if view is None:
-            return
-        if error is not None and not self.engine.closed:  # the store keeps the rows and
-            self.engine.when_durable(  # tries again: the body waits for that commit
-                lambda again: self._claimed(run, attempt, again), hurry=False
-            )
-            return
-        del self.unsent[attempt.id]
-        closed = self.engine.closed  # shutting down: nothing more is sent
-        if self.workers.get(view.id) is not view:
-            return  # the worker was lost: ``lost`` settled what it held
-        if view.attempt is attempt:
-            if attempt.kill_reason is None and not closed:
-                self.executor.start(view.id, self._spec(run, attempt), ahead=False)
-            else:  # canceled, timed out, shut down...: its body never began
-                self._never_began(view, attempt)
-        elif attempt.id in view.taking_back:  # taken back before it was sent: dropped
-            self.on_dropped(view.id, attempt.id)
-        elif not closed:
-            self.executor.start(view.id, self._spec(run, attempt), ahead=True)
-
-    def _never_began(self, view: WorkerView, attempt: AttemptState) -> None:
-        """An attempt killed before it was sent: its worker is free again, as after a
-        ``Finished``; the engine recorded its end when it decided the kill."""
-        view.attempt = None
-        self.engine.release_slot(attempt)
-        self.make_idle(view)
-        self.pump()
-
-    def _spec(self, run: RunState, attempt: AttemptState) -> AttemptSpec:
-        tv = run.task
-        assert tv is not None
-        return AttemptSpec(
-            attempt_id=attempt.id, run_id=run.id, task_id=run.task_id, number=attempt.number,
-            version=run.version, fn_key=tv.fn_key, fn_bytes=tv.fn_bytes, payload=run.payload,
-            tags=run.tags, metadata=run.metadata, memory_limit=tv.memory_limit,
-            memory_limit_text=tv.memory_limit_text,
-        )  # fmt: skip
-
     # -- taking back and killing ---------------------------------------------------------
-
-    def take_back(self, run: RunState) -> None:
-        """Ask for the attempt sent ahead for ``run`` back. The run stays bound to the
-        worker until it answers (``dropped`` / ``started``)."""
-        view = self.workers.get(run.prefetched) if run.prefetched is not None else None
-        if view is None:
-            return
-        for i, (ahead, attempt) in enumerate(view.ahead):
-            if ahead is run:
-                del view.ahead[i]
-                view.taking_back[attempt.id] = (run, attempt)
-                if attempt.id not in self.unsent:  # else dropped once its claim commits
-                    self.executor.take_back(view.id, attempt.id)
-                return
-
-    def take_back_all(self, view: WorkerView) -> None:
-        for run, _ in reversed(list(view.ahead)):
-            self.take_back(run)
 
     def kill(self, attempt: AttemptState) -> None:
         """Kill an executing attempt (its run already moved on); capacity stays held
@@ -410,36 +322,6 @@ class Dispatch:
         self.retire_extra()
         self.top_up()  # the next worker boots
         self.pump()
-
-    def on_started(self, worker_id: WorkerId, attempt_id: str) -> None:
-        """A worker started an attempt sent ahead (perhaps one being taken back)."""
-        view = self.workers[worker_id]
-        if view.ahead and view.ahead[0][1].id == attempt_id:
-            run, attempt = view.ahead.popleft()
-        else:
-            run, attempt = view.taking_back.pop(attempt_id)
-        run.prefetched = None
-        view.attempt = attempt
-        if run.status is S.QUEUED:
-            self.engine.begin(run, attempt)
-        else:  # canceled or expired meanwhile: it must not go on
-            attempt.kill_reason = TAKEN_BACK
-            self.kill(attempt)
-        self.pump()
-
-    def on_dropped(self, worker_id: WorkerId, attempt_id: str) -> None:
-        view = self.workers[worker_id]
-        run, _ = view.taking_back.pop(attempt_id)
-        self._unbind(run)
-        self.make_idle(view)
-        self.pump()
-
-    def _unbind(self, run: RunState) -> None:
-        """A run sent ahead that never started: first in line again if still QUEUED."""
-        run.prefetched = None
-        if run.status is S.QUEUED:
-            self.engine.unclaim(run)
-            self.engine.scheduler.push_front(run)
 
     def on_killed(self, worker_id: WorkerId, attempt_id: str, killed: bool) -> None:
         view = self.workers.get(worker_id)
@@ -521,3 +403,7 @@ class Dispatch:
 
     def has_capacity(self) -> bool:
         return self.executing < self.size
+
+
+class Dispatch(HandoverMixin, DispatchBase):
+    """The one owner of worker state: see the module docstring."""

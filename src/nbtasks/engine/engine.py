@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nbtasks.core.durations import utcnow
 from nbtasks.core.errors import EngineStoppedError, UnknownRunError
 from nbtasks.core.models import Run
 from nbtasks.core.status import FINAL, AttemptStatus, RunStatus, check_transition
@@ -31,7 +32,7 @@ from nbtasks.engine.dispatch import Dispatch
 from nbtasks.engine.loop import LoopThread
 from nbtasks.engine.recovery import load_waiting_runs, reconcile_at_start
 from nbtasks.engine.scheduler import Scheduler
-from nbtasks.engine.state import AttemptState, RunSpec, RunState, TaskVersion, error_json, utcnow
+from nbtasks.engine.state import AttemptState, RunSpec, RunState, TaskVersion, error_json
 from nbtasks.executor.base import Event, Executor
 from nbtasks.store.store import Store
 

@@ -10,9 +10,10 @@ import concurrent.futures as cf
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from nbtasks.core.durations import utcnow
 from nbtasks.core.errors import UnknownRunError
 from nbtasks.core.status import FINAL, KEY_HOLDING, RunStatus
-from nbtasks.engine.state import BatchWait, RunSpec, RunState, TaskVersion, error_json, utcnow
+from nbtasks.engine.state import BatchWait, RunSpec, RunState, TaskVersion, error_json
 
 if TYPE_CHECKING:
     from nbtasks.engine.engine import EngineBase as _Base

@@ -14,9 +14,11 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+from nbtasks.core.durations import utcnow
 from nbtasks.core.status import AttemptStatus, RunStatus
-from nbtasks.engine.dispatch import MAX_SPAWN_FAILURES, TAKEN_BACK
-from nbtasks.engine.state import AttemptState, RunState, error_json, utcnow
+from nbtasks.engine.dispatch import MAX_SPAWN_FAILURES
+from nbtasks.engine.handover import TAKEN_BACK
+from nbtasks.engine.state import AttemptState, RunState, error_json
 from nbtasks.executor import base as E
 from nbtasks.executor.base import Event
 

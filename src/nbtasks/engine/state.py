@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from nbtasks.core.models import Attempt, Run, error_from_json
 from nbtasks.core.options import Retry
 from nbtasks.core.status import AttemptStatus, RunStatus
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(slots=True, eq=False)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nbtasks.core.errors import NbtasksError
 
 SOCKET_PATH_MAX = 100  # sockaddr_un holds 108 bytes, with the terminating zero
 
 
-@dataclass(frozen=True)
-class Place:
+class Place(NamedTuple):  # not a dataclass: cheaper to import on an attaching client's path
     store: str  # the store file, absolute
     socket: str
     lock: str  # flock'ed by the live server; holds its pid and build as JSON
