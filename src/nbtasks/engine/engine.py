@@ -33,6 +33,7 @@ from nbtasks.engine.loop import LoopThread
 from nbtasks.engine.recovery import load_waiting_runs, reconcile_at_start
 from nbtasks.engine.scheduler import Scheduler
 from nbtasks.engine.state import AttemptState, RunSpec, RunState, TaskVersion, error_json
+from nbtasks.executor import started
 from nbtasks.executor.base import Event, Executor
 from nbtasks.store.store import Store
 
@@ -96,10 +97,13 @@ class EngineBase:
         self._loop_thread = self._thread.ident
         self.executor = executor
         self.dispatch = Dispatch(self, executor, workers)  # type: ignore[arg-type]
+        log = started.path_for(store_path)
         try:
+            noted = executor.note_starts(log)
             self._thread.call(self._open_executor, spawn)
             self.store = Store(store_path, self._committed_threadsafe, self.loop.call_soon)
-            reconcile_at_start(self.store, utcnow())
+            reconcile_at_start(self.store, utcnow(), started.read(log))
+            started.reset(log, noted)
             self._thread.call(self._adopt, load_waiting_runs(self.store))
         except BaseException:
             self.closed = True

@@ -1,11 +1,13 @@
 """What a newly opened store says about the engine that held it before.
 
 Runs that were executing, waiting for a retry or frozen when their kernel went away end
-INTERRUPTED, and so do their executing attempts. So does a queued run that counts an
-attempt it has no row for: a worker was handed that attempt (``Engine.claim``), and its
-body may have begun, so it is never started again; it is recorded as having executed that
-attempt (EXECUTING, then INTERRUPTED). Other queued runs wait for their task to be defined
-again (WAITING_FOR_DEPLOY); delayed runs stay delayed. Every change follows the
+INTERRUPTED, and so do their executing attempts. A queued run that counts an attempt it
+has no row for was handed to a worker ahead (``Engine.claim``): if the started log
+(``executor/started.py``) says its worker took it up, or cannot say, its body may have
+begun, so it is never started again: it is recorded as having executed that attempt
+(EXECUTING, then INTERRUPTED). If the log says it never began, it counts the attempt no
+more. Queued runs wait for their task to be defined again (WAITING_FOR_DEPLOY); delayed
+runs stay delayed. Every change follows the
 transition table and is recorded as an event.
 """
 
@@ -36,8 +38,11 @@ def _move(cur: object, ids: list[str], new: RunStatus, now: datetime, sets: str,
     )
 
 
-def reconcile_at_start(store: Store, now: datetime) -> None:
-    """Settle what the previous owner of the store left behind, in one transaction."""
+def reconcile_at_start(store: Store, now: datetime,
+                       noted: set[tuple[str, int]] | None = None) -> None:  # fmt: skip
+    """Settle what the previous owner of the store left behind, in one transaction.
+    ``noted``: the attempts sent ahead its workers took up (the started log), or None if
+    that is not known."""
     for status in _LEFT_RUNNING:
         check_transition("(reconcile)", status, RunStatus.INTERRUPTED)
     check_transition("(reconcile)", RunStatus.QUEUED, RunStatus.WAITING_FOR_DEPLOY)
@@ -52,6 +57,14 @@ def reconcile_at_start(store: Store, now: datetime) -> None:
             "SELECT id, attempt_count, updated_at FROM runs WHERE status = 'QUEUED' AND "
             "attempt_count > (SELECT count(*) FROM attempts WHERE run_id = runs.id)"
         ).fetchall()
+        waited = [h[0] for h in handed if noted is not None and (h[0], h[1]) not in noted]
+        if waited:  # handed over, never began: queued as before
+            cur.execute(  # type: ignore[attr-defined]
+                "UPDATE runs SET attempt_count = (SELECT count(*) FROM attempts "
+                "WHERE run_id = runs.id) WHERE id IN (SELECT unnest(?::VARCHAR[]))",
+                [waited],
+            )
+            handed = [h for h in handed if h[0] not in set(waited)]
         if handed:  # their attempts, EXECUTING: settled with the others just below
             cur.executemany(  # type: ignore[attr-defined]
                 "INSERT INTO attempts (id, run_id, number, status, started_at, oom) "

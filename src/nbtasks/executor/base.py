@@ -174,6 +174,12 @@ class Executor(Protocol):
         """How many workers may boot at once."""
         ...
 
+    def note_starts(self, path: str) -> bool:
+        """Have workers note each attempt sent ahead in the started log at ``path`` before
+        its body begins (``executor/started.py``): True if they will, False if they cannot
+        (workers on other machines). Called before ``open``."""
+        ...
+
     def room_for(self, resources: dict[str, float]) -> int:
         """How many workers started for ``resources`` can run at once (0: none can start
         now; asked again as runs come and go)."""

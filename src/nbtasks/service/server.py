@@ -97,8 +97,9 @@ def serve(config: Config, ready: Callable[[str], None] = lambda line: None) -> i
     launched = []
     if config.spawn and config.executor is None:  # a first worker boots while the
         from nbtasks.executor.local.launch import WORKER_PRELOAD, launch  # engine loads
+        from nbtasks.executor.started import path_for
 
-        launched.append(launch(WORKER_PRELOAD))
+        launched.append(launch(WORKER_PRELOAD, started_log=path_for(config.store)))
     from nbtasks.service.host import Server
 
     try:

@@ -126,6 +126,10 @@ class LinkMixin(_Base):
 
     # -- placing runners -----------------------------------------------------------------------
 
+    def note_starts(self, path: str) -> bool:
+        """Runners' workers are on other machines: they cannot note in a local file."""
+        return False
+
     def boot_slots(self) -> int:
         return max(1, self.size_hint)  # runners boot on the cluster's machines, in parallel
 

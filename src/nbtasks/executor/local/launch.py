@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbtasks.executor.local import protocol as P
 from nbtasks.executor.local.control import Control
+from nbtasks.executor.started import ENV as STARTED_ENV
 
 if TYPE_CHECKING:
     from nbtasks.executor.local.proctree import TreeMeter
@@ -49,19 +50,21 @@ class WorkerProc:
         self.loaded: set[str] = set()  # function keys this worker already holds
         self.outbox: list[bytes] = []  # frames written at the end of the loop's step
         self.meter: TreeMeter | None = None  # measures its tree, once a limit applies
+        self.started_log: str | None = None  # where it notes attempts sent ahead (launch)
 
     def __repr__(self) -> str:
         return f"<worker pid={self.pid}{' dying' if self.dying else ''}>"
 
 
 def launch(preload: tuple[str, ...] = (), path: list[str] | None = None,
-           cwd: str | None = None) -> WorkerProc:  # fmt: skip
+           cwd: str | None = None, started_log: str | None = None) -> WorkerProc:  # fmt: skip
     """Start a worker process. Callable from any long-lived thread, before an engine exists
     (the first trigger starts workers first, so they boot while the engine loads); the
     worker dies with the thread that started it, so not from a short-lived one. The worker
     imports the ``preload`` modules while it boots (what unpickling tasks needs), with
     ``path`` as its ``sys.path`` and ``cwd`` as its working folder (by default this
-    process's)."""
+    process's). With ``started_log``, it notes there each attempt sent ahead before its
+    body begins (``executor/started.py``)."""
     cmd_r, cmd_w = os.pipe()
     event_r, event_w = os.pipe()
     control = Control.create()
@@ -70,6 +73,9 @@ def launch(preload: tuple[str, ...] = (), path: list[str] | None = None,
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     env[TOKEN_ENV] = token
     env.pop("NBTASKS_STORE", None)
+    env.pop(STARTED_ENV, None)
+    if started_log is not None:
+        env[STARTED_ENV] = started_log
     boot_log = tempfile.TemporaryFile()
     try:
         args = [str(cmd_r), str(event_w), str(os.getpid()), str(control.fd)]
@@ -91,6 +97,7 @@ def launch(preload: tuple[str, ...] = (), path: list[str] | None = None,
     os.close(cmd_r)
     os.close(event_w)
     worker = WorkerProc(popen, cmd_w, event_r, boot_log, control, token)
+    worker.started_log = started_log
     P.write_all(cmd_w, P.encode(P.Init(path or list(sys.path), cwd or os.getcwd(), list(preload))))
     return worker
 

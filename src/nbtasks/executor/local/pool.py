@@ -103,6 +103,7 @@ class LocalExecutor:
         self.loop: asyncio.AbstractEventLoop
         self.sink: E.Sink
         self._sampling = False
+        self.started_log: str | None = None
 
     def open(self, loop: asyncio.AbstractEventLoop, sink: E.Sink) -> list[E.WorkerId]:
         self.loop = loop
@@ -113,6 +114,12 @@ class LocalExecutor:
     def boot_slots(self) -> int:
         return boot_slots()
 
+    def note_starts(self, path: str) -> bool:
+        """Workers launched from now on note in ``path`` (those launched before the engine
+        were given it by the server, which knows the store)."""
+        self.started_log = path
+        return all(worker.started_log == path for worker in self._launched)
+
     def room_for(self, resources: dict[str, float]) -> int:
         """Resources mean nothing here (runs that need them are refused at trigger time;
         one recorded with them and taken over by a local engine runs as any other)."""
@@ -121,7 +128,7 @@ class LocalExecutor:
     # -- requests ----------------------------------------------------------------------
 
     def spawn(self, resources: dict[str, float] | None = None) -> E.WorkerId:
-        return self._adopt(launch(self.preload, self.path, self.cwd)).id
+        return self._adopt(launch(self.preload, self.path, self.cwd, self.started_log)).id
 
     def _adopt(self, worker: WorkerProc) -> WorkerProc:
         self.workers[worker.id] = worker

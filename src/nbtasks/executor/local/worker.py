@@ -36,6 +36,7 @@ from typing import Any
 from nbtasks.core import context as _context
 from nbtasks.core.errors import AbortRun
 from nbtasks.core.sources import format_error
+from nbtasks.executor import started
 from nbtasks.executor.local import memlimit, proctree, treekill
 from nbtasks.executor.local import protocol as P
 from nbtasks.executor.local.capture import Capture, mime_bundle, on_ipython
@@ -109,6 +110,9 @@ class Worker:
         self.capture = Capture()
         self.subreaper = proctree.become_subreaper()
         self.attempt_id = ""  # of the attempt executing, for messages from task code
+        log = os.environ.get(started.ENV)  # where attempts sent ahead are noted, if anywhere
+        self.notes = started.open_for_notes(log) if log else None
+        self.must_note = bool(log)
         builtins.display = self.display  # type: ignore[attr-defined]
         on_ipython(self.publish)  # IPython's display(...), once IPython is imported
 
@@ -197,6 +201,19 @@ class Worker:
             self.dropped.add(attempt_id)
         self.send(P.Dropped(attempt_id))
 
+    def _note(self, run: P.Run, done: P.ToKernel | None = None) -> None:
+        """Before an attempt sent ahead may begin: note it in the started log. A worker
+        that cannot exits first (after reporting ``done``, the attempt that just ended):
+        its attempt never began, as a worker lost without ``Started`` says."""
+        if not run.ahead or not self.must_note or started.note(self.notes, run.run_id, run.number):
+            return
+        if done is not None:
+            self.send(done)
+        sys.stderr.write(f"nbtasks worker: cannot note attempt {run.attempt_id} in the started "
+                         "log: exiting before it begins\n")  # fmt: skip
+        sys.stderr.flush()
+        os._exit(75)
+
     def _claim(self, run: P.Run) -> bool:
         """Take up an attempt: False if it was dropped. A kill decided for this worker
         (the control block's ``doomed``) means no attempt starts any more."""
@@ -227,6 +244,8 @@ class Worker:
             taken = None
             if isinstance(message, P.Run):
                 run = message
+                if run.attempt_id != claimed:
+                    self._note(run)
                 if run.attempt_id != claimed and not self._claim(run):
                     self._learn_quietly(run)
                     continue
@@ -240,6 +259,7 @@ class Worker:
                 except queue.Empty:
                     taken = None
                 if isinstance(taken, P.Run) and taken.ahead:
+                    self._note(taken, done)
                     if self._claim(taken):
                         claimed = taken.attempt_id
                         self.send_all([done, P.Started(claimed)])

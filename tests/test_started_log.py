@@ -1,0 +1,47 @@
+"""The started log (``executor/started.py``): what an engine that takes a store over
+trusts of what the previous engine's workers noted, and what it does not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nbtasks.executor import started
+
+
+def test_notes_are_read_back_under_the_header(tmp_path: Path) -> None:
+    log = started.path_for(str(tmp_path / "runs.duckdb"))
+    assert log == str(tmp_path / "runs.duckdb.started")
+    started.reset(log, noted=True)
+    assert os.stat(log).st_mode & 0o777 == 0o600
+    fd = started.open_for_notes(log)
+    assert started.note(fd, "run_a", 1) and started.note(fd, "run_b", 2)
+    assert started.read(log) == {("run_a", 1), ("run_b", 2)}
+    started.reset(log, noted=True)  # a next engine starts it afresh; the fd still appends
+    assert started.note(fd, "run_c", 1)
+    assert started.read(log) == {("run_c", 1)}
+    assert fd is not None
+    os.close(fd)
+
+
+def test_a_log_that_cannot_say_is_not_trusted(tmp_path: Path) -> None:
+    log = started.path_for(str(tmp_path / "runs.duckdb"))
+    assert started.read(log) is None  # none at all
+    started.reset(log, noted=False)  # an engine whose workers do not note (Dask)
+    assert started.read(log) is None
+    Path(log).write_bytes(started.HEADER + b"run_a 1\nrun_b")  # a torn last line
+    assert started.read(log) is None
+    Path(log).write_bytes(started.HEADER + b"run_a one\n")
+    assert started.read(log) is None
+    Path(log).write_bytes(b"nbtasks started log 0\nrun_a 1\n")  # another format
+    assert started.read(log) is None
+    os.unlink(log)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(started.HEADER + b"run_a 1\n")
+    os.symlink(target, log)  # a link planted beside the store is never followed
+    assert started.read(log) is None
+    assert started.open_for_notes(log) is None
+    assert not started.note(None, "run_a", 1)
+    started.reset(log, noted=True)  # the next engine puts a file of its own in its place
+    assert not os.path.islink(log) and started.read(log) == set()
+    assert target.read_bytes() == started.HEADER + b"run_a 1\n"
