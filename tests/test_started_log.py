@@ -8,6 +8,8 @@ from pathlib import Path
 
 from nbtasks.executor import started
 
+HEADER = started.header() or b"(no boot id here)"
+
 
 def test_notes_are_read_back_under_the_header(tmp_path: Path) -> None:
     log = started.path_for(str(tmp_path / "runs.duckdb"))
@@ -29,19 +31,22 @@ def test_a_log_that_cannot_say_is_not_trusted(tmp_path: Path) -> None:
     assert started.read(log) is None  # none at all
     started.reset(log, noted=False)  # an engine whose workers do not note (Dask)
     assert started.read(log) is None
-    Path(log).write_bytes(started.HEADER + b"run_a 1\nrun_b")  # a torn last line
+    Path(log).write_bytes(HEADER + b"run_a 1\nrun_b")  # a torn last line
     assert started.read(log) is None
-    Path(log).write_bytes(started.HEADER + b"run_a one\n")
+    Path(log).write_bytes(HEADER + b"run_a one\n")
     assert started.read(log) is None
     Path(log).write_bytes(b"nbtasks started log 0\nrun_a 1\n")  # another format
     assert started.read(log) is None
+    other_boot = started.FORMAT + b" boot 00000000-0000-0000-0000-000000000000\n"
+    Path(log).write_bytes(other_boot + b"run_a 1\n")  # written before the machine rebooted:
+    assert started.read(log) is None  # notes without fsync may have been lost
     os.unlink(log)
     target = tmp_path / "elsewhere"
-    target.write_bytes(started.HEADER + b"run_a 1\n")
+    target.write_bytes(HEADER + b"run_a 1\n")
     os.symlink(target, log)  # a link planted beside the store is never followed
     assert started.read(log) is None
     assert started.open_for_notes(log) is None
     assert not started.note(None, "run_a", 1)
     started.reset(log, noted=True)  # the next engine puts a file of its own in its place
     assert not os.path.islink(log) and started.read(log) == set()
-    assert target.read_bytes() == started.HEADER + b"run_a 1\n"
+    assert target.read_bytes() == HEADER + b"run_a 1\n"

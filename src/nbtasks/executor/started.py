@@ -5,15 +5,18 @@ A worker is handed an attempt only once the store holds that the run counts it
 (``engine/handover.py``), so after a crash the next engine knows which runs a worker may
 have begun. For a run sent ahead that is not enough to tell: it may still have been waiting
 in its worker. This log tells, for the local executor: an engine whose workers note here
-writes ``HEADER`` as the log's first line once it has read what the previous engine left,
+writes a header as the log's first line once it has read what the previous engine left,
 and each worker appends ``<run id> <attempt number>`` for an attempt sent ahead before it
-begins (one appending write, which a killed server cannot undo). A worker that cannot note
-exits instead of beginning the body (its attempt then never started, as the executor seam
-says of a worker lost without ``Started``).
+begins: one appending write, with no ``fsync``, which a killed process cannot undo but a
+machine that stops (power lost) can. So the header names the machine's boot: a log
+written before a reboot is not trusted. A worker that cannot note exits instead of
+beginning the body (its attempt then never started, as the executor seam says of a worker
+lost without ``Started``).
 
-``read`` trusts the log only if it starts with ``HEADER`` and every line parses: anything
-else (no log, an engine whose workers cannot note here such as Dask's, a torn line)
-counts every run handed over as begun. The log is data only; it never runs code.
+``read`` trusts the log only if its header is this format's, of this boot, and every line
+parses: anything else (no log, an engine whose workers cannot note here such as Dask's, a
+reboot since, a torn line) counts every run handed over as begun. The log is data only;
+it never runs code.
 """
 
 from __future__ import annotations
@@ -21,8 +24,19 @@ from __future__ import annotations
 import os
 
 ENV = "NBTASKS_STARTED_LOG"  # the log's path, in a local worker's environment
-HEADER = b"nbtasks started log 1\n"
+FORMAT = b"nbtasks started log 1"
 _MAX_BYTES = 64 << 20  # a log beyond this is not read (not trusted)
+
+
+def header() -> bytes | None:
+    """The first line of a log written during this boot; None where the boot cannot be
+    told (the log is then never trusted)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().strip()
+    except OSError:
+        return None
+    return FORMAT + b" boot " + boot + b"\n" if boot else None
 
 
 def path_for(store_path: str) -> str:
@@ -43,10 +57,11 @@ def read(path: str) -> set[tuple[str, int]] | None:
             data += chunk
     finally:
         os.close(fd)
-    if not data.startswith(HEADER) or not data.endswith(b"\n"):
+    first = header()
+    if first is None or not data.startswith(first) or not data.endswith(b"\n"):
         return None
     noted: set[tuple[str, int]] = set()
-    for line in data[len(HEADER) :].splitlines():
+    for line in data[len(first) :].splitlines():
         parts = line.split(b" ")
         if len(parts) != 2 or not parts[1].isdigit():
             return None
@@ -69,8 +84,9 @@ def reset(path: str, noted: bool) -> None:
     try:
         os.fchmod(fd, 0o600)
         os.ftruncate(fd, 0)
-        if noted:
-            os.pwrite(fd, HEADER, 0)
+        first = header()
+        if noted and first is not None:
+            os.pwrite(fd, first, 0)
     finally:
         os.close(fd)
 
