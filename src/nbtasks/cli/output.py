@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -24,5 +24,5 @@ def emit(data: Any) -> None:
     click.echo(json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False))
 
 
-def fail(exc: BaseException) -> None:
+def fail(exc: BaseException) -> NoReturn:
     raise click.ClickException(str(exc))

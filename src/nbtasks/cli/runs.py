@@ -96,7 +96,6 @@ def _retrieve(run_id: str) -> Run:
         return nbtasks.runs.retrieve(run_id)
     except (NbtasksError, KeyError) as exc:
         fail(exc)
-        raise  # unreachable: for the type checker
 
 
 @runs.command("show")
