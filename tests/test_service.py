@@ -243,6 +243,27 @@ def test_a_stop_gives_back_the_runs_workers_hold_ahead(tmp_path: Path, store: st
     assert [r.attempt_count for r in ended] == [1] * 5
 
 
+def test_a_first_trigger_in_a_new_folder_starts_the_server_beside_the_store(
+    tmp_path: Path,
+) -> None:
+    """The first trigger launches the server early, before the store's folder exists: it
+    still goes beside the store (the folder nbtasks makes is private), where every later
+    call looks first."""
+    store = tmp_path / "new" / "deep" / "runs.duckdb"
+    proc = _script(tmp_path, str(store), """
+        print(add.batch_trigger_and_wait([{"a": 1, "b": 2}]).unwrap(), flush=True)
+        from nbtasks.client import config
+        config.shutdown(stop_server=False)
+        """)  # fmt: skip
+    assert _line(proc) == "[3]"
+    assert proc.wait(DEADLINE_S) == 0
+    assert os.path.exists(f"{store}.sock") and server_pid(str(store)) is not None
+    assert place_of(str(store)).socket == f"{store}.sock"
+    stop = subprocess.run([sys.executable, "-m", "nbtasks.cli", "--store", str(store), "server",
+                           "stop"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert stop.returncode == 0, stop.stderr
+
+
 def test_racing_starters_end_with_one_server(tmp_path: Path) -> None:
     """Eight processes that start on a fresh store at the same moment share one server."""
     store = str(tmp_path / "race" / "runs.duckdb")

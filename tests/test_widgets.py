@@ -324,7 +324,8 @@ def test_a_live_tables_refresh_never_starts_a_stopped_server_again(
     own. Once the server was stopped on purpose, that refresh must not start it again: with
     a delayed run to drive, the new server would never stop by itself."""
     from nbtasks.client import config
-    from nbtasks.service.client import listening, server_pid
+    from nbtasks.service.client import server_pid
+    from nbtasks.service.starting import listening
 
     handle = add.trigger({"a": 1, "b": 2}, delay="1h")
     table = RunTable()

@@ -224,11 +224,33 @@ def _notebook_origin(notebook: str, store: str) -> str:
 
 
 def prelaunch() -> None:
-    """At a first trigger, before its modules load: reach (or start) the server on a
-    thread of its own, so that it boots meanwhile."""
-    if _engine is not None or _context.IN_WORKER:
+    """At a first trigger, before its modules load: launch the server if none runs (from
+    here: its boot is what a first trigger waits for), then reach it on a thread of its
+    own, while the trigger goes on."""
+    if _engine is not None or _context.IN_WORKER or getattr(_background, "on", False):
         return
-    threading.Thread(target=_connect_quietly, name="nbtasks-connect", daemon=True).start()
+    from nbtasks.service.places import place_of
+    from nbtasks.service.starting import Starting, begin
+    from nbtasks.store.files import make_store_folder
+
+    found: Any = None
+    try:
+        config = server_config(True)
+        make_store_folder(os.path.dirname(config.store))  # before place_of: as connect does
+        found = begin(place_of(config.store), config)
+    except Exception:  # the trigger's own connect says why
+        pass
+
+    def reach() -> None:
+        try:
+            sock = found.wait() if isinstance(found, Starting) else found
+            if sock is not None:
+                sock.close()  # the connection is made anew, with its hello
+        except Exception:
+            pass
+        _connect_quietly()
+
+    threading.Thread(target=reach, name="nbtasks-connect", daemon=True).start()
 
 
 def _connect_quietly(spawn: bool = True) -> None:
@@ -405,7 +427,7 @@ def stop(engine: Any, timeout: float = 30.0) -> int | None:
     its sockets a while longer, e.g. a thread finishing a write). Returns its pid."""
     import psutil
 
-    from nbtasks.service.client import listening
+    from nbtasks.service.starting import listening
 
     pid: int = engine.info["pid"]
     engine.on_lost = None  # a server stopped on purpose is not restarted by this process

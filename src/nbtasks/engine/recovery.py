@@ -51,6 +51,8 @@ def reconcile_at_start(store: Store, now: datetime,
         RunStatus.INTERRUPTED, "Interrupted", "the nbtasks server that owned the run stopped"
     )
     running = [s.value for s in _LEFT_RUNNING]
+    if not store.holds_runs():
+        return  # a new store: nothing to settle
 
     def settle(cur: object) -> None:
         handed = cur.execute(  # type: ignore[attr-defined]

@@ -7,23 +7,17 @@ thread of their own, so a listener may itself make calls. When the server goes a
 every pending call fails at once with ``ServerLostError``; the next ``connect`` starts a
 new server.
 
-Starting is race-free: a starter holds ``Place.start_lock`` while it looks for a server
-and, finding none, starts one and waits for it to say it is ready; the server itself
-holds ``Place.lock`` for life, so even two starters that miss each other end with one.
+Finding and starting a server is ``starting.py``'s.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import fcntl
 import itertools
 import os
-import pickle
 import queue
 import socket
-import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,10 +25,8 @@ from nbtasks.core.errors import NbtasksError
 from nbtasks.service import wire
 from nbtasks.service.places import Place, lock_holder, place_of, places_of
 from nbtasks.service.settings import Config
+from nbtasks.service.starting import connected_any, start_server
 from nbtasks.store.files import make_store_folder
-
-START_TIMEOUT_S = 60.0  # a server opening a big store, or a cluster, may take a while
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ServerLostError(NbtasksError):
@@ -236,41 +228,13 @@ class RemoteEngine:
 # -- connecting and starting --------------------------------------------------------------
 
 
-def _connected(path: str) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        return None
-    return sock
-
-
-def _connected_any(store: str) -> socket.socket | None:
-    """A connection to the live server of ``store``, wherever it put its socket."""
-    for place in places_of(store):
-        sock = _connected(place.socket)
-        if sock is not None:
-            return sock
-    return None
-
-
-def listening(store: str) -> bool:
-    """Whether a server of ``store`` accepts connections."""
-    sock = _connected_any(store)
-    if sock is None:
-        return False
-    sock.close()
-    return True
-
-
 def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
     """A connection to the server of ``config.store``, started with ``config`` if none
     runs (unless not ``start``: then ``NbtasksError``)."""
     if start:
         make_store_folder(os.path.dirname(config.store))
     place = place_of(config.store)
-    sock = _connected_any(config.store)
+    sock = connected_any(config.store)
     if sock is None:
         if not start:
             raise NbtasksError(f"no nbtasks server runs for store {place.store!r}")
@@ -293,117 +257,6 @@ def connect(config: Config, name: str, start: bool = True) -> RemoteEngine:
             "runs finish; the next call then starts a server of this version"
         )
     return engine
-
-
-def start_server(place: Place, config: Config) -> socket.socket:
-    """Start the server of ``place`` unless one starts meanwhile; its connected socket."""
-    fd = _create(place.start_lock, os.O_RDWR, place)
-    try:
-        os.fchmod(fd, 0o600)  # the umask may have taken more away than that
-        _lock(fd, place)
-        sock = _connected_any(place.store)
-        if sock is not None:  # another process started it while this one waited
-            return sock
-        _spawn(place, config)
-        sock = _connected_any(place.store)
-        if sock is None:
-            raise NbtasksError(
-                f"the nbtasks server of store {place.store!r} started but cannot be reached "
-                f"at {place.socket!r}"
-            )
-        return sock
-    finally:
-        os.close(fd)  # and its lock
-
-
-def _create(path: str, flags: int, place: Place) -> int:
-    """Open (creating it if new) one of the server's files, or say why it cannot start
-    (e.g. the store's folder is read-only)."""
-    try:
-        return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise NbtasksError(
-            f"cannot start the nbtasks server of store {place.store!r}: cannot write "
-            f"{path!r} ({exc.strerror or exc}); choose another store with "
-            "nbtasks.configure(store=...) or NBTASKS_STORE"
-        ) from None
-
-
-def _lock(fd: int, place: Place) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise NbtasksError(
-                    f"another process has been starting the nbtasks server of store "
-                    f"{place.store!r} for over {START_TIMEOUT_S:g}s"
-                ) from None
-            time.sleep(0.005)
-
-
-def _spawn(place: Place, config: Config) -> None:
-    import subprocess
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    log = _create(place.log, os.O_WRONLY | os.O_APPEND, place)
-    try:
-        os.fchmod(log, 0o600)  # the umask may have taken more away than that
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nbtasks.service.server"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            start_new_session=True, close_fds=True, env=env, cwd=config.cwd,
-        )  # fmt: skip
-    finally:
-        os.close(log)
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(pickle.dumps(config, protocol=5))
-    proc.stdin.close()
-    line = _first_line(proc.stdout.fileno())
-    proc.stdout.close()
-    threading.Thread(target=proc.wait, name="nbtasks-reaper", daemon=True).start()
-    if line in ("ready", "taken"):
-        return
-    if line.startswith("locked: "):  # a program other than nbtasks holds the store file
-        import json
-
-        from nbtasks.core.errors import StoreLockedError
-
-        held = json.loads(line[len("locked: ") :])
-        raise StoreLockedError(held["path"], held["holder"])
-    if not line:
-        line = "it exited before it was ready; " + _log_tail(place.log)
-    raise NbtasksError(f"the nbtasks server of store {place.store!r} did not start: {line}")
-
-
-def _first_line(fd: int) -> str:
-    import select
-
-    deadline = time.monotonic() + START_TIMEOUT_S
-    data = b""
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return f"no word from it within {START_TIMEOUT_S:g}s"
-        readable, _, _ = select.select([fd], [], [], left)
-        if readable:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode(errors="replace").split("\n", 1)[0].strip()
-
-
-def _log_tail(path: str, lines: int = 5) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            tail = f.read().splitlines()[-lines:]
-    except OSError:
-        return "no log"
-    return f"the end of its log {path!r}: " + " | ".join(tail)
 
 
 def server_pid(store: str) -> int | None:

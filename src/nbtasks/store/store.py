@@ -149,6 +149,11 @@ class StoreBase:
         finally:
             self._close_files()
 
+    def holds_runs(self) -> bool:
+        """Whether any run is stored or committed: False for a new store."""
+        with self._lock:
+            return bool(self._recent or self._pending or self._folding_runs is not None)
+
     def close(self) -> None:
         """Commit what is staged (the staging thread is done), fold, and let go of the file."""
         self._seal()
