@@ -69,8 +69,12 @@ class Starting:
     def wait(self) -> socket.socket:
         """Its connected socket, once it is ready; or why it did not start."""
         try:
-            _answer(self.place, self._proc)
+            taken = _answer(self.place, self._proc)
             sock = connected_any(self.place.store)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while sock is None and taken and time.monotonic() < deadline and _held(self.place):
+                time.sleep(0.01)  # another server holds the store and is still starting
+                sock = connected_any(self.place.store)
             if sock is None:
                 raise NbtasksError(
                     f"the nbtasks server of store {self.place.store!r} started but cannot be "
@@ -156,15 +160,23 @@ def _launch(place: Place, config: Config) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _answer(place: Place, proc: subprocess.Popen[bytes]) -> None:
-    """Wait for the server's first line: return once it is ready (or another server took
-    the store first), else raise why it did not start."""
+def _held(place: Place) -> bool:
+    """Whether a server of ``place``'s store holds its lock, here or in its other place."""
+    from nbtasks.service.places import lock_holder
+
+    return any(lock_holder(p) is not None for p in places_of(place.store))
+
+
+def _answer(place: Place, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait for the server's first line: return once it is ready (False) or another server
+    took the store first (True: it may still be starting), else raise why it did not
+    start."""
     assert proc.stdout is not None
     line = _first_line(proc.stdout.fileno())
     proc.stdout.close()
     threading.Thread(target=proc.wait, name="nbtasks-reaper", daemon=True).start()
     if line in ("ready", "taken"):
-        return
+        return line == "taken"
     if line.startswith("locked: "):  # a program other than nbtasks holds the store file
         import json
 
