@@ -109,3 +109,8 @@ def mark(p: dict[str, object]) -> str:
         os.close(fd)
     time.sleep(float(p["nap"]))  # type: ignore[arg-type]
     return run_id
+
+
+@task
+def worker_pid(_: object) -> int:
+    return os.getpid()

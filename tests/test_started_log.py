@@ -50,3 +50,26 @@ def test_a_log_that_cannot_say_is_not_trusted(tmp_path: Path) -> None:
     started.reset(log, noted=True)  # the next engine puts a file of its own in its place
     assert not os.path.islink(log) and started.read(log) == set()
     assert target.read_bytes() == HEADER + b"run_a 1\n"
+
+
+def test_a_servers_first_worker_notes_the_runs_sent_ahead(tmp_path: Path) -> None:
+    """A new server launches its first worker before it makes the log: that worker still
+    notes every run sent ahead to it (it opens the log when it first needs it), and none of
+    them makes it give up (a worker that cannot note exits before the body)."""
+    import nbtasks
+    from nbtasks.client import config
+
+    from tasks import worker_pid
+
+    store = tmp_path / "store" / "runs.duckdb"
+    nbtasks.configure(store=str(store), workers=1)
+    try:
+        batch = worker_pid.batch_trigger_and_wait(list(range(200)))
+        pids = set(batch.unwrap())
+        noted = started.read(started.path_for(str(store)))
+    finally:
+        config.shutdown(stop_server=True)
+    assert len(pids) == 1, f"the worker was replaced: {pids}"
+    ids = {r.id for r in batch.runs}
+    assert noted is not None and noted and {run_id for run_id, _ in noted} <= ids
+    assert all(number == 1 for _, number in noted)

@@ -110,9 +110,10 @@ class Worker:
         self.capture = Capture()
         self.subreaper = proctree.become_subreaper()
         self.attempt_id = ""  # of the attempt executing, for messages from task code
-        log = os.environ.get(started.ENV)  # where attempts sent ahead are noted, if anywhere
-        self.notes = started.open_for_notes(log) if log else None
-        self.must_note = bool(log)
+        # Where attempts sent ahead are noted, if anywhere: opened at the first (the engine
+        # makes the log once it opened the store, perhaps after this worker booted).
+        self.notes_path = os.environ.get(started.ENV)
+        self.notes: int | None = None
         builtins.display = self.display  # type: ignore[attr-defined]
         on_ipython(self.publish)  # IPython's display(...), once IPython is imported
 
@@ -205,7 +206,11 @@ class Worker:
         """Before an attempt sent ahead may begin: note it in the started log. A worker
         that cannot exits first (after reporting ``done``, the attempt that just ended):
         its attempt never began, as a worker lost without ``Started`` says."""
-        if not run.ahead or not self.must_note or started.note(self.notes, run.run_id, run.number):
+        if not run.ahead or not self.notes_path:
+            return
+        if self.notes is None:
+            self.notes = started.open_for_notes(self.notes_path)
+        if started.note(self.notes, run.run_id, run.number):
             return
         if done is not None:
             self.send(done)
