@@ -446,7 +446,8 @@ def test_a_killed_server_leaves_nothing_running_on_the_cluster(
     """SIGKILL of the process that triggered the runs leaves them running; SIGKILL of the
     store's server (which owns the engine and the Dask client): the scheduler lets its
     runners go, and each runner stops its attempt's process tree on the Dask worker's
-    machine; the cluster is free for the next runs."""
+    machine; the cluster is free for the next runs. A run a busy runner held ahead ends
+    INTERRUPTED on the next server: Dask's workers cannot say whether it began."""
     script = tmp_path / "owner.py"
     script.write_text(
         "import os, sys, time\n"
@@ -464,6 +465,11 @@ def test_a_killed_server_leaves_nothing_running_on_the_cluster(
         "        print('PIDS', *[r.attempts[-1].pid for r in runs], flush=True)\n"
         "        break\n"
         "    time.sleep(0.05)\n"
+        "held = forever.trigger(None)\n"  # sent ahead to a busy runner: its claim committed
+        "q = \"SELECT status, attempt_count FROM runs WHERE id = ?\"\n"
+        "while nbtasks.runs.sql(q, [held.id]).fetchall() != [('QUEUED', 1)]:\n"
+        "    time.sleep(0.05)\n"
+        "print('HELD', held.id, flush=True)\n"
         "time.sleep(600)\n"
     )
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
@@ -474,6 +480,8 @@ def test_a_killed_server_leaves_nothing_running_on_the_cluster(
             line = owner.stdout.readline()
             assert line, "the owner ended before its runs executed"
         pids = [int(p) for p in line.split()[1:]]
+        held = owner.stdout.readline().split()
+        assert held[:1] == ["HELD"], held
         assert all(_alive(p) for p in pids)
         server = psutil.Process(server_pid(str(tmp_path / "k.duckdb")))
         owner.send_signal(signal.SIGKILL)
@@ -493,5 +501,9 @@ def test_a_killed_server_leaves_nothing_running_on_the_cluster(
     )  # fmt: skip
     try:
         assert [r.unwrap() for r in nap.batch_trigger_and_wait([0.5, 0.5]).runs] == [0.5, 0.5]
+        nbtasks.configure(store=str(tmp_path / "k.duckdb"))  # a next server of that store
+        after = nbtasks.runs.retrieve(held[1])
+        assert (after.status, after.attempt_count) == (RunStatus.INTERRUPTED, 1), after
+        assert [a.status.value for a in after.attempts] == ["INTERRUPTED"]
     finally:
         nbtasks.configure(executor="local")
