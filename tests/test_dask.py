@@ -466,7 +466,7 @@ def test_a_killed_server_leaves_nothing_running_on_the_cluster(
         "        break\n"
         "    time.sleep(0.05)\n"
         "held = forever.trigger(None)\n"  # sent ahead to a busy runner: its claim committed
-        "q = \"SELECT status, attempt_count FROM runs WHERE id = ?\"\n"
+        'q = "SELECT status, attempt_count FROM runs WHERE id = ?"\n'
         "while nbtasks.runs.sql(q, [held.id]).fetchall() != [('QUEUED', 1)]:\n"
         "    time.sleep(0.05)\n"
         "print('HELD', held.id, flush=True)\n"
