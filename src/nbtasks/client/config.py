@@ -244,11 +244,11 @@ def prelaunch() -> None:
     def reach() -> None:
         try:
             sock = found.wait() if isinstance(found, Starting) else found
-            if sock is not None:
-                sock.close()  # the connection is made anew, with its hello
-        except Exception:
-            pass
-        _connect_quietly()
+        except Exception:  # it did not start: the trigger's own connect says why (trying
+            return  # again here would leave a server starting behind a failed trigger)
+        if sock is not None:
+            sock.close()  # the connection is made anew, with its hello
+            _connect_quietly()
 
     threading.Thread(target=reach, name="nbtasks-connect", daemon=True).start()
 
