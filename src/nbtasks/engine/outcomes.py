@@ -57,8 +57,9 @@ class OutcomesMixin(_Base):
         """Record, before a worker is handed ``attempt`` ahead, that it may begin: the run
         stays QUEUED but its stored ``attempt_count`` counts the attempt, whose own row comes
         with its start (``begin``). A crash leaves such a run counting an attempt it has no
-        row for: the next engine ends it INTERRUPTED rather than run it again
-        (``recovery.py``). ``unclaim`` undoes it for an attempt that never started."""
+        row for: the next engine ends it INTERRUPTED rather than run it again, unless the
+        started log says its body never began (``recovery.py``). ``unclaim`` undoes it for
+        an attempt that never started."""
         counted, run.attempt_count = run.attempt_count, attempt.number
         try:
             self.store.stage_run(run.row(), run.update_row())

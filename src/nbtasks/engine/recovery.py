@@ -7,8 +7,7 @@ has no row for was handed to a worker ahead (``Engine.claim``): if the started l
 begun, so it is never started again: it is recorded as having executed that attempt
 (EXECUTING, then INTERRUPTED). If the log says it never began, it counts the attempt no
 more. Queued runs wait for their task to be defined again (WAITING_FOR_DEPLOY); delayed
-runs stay delayed. Every change follows the
-transition table and is recorded as an event.
+runs stay delayed. Every change follows the transition table and is recorded as an event.
 """
 
 from __future__ import annotations
