@@ -296,23 +296,29 @@ class EngineBase:
         else:
             self._wait_all(fut, [run], single=True)
 
-    def _wait_all(self, fut: cf.Future[Any], runs: list[RunState | str],
-                  single: bool = False) -> None:  # fmt: skip
-        """Resolve ``fut`` with the final snapshots of ``runs`` in order. Entries that are
-        run ids (runs no longer live) resolve to None: the caller reads the store."""
+    def _wait_all(self, fut: cf.Future[Any], runs: list[RunState | str], single: bool = False,
+                  each: Callable[[int, Run], None] | None = None) -> None:  # fmt: skip
+        """Resolve ``fut`` with the final snapshots of ``runs`` in order (``each(i,
+        snapshot)`` hears of each one first). Entries that are run ids (runs no longer
+        live) resolve to None: the caller reads the store."""
         results: list[Run | None] = [None] * len(runs)
         pending = [sum(1 for r in runs if isinstance(r, RunState))]
+        failed = [False]  # not fut.done(): that takes a lock, for every run of a big batch
 
         def waiter(i: int) -> Waiter:
             def settled(snapshot: Run, error: BaseException | None) -> None:
-                if fut.done():
+                if failed[0]:
                     return
                 if error is not None:
-                    fut.set_exception(error)
+                    failed[0] = True
+                    if not fut.done():
+                        fut.set_exception(error)
                     return
                 results[i] = snapshot
+                if each is not None:
+                    each(i, snapshot)
                 pending[0] -= 1
-                if pending[0] == 0:
+                if pending[0] == 0 and not fut.done():
                     fut.set_result(results[0] if single else results)
 
             return settled

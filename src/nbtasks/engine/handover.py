@@ -65,7 +65,21 @@ class HandoverMixin(_Base):
 
     def _send_when_claimed(self, run: RunState, attempt: AttemptState, view: WorkerView) -> None:
         """Hand the attempt to the worker once its claim is committed (now, if the store
-        had nothing staged). Sends to one worker keep their order: commits end in order."""
+        had nothing staged). Sends to one worker keep their order: commits end in order.
+
+        A run created in the very batch its claim joins is handed over at once: no commit
+        can hold the run without its claim, so there is nothing a crash could start again
+        (the store then holds no trace of the run: its trigger was never acknowledged)."""
+        engine = self.engine
+        if (
+            engine.store.created_in_open_batch(run.id)
+            and not engine.closed
+            and view not in self.unsent.values()  # else it would overtake those
+        ):
+            self.executor.start(
+                view.id, self._spec(run, attempt), ahead=view.attempt is not attempt
+            )
+            return
         self.unsent[attempt.id] = view
         self.engine.when_durable(lambda error: self._claimed(run, attempt, error))
 

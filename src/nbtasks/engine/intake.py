@@ -7,6 +7,7 @@ A mixin of ``Engine``; every method runs on the engine's loop thread.
 from __future__ import annotations
 
 import concurrent.futures as cf
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from nbtasks.core.status import FINAL, KEY_HOLDING, RunStatus
 from nbtasks.engine.state import BatchWait, RunSpec, RunState, TaskVersion, error_json
 
 if TYPE_CHECKING:
+    from nbtasks.core.models import Run
     from nbtasks.engine.engine import EngineBase as _Base
 else:
     _Base = object
@@ -27,9 +29,11 @@ class IntakeMixin(_Base):
     # -- creating runs -----------------------------------------------------------------
 
     def submit(self, fut: cf.Future[Any], specs: list[RunSpec],
-               final: cf.Future[Any] | None = None) -> None:  # fmt: skip
+               final: cf.Future[Any] | None = None,
+               each: Callable[[int, Run], None] | None = None) -> None:  # fmt: skip
         """Create runs; resolve ``fut`` with ``(run_id, is_cached)`` per spec once they are
-        committed, and ``final`` (if given) with their final snapshots, in order."""
+        committed, and ``final`` (if given) with their final snapshots, in order;
+        ``each(i, snapshot)`` hears of each one as it is durable, before ``final``."""
         self.executor.check()  # e.g. a cluster that cannot be reached: no run is made
         if not self.executor.accepts_resources:
             for spec in specs:
@@ -52,7 +56,7 @@ class IntakeMixin(_Base):
             group = BatchWait(sum(1 for r in live if r.status not in FINAL))
             for run in live:
                 run.batch_wait = group
-        self._wait_all(final, [self._live_or_none(i) for i, _ in created])
+        self._wait_all(final, [self._live_or_none(i) for i, _ in created], each=each)
         fut.set_result(created)
 
     def _create(self, specs: list[RunSpec], parent: RunState | None = None

@@ -79,6 +79,7 @@ class RemoteEngine:
         self._ids = itertools.count(1)
         self._pending: dict[int, cf.Future[Any]] = {}
         self._finals: dict[int, cf.Future[Any]] = {}
+        self._settled: dict[int, list[Any]] = {}  # a batch's final snapshots, as they come
         self._callbacks: dict[int, Callable[..., None]] = {}
         self._listening: dict[tuple[str, Any], int] = {}  # (run id, listener) -> number
         self._pushes: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
@@ -95,6 +96,8 @@ class RemoteEngine:
             specs, final = args
             token = next(self._ids)
             self._finals[token] = final
+            if len(specs) > 1:  # a batch: the server sends its snapshots as runs end
+                self._settled[token] = [None] * len(specs)
             args = (specs, token)
         elif op in ("subscribe", "watch"):
             target, listener = args
@@ -159,9 +162,19 @@ class RemoteEngine:
         if a == "bye":
             (self.farewell,) = b
             return
+        if a == "settled":
+            token, ready = b
+            settled = self._settled.get(token)
+            if settled is not None:
+                for index, snapshot in ready:
+                    settled[index] = snapshot
+            return
         if a == "final":
             token, ok, value = b
             final = self._finals.pop(token, None)
+            settled = self._settled.pop(token, None)
+            if settled is not None and ok:
+                value = settled
             if final is not None and not final.done():
                 final.set_result(value) if ok else final.set_exception(value)
             return
@@ -205,6 +218,7 @@ class RemoteEngine:
                 _, fut = table.popitem()
                 if not fut.done():
                     fut.set_exception(error)
+        self._settled.clear()
         self._pushes.put(None)
         try:
             self.sock.close()

@@ -98,6 +98,33 @@ class Session(asyncio.Protocol):
         self.send((wire.PUSH, kind, data))
 
 
+class Finals:
+    """The final snapshots a batch's blocking wait awaits, pushed as its runs end: those
+    of one step of the loop in one message (``settled``), then ``final`` once all are.
+    The client unpickles them while the rest run, rather than all at the end."""
+
+    def __init__(self, session: Session, token: int) -> None:
+        self.session = session
+        self.token = token
+        self.ready: list[tuple[int, Any]] = []
+
+    def add(self, index: int, snapshot: Any) -> None:
+        if not self.ready:
+            self.session.server.engine.loop.call_soon(self.flush)
+        self.ready.append((index, snapshot))
+
+    def flush(self) -> None:
+        if self.ready:
+            ready, self.ready = self.ready, []
+            self.session.push("settled", self.token, ready)
+
+    def end(self, final: cf.Future[Any]) -> None:
+        """(On the loop.) Everything settled went first; ``final`` says it is all."""
+        self.flush()
+        error = final.exception()
+        self.session.push("final", self.token, error is None, error)
+
+
 class Server:
     def __init__(self, config: Config, place: Place, sock: socket.socket,
                  launched: list[Any]) -> None:  # fmt: skip
@@ -178,14 +205,19 @@ class Server:
             if spec.task is not None:
                 self.latest[spec.task.task_id] = spec.task
         final: cf.Future[Any] | None = None
+        stream: Finals | None = None
         if token is not None:
             final = cf.Future()
-            final.add_done_callback(
-                lambda f: session.push(
-                    "final", token, f.exception() is None, f.exception() or f.result()
+            if len(specs) > 1:  # a batch: its final snapshots go out as runs end
+                stream = Finals(session, token)
+                final.add_done_callback(stream.end)
+            else:
+                final.add_done_callback(
+                    lambda f: session.push(
+                        "final", token, f.exception() is None, f.exception() or f.result()
+                    )
                 )
-            )
-        self.engine.submit(fut, specs, final)
+        self.engine.submit(fut, specs, final, stream.add if stream is not None else None)
         for task_id in {s.task_id for s in specs if s.task is None} & self.latest.keys():
             self.engine.deploy(cf.Future(), self.latest[task_id])  # a client defined it
 

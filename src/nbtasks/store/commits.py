@@ -105,6 +105,11 @@ class CommitsMixin(_Base):
                 self._commit_by = 0.0
                 self._cv.notify()
 
+    def created_in_open_batch(self, run_id: str) -> bool:
+        """(Staging thread.) Whether ``run_id`` was created in the batch still open: no
+        commit holds the run yet, and what is staged for it now commits in the same frame."""
+        return run_id in self._open.new_runs
+
     def barrier(self) -> int | None:
         """(Staging thread.) The ticket whose commit makes everything staged so far
         durable, or None if it already is."""
