@@ -48,8 +48,12 @@ def new_id(prefix: str) -> str:
     if text_ms != ms:
         text = _base36(ms, 9)
         _ms_text = (text, ms)
-    rand = _random.getrandbits(31)  # below 36**6
-    return f"{prefix}_{text}{_base36(counter * 36**6 + rand, 10)}"
+    rand = _random.getrandbits(31)  # below 36**6: three pairs of digits
+    c1, c2 = divmod(counter, 1296)
+    r12, r3 = divmod(rand, 1296)
+    r1, r2 = divmod(r12, 1296)
+    p = _PAIRS
+    return f"{prefix}_{text}{p[c1]}{p[c2]}{p[r1]}{p[r2]}{p[r3]}"
 
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,127}$")

@@ -353,3 +353,32 @@ def run_from_row(
         _attempts=attempts,
         _fetch=fetch,
     )
+
+
+def _when(value: Any) -> Any:
+    """A time as MessagePack brings it back: a datetime, or the ISO text of a naive one."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def run_from_wire(values: Sequence[Any]) -> Run:
+    """The snapshot a final run's ``RunState.wire()`` values describe (in that order),
+    after a trip through MessagePack (tuples come back as lists)."""
+    (id_, task_id, version, status, queue, payload_preview, output_preview, error, created_at,
+     updated_at, queued_at, started_at, finished_at, delay_until, ttl_s, expired_at,
+     idempotency_key, tags, metadata, max_attempts, attempt_count, parent_id, root_id, depth,
+     batch_id, replayed_from, resources, origin, payload, output, attempts,
+     history) = values  # fmt: skip
+    return Run(
+        id_, task_id, version, RunStatus(status), queue, payload_preview, output_preview,
+        error_from_json(error, id_), _when(created_at), _when(updated_at), _when(queued_at),
+        _when(started_at), _when(finished_at), _when(delay_until), ttl_s, _when(expired_at),
+        idempotency_key, tuple(tags), metadata, max_attempts, attempt_count, parent_id,
+        root_id, depth, batch_id, replayed_from, resources, origin,
+        _payload_bytes=payload,
+        _output_bytes=output,
+        _attempts=tuple(
+            Attempt.from_row((*row[:4], _when(row[4]), _when(row[5]), *row[6:]))
+            for row in attempts
+        ),
+        _history=tuple((status, _when(at)) for status, at in history),
+    )  # fmt: skip

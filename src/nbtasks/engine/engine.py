@@ -42,7 +42,7 @@ BY_REQUEST = "by request"  # a cancel's cause when its caller gives none
 TAKE_BACK_S = 2.0  # how long a shutdown waits for workers to give back what they hold ahead
 TaskResolver = Callable[[str], "TaskVersion | None"]
 Listener = Callable[[Run], None]
-Waiter = Callable[[Run, BaseException | None], None]
+Waiter = Callable[[RunState, BaseException | None], None]  # a final run, its commit's error
 
 
 class EngineBase:
@@ -163,10 +163,11 @@ class EngineBase:
     # -- state changes -----------------------------------------------------------------
 
     def _event(self, run: RunState, detail: str | None = None) -> int:
-        if not run.history or run.history[-1][0] != run.status.value:
-            run.history.append((run.status.value, run.updated_at))
+        status = run.status._value_  # not .value: a property, slow at a few per run
+        if not run.history or run.history[-1][0] != status:
+            run.history.append((status, run.updated_at))
         return self.store.stage_event(
-            (run.id, run.updated_at, run.status.value, run.attempt_count or None, detail)
+            (run.id, run.updated_at, status, run.attempt_count or None, detail)
         )
 
     def _transition(self, run: RunState, new: RunStatus, detail: str | None = None,
@@ -179,7 +180,7 @@ class EngineBase:
         watchers = self._watchers.get(run.id)
         if watchers:
             for watcher in watchers:
-                watcher(run.id, new.value)
+                watcher(run.id, new._value_)
             if new in FINAL:
                 del self._watchers[run.id]
         return self._update(run, detail, final=new in FINAL, **changes)
@@ -197,7 +198,7 @@ class EngineBase:
                 if timer is not None:
                     timer.cancel()
             run.timer = run.ttl_timer = None
-        ticket = self.store.stage_run(run.row(), run.update_row())
+        ticket = self.store.stage_run_update(run.update_row(), run.row)
         self._event(run, detail)
         if final:  # listeners see the final state once it is durable, in _settle
             hurry = True
@@ -217,14 +218,16 @@ class EngineBase:
             key = (run.task_id, run.idempotency_key)
             if self._keys.get(key) == run.id:
                 del self._keys[key]
-        snapshot = run.snapshot()
         # Listeners first: a notebook view draws the final state before a wait returns,
         # so what the cell shows when it ends is final.
-        for listener in self._listeners.pop(run.id, ()):
-            listener(snapshot)
+        listeners = self._listeners.pop(run.id, ())
+        if listeners:
+            snapshot = run.snapshot()
+            for listener in listeners:
+                listener(snapshot)
         waiters, run.waiters = run.waiters, []
-        for waiter in waiters:
-            waiter(snapshot, error)
+        for waiter in waiters:  # each makes a snapshot if it needs one
+            waiter(run, error)
 
     def _notify(self, run: RunState) -> None:
         listeners = self._listeners.get(run.id)
@@ -297,16 +300,17 @@ class EngineBase:
             self._wait_all(fut, [run], single=True)
 
     def _wait_all(self, fut: cf.Future[Any], runs: list[RunState | str], single: bool = False,
-                  each: Callable[[int, Run], None] | None = None) -> None:  # fmt: skip
-        """Resolve ``fut`` with the final snapshots of ``runs`` in order (``each(i,
-        snapshot)`` hears of each one first). Entries that are run ids (runs no longer
-        live) resolve to None: the caller reads the store."""
+                  each: Callable[[int, RunState], None] | None = None) -> None:  # fmt: skip
+        """Resolve ``fut`` with the final snapshots of ``runs`` in order. Entries that are
+        run ids (runs no longer live) resolve to None: the caller reads the store. With
+        ``each``, ``each(i, run)`` is given every final run (durable) instead, and ``fut``
+        resolves to Nones once all are: the caller makes what it sends of them."""
         results: list[Run | None] = [None] * len(runs)
         pending = [sum(1 for r in runs if isinstance(r, RunState))]
         failed = [False]  # not fut.done(): that takes a lock, for every run of a big batch
 
         def waiter(i: int) -> Waiter:
-            def settled(snapshot: Run, error: BaseException | None) -> None:
+            def settled(run: RunState, error: BaseException | None) -> None:
                 if failed[0]:
                     return
                 if error is not None:
@@ -314,9 +318,10 @@ class EngineBase:
                     if not fut.done():
                         fut.set_exception(error)
                     return
-                results[i] = snapshot
-                if each is not None:
-                    each(i, snapshot)
+                if each is None:
+                    results[i] = run.snapshot()
+                else:
+                    each(i, run)
                 pending[0] -= 1
                 if pending[0] == 0 and not fut.done():
                     fut.set_result(results[0] if single else results)

@@ -17,7 +17,6 @@ from nbtasks.core.status import FINAL, KEY_HOLDING, RunStatus
 from nbtasks.engine.state import BatchWait, RunSpec, RunState, TaskVersion, error_json
 
 if TYPE_CHECKING:
-    from nbtasks.core.models import Run
     from nbtasks.engine.engine import EngineBase as _Base
 else:
     _Base = object
@@ -30,10 +29,10 @@ class IntakeMixin(_Base):
 
     def submit(self, fut: cf.Future[Any], specs: list[RunSpec],
                final: cf.Future[Any] | None = None,
-               each: Callable[[int, Run], None] | None = None) -> None:  # fmt: skip
+               each: Callable[[int, RunState], None] | None = None) -> None:  # fmt: skip
         """Create runs; resolve ``fut`` with ``(run_id, is_cached)`` per spec once they are
-        committed, and ``final`` (if given) with their final snapshots, in order;
-        ``each(i, snapshot)`` hears of each one as it is durable, before ``final``."""
+        committed, and ``final`` (if given) with their final snapshots, in order (with
+        ``each``: ``each(i, run)`` is given each final run instead, ``_wait_all``)."""
         self.executor.check()  # e.g. a cluster that cannot be reached: no run is made
         if not self.executor.accepts_resources:
             for spec in specs:

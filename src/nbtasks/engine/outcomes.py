@@ -62,12 +62,12 @@ class OutcomesMixin(_Base):
         an attempt that never started."""
         counted, run.attempt_count = run.attempt_count, attempt.number
         try:
-            self.store.stage_run(run.row(), run.update_row())
+            self.store.stage_run_update(run.update_row(), run.row)
         finally:
             run.attempt_count = counted
 
     def unclaim(self, run: RunState) -> None:
-        self.store.stage_run(run.row(), run.update_row())
+        self.store.stage_run_update(run.update_row(), run.row)
 
     def _take_slot(self, run: RunState, attempt: AttemptState) -> None:
         attempt.holds_slot = True

@@ -87,7 +87,7 @@ class AttemptState:
 
     def row(self) -> tuple[Any, ...]:
         return (
-            self.id, self.run_id, self.number, self.status.value, self.started_at,
+            self.id, self.run_id, self.number, self.status._value_, self.started_at,
             self.finished_at, self.pid, self.exit_code, self.signal, self.oom, self.error,
             self.stdout, self.stderr, json.dumps(self.displays) if self.displays else None,
         )  # fmt: skip
@@ -148,7 +148,7 @@ class RunState:
     resume: Any = None  # while FROZEN: what to reply to the worker once children are done
     prefetched: Any = None  # while QUEUED: the worker it was sent ahead to
     history: list[tuple[str, datetime]] = field(default_factory=list)  # status changes
-    waiters: list[Any] = field(default_factory=list)  # called with (snapshot, error)
+    waiters: list[Any] = field(default_factory=list)  # called with (this run, error) once final
     batch_wait: BatchWait | None = None  # the blocking batch wait that created it
     payload_stored: bool = False  # its payload is in the payloads table, not its row
 
@@ -166,7 +166,7 @@ class RunState:
 
     def row(self) -> tuple[Any, ...]:
         return (
-            self.id, self.task_id, self.version, self.status.value, self.queue,
+            self.id, self.task_id, self.version, self.status._value_, self.queue,
             None if self.payload_stored else self.payload, self.payload_preview,
             self.output, self.output_preview, self.error,
             self.created_at, self.updated_at, self.queued_at, self.started_at,
@@ -205,10 +205,25 @@ class RunState:
     def update_row(self) -> tuple[Any, ...]:
         """The columns that change after creation, in ``RUN_UPDATE_COLUMNS`` order."""
         return (
-            self.id, self.version, self.status.value, self.output, self.output_preview,
+            self.id, self.version, self.status._value_, self.output, self.output_preview,
             self.error, self.updated_at, self.queued_at, self.started_at, self.finished_at,
             self.delay_until, self.expired_at, self.idempotency_expires_at,
             json.dumps(self.metadata) if self.metadata else None, self.attempt_count,
+        )  # fmt: skip
+
+    def wire(self) -> tuple[Any, ...]:
+        """What ``snapshot()`` holds, as plain data (attempts as rows): what a batch's
+        final snapshots travel to its client as, in bulk (``service/finals.py``), for
+        ``run_from_wire`` to make the snapshot of. Its order is that function's."""
+        return (
+            self.id, self.task_id, self.version, self.status._value_, self.queue,
+            self.payload_preview, self.output_preview, self.error, self.created_at,
+            self.updated_at, self.queued_at, self.started_at, self.finished_at,
+            self.delay_until, self.ttl_s, self.expired_at, self.idempotency_key, self.tags,
+            self.metadata, self.max_attempts, self.attempt_count, self.parent_id,
+            self.root_id, self.depth, self.batch_id, self.replayed_from, self.resources,
+            self.origin, self.payload, self.output, [a.row() for a in self.attempts],
+            self.history,
         )  # fmt: skip
 
     def snapshot(self) -> Run:

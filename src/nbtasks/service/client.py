@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nbtasks.core.errors import NbtasksError
-from nbtasks.service import wire
+from nbtasks.service import finals, wire
 from nbtasks.service.places import Place, lock_holder, place_of, places_of
 from nbtasks.service.settings import Config
 from nbtasks.service.starting import connected_any, start_server
@@ -163,10 +163,10 @@ class RemoteEngine:
             (self.farewell,) = b
             return
         if a == "settled":
-            token, ready = b
+            token, data = b
             settled = self._settled.get(token)
             if settled is not None:
-                for index, snapshot in ready:
+                for index, snapshot in finals.unpack(data):
                     settled[index] = snapshot
             return
         if a == "final":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from nbtasks.core.errors import NbtasksError
 from nbtasks.core.status import RunStatus
 from nbtasks.service import wire
+from nbtasks.service.finals import Finals
 from nbtasks.service.places import Place
 from nbtasks.service.settings import Config
 
@@ -96,33 +97,6 @@ class Session(asyncio.Protocol):
 
     def push(self, kind: str, *data: Any) -> None:
         self.send((wire.PUSH, kind, data))
-
-
-class Finals:
-    """The final snapshots a batch's blocking wait awaits, pushed as its runs end: those
-    of one step of the loop in one message (``settled``), then ``final`` once all are.
-    The client unpickles them while the rest run, rather than all at the end."""
-
-    def __init__(self, session: Session, token: int) -> None:
-        self.session = session
-        self.token = token
-        self.ready: list[tuple[int, Any]] = []
-
-    def add(self, index: int, snapshot: Any) -> None:
-        if not self.ready:
-            self.session.server.engine.loop.call_soon(self.flush)
-        self.ready.append((index, snapshot))
-
-    def flush(self) -> None:
-        if self.ready:
-            ready, self.ready = self.ready, []
-            self.session.push("settled", self.token, ready)
-
-    def end(self, final: cf.Future[Any]) -> None:
-        """(On the loop.) Everything settled went first; ``final`` says it is all."""
-        self.flush()
-        error = final.exception()
-        self.session.push("final", self.token, error is None, error)
 
 
 class Server:
@@ -209,7 +183,7 @@ class Server:
         if token is not None:
             final = cf.Future()
             if len(specs) > 1:  # a batch: its final snapshots go out as runs end
-                stream = Finals(session, token)
+                stream = Finals(session.push, self.engine.loop.call_soon, token)
                 final.add_done_callback(stream.end)
             else:
                 final.add_done_callback(

@@ -15,6 +15,7 @@ thread only when it brings a fold nearer (``folding.py``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.core.errors import StoreWriteError
@@ -40,6 +41,17 @@ class CommitsMixin(_Base):
         run_id = row[0]
         if update is None or run_id in s.new_runs:
             s.new_runs[run_id] = row
+        else:
+            s.run_updates[run_id] = update
+        return self._staged()
+
+    def stage_run_update(self, update: Row, row_of: Callable[[], Row]) -> int:
+        """Stage a change of a run: ``update`` has ``RUN_UPDATE_COLUMNS``; ``row_of()``
+        gives every column, asked for only if the run is new in the open batch."""
+        s = self._open
+        run_id = update[0]
+        if run_id in s.new_runs:
+            s.new_runs[run_id] = row_of()
         else:
             s.run_updates[run_id] = update
         return self._staged()
