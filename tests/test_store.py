@@ -971,6 +971,46 @@ def test_the_journal_is_folded_while_commits_never_pause(
         store.close()
 
 
+def _folded_seq(store: Store) -> int | None:
+    row = store._conn.execute("SELECT max(folded_seq) FROM journal_state").fetchone()
+    return row[0] if row else None
+
+
+def test_the_journal_is_folded_once_its_frames_hold_fold_max_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Few rows but big ones (outputs): the bytes waiting bound what the journal (and the
+    memory behind it) holds, as the rows do."""
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_IDLE_S", 600.0)  # never idle long enough
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_MAX_AGE_S", 600.0)
+    monkeypatch.setattr("nbtasks.store.folding.FOLD_MAX_BYTES", 1 << 20)
+    commits = _Commits()
+    store = Store(str(tmp_path / "big.duckdb"), commits)
+    try:
+        at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        for i in range(3):  # 3 x 200 KB: under the bound
+            _commit_big(store, commits, f"run_{i}", at)
+        time.sleep(0.2)
+        assert _folded_seq(store) is None
+        for i in range(3, 6):  # 1.2 MB
+            _commit_big(store, commits, f"run_{i}", at)
+        deadline = time.monotonic() + TIMEOUT
+        while _folded_seq(store) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _folded_seq(store) is not None, "the journal was not folded at FOLD_MAX_BYTES"
+        assert store._conn.execute("SELECT count(*) FROM runs").fetchone() == (6,)
+    finally:
+        store.close()
+
+
+def _commit_big(store: Store, commits: _Commits, run_id: str, at: datetime) -> None:
+    output = bytes(range(256)) * 800  # 200 KB
+    ticket = store.stage_run(_run_row(run_id, "COMPLETED", at, output=output))
+    store.hurry(ticket)
+    commits.wait_past(ticket)
+    assert commits.done[ticket] is None
+
+
 def _commit_run(store: Store, commits: _Commits, run_id: str) -> None:
     ticket = store.stage_run(_run_row(run_id, "QUEUED", datetime(2026, 1, 1, tzinfo=timezone.utc)))
     store.hurry(ticket)

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nbtasks.core.errors import StoreWriteError
-from nbtasks.store.folding import FOLD_MAX_ROWS, FOLD_RETRY_S
+from nbtasks.store import folding
+from nbtasks.store.folding import FOLD_RETRY_S
 from nbtasks.store.journal import Batch, codec
 
 if TYPE_CHECKING:
@@ -201,11 +202,15 @@ class CommitsMixin(_Base):
             self._pending.append(batch)
             self._pending_runs.absorb_runs(batch)
             self._pending_rows += batch.size()
+            self._pending_bytes += len(data)
             self._last_commit = time.monotonic()
             first = self._pending_since is None
             if first:
                 self._pending_since = self._last_commit
-            full = self._pending_rows >= FOLD_MAX_ROWS
+            full = (
+                self._pending_rows >= folding.FOLD_MAX_ROWS
+                or self._pending_bytes >= folding.FOLD_MAX_BYTES
+            )
         if first or full:  # else a fold is already due no later than it was
             with self._wake:
                 self._wake.notify()

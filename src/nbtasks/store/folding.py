@@ -3,8 +3,9 @@
 A mixin of ``Store``. The store thread is the only one that writes to DuckDB. It folds the
 journal's committed batches into the tables, merged, in one transaction with the number of
 the last frame folded (``journal_state``): when commits pause for ``FOLD_IDLE_S``, when
-``FOLD_MAX_ROWS`` rows wait, when the oldest is ``FOLD_MAX_AGE_S`` old, and before any read
-(``fold``). A fold that fails leaves the batches in the journal, durable, for the next one.
+``FOLD_MAX_ROWS`` rows (or ``FOLD_MAX_BYTES``) wait, when the oldest is ``FOLD_MAX_AGE_S``
+old, and before any read (``fold``). A fold that fails leaves the batches in the journal,
+durable, for the next one.
 The thread also runs the jobs other threads hand it (``_on_store_thread``): folds for
 reads, and the only other writes to the tables, ``write`` and ``put_payloads``.
 """
@@ -33,7 +34,12 @@ else:
 
 T = TypeVar("T")
 FOLD_IDLE_S = 0.1  # the journal is folded once no commit came for this long
-FOLD_MAX_ROWS = 20_000  # or once it holds this many rows
+# Or once it holds this many rows, or bytes of frames: a fold of 20,000 rows takes about
+# 0.1 s of the store thread, much of it holding the GIL; fewer, bigger folds leave a burst
+# of a few thousand runs undisturbed, and write more runs only once (created and finished
+# between two folds).
+FOLD_MAX_ROWS = 50_000
+FOLD_MAX_BYTES = 32 << 20
 FOLD_MAX_AGE_S = 2.0  # or once its oldest batch is this old
 FOLD_RETRY_S = 1.0  # after a fold failed (the batches stay in the journal), try again after
 
@@ -58,7 +64,7 @@ class FoldingMixin(_Base):
             if self._pending:
                 since = self._pending_since or now
                 fold_at = min(self._last_commit + FOLD_IDLE_S, since + FOLD_MAX_AGE_S)
-                if self._pending_rows >= FOLD_MAX_ROWS:
+                if self._pending_rows >= FOLD_MAX_ROWS or self._pending_bytes >= FOLD_MAX_BYTES:
                     fold_at = now
                 fold_at = max(fold_at, self._fold_retry_at)
                 if fold_at <= now:
@@ -159,7 +165,9 @@ class FoldingMixin(_Base):
             if not self._pending:
                 return
             batches, rows, since = self._pending, self._pending_rows, self._pending_since
+            size = self._pending_bytes
             self._pending, self._pending_rows, self._pending_since = [], 0, None
+            self._pending_bytes = 0
             self._folding_runs, self._pending_runs = self._pending_runs, Batch()
             last_seq = self._seq - 1
             if self._spare_clear:
@@ -174,6 +182,7 @@ class FoldingMixin(_Base):
             with self._lock:  # still durable in the journal files: fold them next time
                 self._pending[:0] = batches
                 self._pending_rows += rows
+                self._pending_bytes += size
                 if since is not None:
                     self._pending_since = min(since, self._pending_since or since)
                 merged = Batch()  # a new object: listings may be reading the old ones

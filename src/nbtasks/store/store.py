@@ -117,6 +117,7 @@ class StoreBase:
         self._recent: list[Row] = []
         self._recent_all = True
         self._pending_rows = 0
+        self._pending_bytes = 0  # their frames' size
         self._pending_since: float | None = None  # when its oldest batch committed
         self._last_commit = time.monotonic()
         self._seq = 0  # the next journal frame's number
