@@ -317,6 +317,12 @@ def test_the_local_executor_refuses_resources_naming_them(nb: Any) -> None:
         on_gpu.trigger(0)
     with pytest.raises(ValueError, match=r"resources=\{'GPU': 2.0\}.*local executor"):
         where.trigger(None, resources={"GPU": 2})
+    # A blocking wait outside a notebook waits for the final states alone: a refused
+    # submit still ends it, with why.
+    with pytest.raises(ValueError, match=r"resources=\{'GPU': 1\.0\}.*local executor"):
+        on_gpu.trigger_and_wait(0)
+    with pytest.raises(ValueError, match=r"resources=\{'GPU': 3.0\}.*local executor"):
+        where.batch_trigger_and_wait([None, None], resources={"GPU": 3})
     assert list(nbtasks.runs.list()) == []
     with pytest.raises(ValueError, match=r"resources=\{'GPU': -1\} is not valid"):
         where.trigger(None, resources={"GPU": -1})
