@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from nbtasks.engine.engine import Engine
 
 S = RunStatus
-AHEAD_BUDGET_S = 0.002  # the work a busy worker is sent ahead, in seconds of recent attempts
-AHEAD_MAX = 16  # and at most this many runs
+AHEAD_BUDGET_S = 0.005  # the work a busy worker is sent ahead, in seconds of recent attempts
+AHEAD_MAX = 48  # and at most this many runs
 ROOM_EVERY_S = 1.0  # how often runs that wait for a kind of worker no machine has look again
 MAX_SPAWN_FAILURES = 3  # workers in a row dying before ready: the queued runs fail
 
