@@ -79,7 +79,7 @@ class RemoteEngine:
         self._ids = itertools.count(1)
         self._pending: dict[int, cf.Future[Any]] = {}
         self._finals: dict[int, cf.Future[Any]] = {}
-        self._settled: dict[int, list[Any]] = {}  # a batch's final snapshots, as they come
+        self._settled: dict[int, list[Any]] = {}  # a wait's final snapshots, as they come
         self._callbacks: dict[int, Callable[..., None]] = {}
         self._listening: dict[tuple[str, Any], int] = {}  # (run id, listener) -> number
         self._pushes: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
@@ -96,8 +96,7 @@ class RemoteEngine:
             specs, final = args
             token = next(self._ids)
             self._finals[token] = final
-            if len(specs) > 1:  # a batch: the server sends its snapshots as runs end
-                self._settled[token] = [None] * len(specs)
+            self._settled[token] = [None] * len(specs)  # sent as the runs end
             args = (specs, token)
         elif op in ("subscribe", "watch"):
             target, listener = args
@@ -174,6 +173,8 @@ class RemoteEngine:
             final = self._finals.pop(token, None)
             settled = self._settled.pop(token, None)
             if settled is not None and ok:
+                for index, snapshot in finals.snapshots(value):
+                    settled[index] = snapshot
                 value = settled
             if final is not None and not final.done():
                 final.set_result(value) if ok else final.set_exception(value)

@@ -1,7 +1,8 @@
-"""A batch's final snapshots, streamed to the client whose blocking wait awaits them.
+"""The final snapshots a blocking wait awaits, streamed to its client.
 
-The server pushes them as the batch's runs end (``settled``: those that became durable
-in one step of its loop, in one message), then ``final`` once all have: the client makes
+The server pushes them as the wait's runs end (``settled``: those that became durable
+in one step of its loop, in one message), then ``final`` once all have (with those of
+the last step: all of a single run's wait is one message): the client makes
 its snapshots while the rest run, rather than all at the end, and the engine's loop spends
 no time on them but their plain values (``RunState.wire()``), encoded as MessagePack in
 one go (msgspec: times stay times, at a fraction of pickle's cost for a datetime).
@@ -23,7 +24,7 @@ _decode: Callable[[bytes], Any] | None = None
 
 
 class Finals:
-    """(Server side, on the engine's loop.) The final runs of one batch wait, to push."""
+    """(Server side, on the engine's loop.) The final runs of one blocking wait, to push."""
 
     def __init__(self, push: Callable[..., None], later: Callable[[Callable[[], None]], Any],
                  token: int) -> None:  # fmt: skip
@@ -43,10 +44,11 @@ class Finals:
             self.push("settled", self.token, pack(ready))
 
     def end(self, final: cf.Future[Any]) -> None:
-        """Every run went out: say so (or why the wait failed)."""
-        self.flush()
+        """Every run is final: send what is left in ``final`` (plain pickled values: a
+        single run's wait needs no msgspec on the client), or why the wait failed."""
+        ready, self.ready = self.ready, []
         error = final.exception()
-        self.push("final", self.token, error is None, error)
+        self.push("final", self.token, error is None, error or ready)
 
 
 def pack(ready: list[tuple[int, tuple[Any, ...]]]) -> bytes:
@@ -65,4 +67,9 @@ def unpack(data: bytes) -> list[tuple[int, Run]]:
         import msgspec  # about 20 ms, once, on the client's reading thread
 
         _decode = msgspec.msgpack.Decoder().decode
-    return [(index, run_from_wire(values)) for index, values in _decode(data)]
+    return snapshots(_decode(data))
+
+
+def snapshots(ready: list[Any]) -> list[tuple[int, Run]]:
+    """``(index, RunState.wire() values)`` pairs as ``(index, snapshot)``."""
+    return [(index, run_from_wire(values)) for index, values in ready]

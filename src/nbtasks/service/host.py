@@ -180,17 +180,10 @@ class Server:
                 self.latest[spec.task.task_id] = spec.task
         final: cf.Future[Any] | None = None
         stream: Finals | None = None
-        if token is not None:
+        if token is not None:  # a blocking wait: its final runs go out as they end
             final = cf.Future()
-            if len(specs) > 1:  # a batch: its final snapshots go out as runs end
-                stream = Finals(session.push, self.engine.loop.call_soon, token)
-                final.add_done_callback(stream.end)
-            else:
-                final.add_done_callback(
-                    lambda f: session.push(
-                        "final", token, f.exception() is None, f.exception() or f.result()
-                    )
-                )
+            stream = Finals(session.push, self.engine.loop.call_soon, token)
+            final.add_done_callback(stream.end)
         self.engine.submit(fut, specs, final, stream.add if stream is not None else None)
         for task_id in {s.task_id for s in specs if s.task is None} & self.latest.keys():
             self.engine.deploy(cf.Future(), self.latest[task_id])  # a client defined it
