@@ -854,6 +854,30 @@ def test_rows_nobody_hurries_commit_on_their_own(tmp_path: Path) -> None:
         store.close()
 
 
+def test_rows_nobody_hurries_commit_while_sealing_goes_on_and_once_it_paused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While batches keep being sealed the committer looks on its own every DEFER_MAX_S
+    (a deferred batch does not wake it); once sealing paused for SEALING_S it sleeps until
+    woken, and the next deferred batch wakes it."""
+    monkeypatch.setattr("nbtasks.store.commits.SEALING_S", 0.2)
+    commits = _Commits()
+    store = Store(str(tmp_path / "deferred.duckdb"), commits)
+    try:
+        at = datetime.now(timezone.utc)
+        for i in range(5):  # sealing goes on: deferred, the committer not woken for them
+            ticket = store.stage_run(_run_row(f"run_{i}", "QUEUED", at))
+            commits.wait_past(ticket)
+        time.sleep(0.5)  # sealing paused: the committer now sleeps until woken
+        with store._cv:
+            assert store._committer_wakes == float("inf")
+        ticket = store.stage_run(_run_row("run_late", "QUEUED", at))
+        commits.wait_past(ticket)
+        assert len(store.query("SELECT id FROM runs")) == 6
+    finally:
+        store.close()
+
+
 def test_a_store_from_a_newer_nbtasks_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     path = tmp_path / "newer.duckdb"
     Store(str(path), lambda ticket, error: None).close()

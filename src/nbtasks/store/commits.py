@@ -30,6 +30,7 @@ else:
 
 Row = tuple[Any, ...]
 DEFER_MAX_S = 0.02  # staged rows commit within this, or at once when someone waits on them
+SEALING_S = 1.0  # the committer looks every DEFER_MAX_S until sealing paused this long
 
 
 class CommitsMixin(_Base):
@@ -97,13 +98,15 @@ class CommitsMixin(_Base):
                 return
             self._sealed.append((self._open_ticket, batch))
             self._open_ticket += 1
+            self._last_seal = now = time.monotonic()
             if urgent and self._inflight is None:  # the committer waits on _cv, held here
                 staged, ticket = self._take_locked()
             else:
-                commit_by = time.monotonic() + (0.0 if urgent else DEFER_MAX_S)
+                commit_by = now + (0.0 if urgent else DEFER_MAX_S)
                 if self._commit_by is None or commit_by < self._commit_by:
                     self._commit_by = commit_by
-                    self._cv.notify()
+                    if commit_by < self._committer_wakes:  # else it wakes in time anyway
+                        self._cv.notify()
                 return
         self._commit_and_report(staged, ticket)
 
@@ -167,21 +170,37 @@ class CommitsMixin(_Base):
                 self._commit_by = (
                     retry_at if self._commit_by is None else min(self._commit_by, retry_at)
                 )
-            self._cv.notify()  # the committer may have waited for this commit to end
+                self._cv.notify()
+            elif self._committer_waits:  # for this commit to end
+                self._cv.notify()
         self._on_commit(ticket, error)
 
     def _next_commit(self) -> bool:
-        """(Lock held.) Wait until sealed batches are due: True, or False to stop."""
+        """(Lock held.) Wait until sealed batches are due: True, or False to stop.
+
+        While batches are being sealed, it looks every DEFER_MAX_S even with none due,
+        so that a deferred batch needs no wake-up of its own (a thread switch, and the
+        GIL, on every trigger-and-wait); once sealing pauses, it sleeps until told."""
         while True:
             if self._inflight is not None:  # the staging thread commits a hurried batch
+                self._committer_waits = True
                 self._cv.wait()
+                self._committer_waits = False
                 continue
             if self._closing and not self._sealed:
                 return False
             now = time.monotonic()
             if self._commit_by is not None and (self._closing or self._commit_by <= now):
                 return True
-            self._cv.wait(None if self._commit_by is None else self._commit_by - now)
+            if self._commit_by is not None:
+                timeout: float | None = self._commit_by - now
+            elif now - self._last_seal < SEALING_S:
+                timeout = DEFER_MAX_S
+            else:
+                timeout = None
+            self._committer_wakes = float("inf") if timeout is None else now + timeout
+            self._cv.wait(timeout)
+            self._committer_wakes = float("inf")
 
     def _commit_loop(self) -> None:
         """The committer thread: appends sealed batches to the journal when they are due."""
