@@ -211,9 +211,13 @@ def parse_memory(option: str, value: object) -> int | None:
         match = _MEMORY.fullmatch(text[1:].lstrip() if negative else text)
         if match is None or match.group(2).lower() not in _MEMORY_UNITS:
             raise ValueError(invalid)
-        from decimal import Decimal  # exact, and imported only when a size is written
+        number, unit = match.group(1), _MEMORY_UNITS[match.group(2).lower()]
+        if number.isdigit():  # "64MiB": no need of decimal (about 1.5 ms to import)
+            size = int(number) * unit
+        else:
+            from decimal import Decimal  # exact
 
-        size = int(Decimal(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()])
+            size = int(Decimal(number) * unit)
         if negative:
             size = -size
     else:

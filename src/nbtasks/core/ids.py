@@ -3,16 +3,16 @@ rule for a task id."""
 
 from __future__ import annotations
 
-import random
 import re
 import threading
 import time
+from typing import Any
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
-_random = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy
+_getrandbits: Any = None  # a random.Random's, seeded from os.urandom, made at the first id
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # two base-36 digits per index
 _ms_text = ("", -1)  # the millisecond part of the last id, and its millisecond
 
@@ -48,7 +48,12 @@ def new_id(prefix: str) -> str:
     if text_ms != ms:
         text = _base36(ms, 9)
         _ms_text = (text, ms)
-    rand = _random.getrandbits(31)  # below 36**6: three pairs of digits
+    global _getrandbits
+    if _getrandbits is None:  # ids need uniqueness, not secrecy; an attaching client none
+        import random
+
+        _getrandbits = random.Random().getrandbits
+    rand = _getrandbits(31)  # below 36**6: three pairs of digits
     c1, c2 = divmod(counter, 1296)
     r12, r3 = divmod(rand, 1296)
     r1, r2 = divmod(r12, 1296)
