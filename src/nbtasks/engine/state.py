@@ -226,9 +226,9 @@ class RunState:
         )  # fmt: skip
 
     def wire(self) -> tuple[Any, ...]:
-        """What ``snapshot()`` holds, as plain data (attempts as rows): what a batch's
-        final snapshots travel to its client as, in bulk (``service/finals.py``), for
-        ``run_from_wire`` to make the snapshot of. Its order is that function's."""
+        """What ``snapshot()`` holds, as plain data (attempts as rows): how the final
+        runs of a blocking wait travel to its client (``service/finals.py``), for
+        ``run_from_wire`` to make the snapshots of. Its order is that function's."""
         return (
             self.id, self.task_id, self.version, self.status._value_, self.queue,
             self.payload_preview, self.output_preview, self.error, self.created_at,

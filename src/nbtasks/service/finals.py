@@ -1,11 +1,11 @@
 """The final snapshots a blocking wait awaits, streamed to its client.
 
-The server pushes them as the wait's runs end (``settled``: those that became durable
-in one step of its loop, in one message), then ``final`` once all have (with those of
-the last step: all of a single run's wait is one message): the client makes
-its snapshots while the rest run, rather than all at the end, and the engine's loop spends
-no time on them but their plain values (``RunState.wire()``), encoded as MessagePack in
-one go (msgspec: times stay times, at a fraction of pickle's cost for a datetime).
+The server pushes them as the wait's runs end (``settled``: those that became durable in
+one step of its loop, in one message), then ``final`` once all have, with those of the
+last step (so all of a single run's wait is one message). The client makes the snapshots
+while the rest run, rather than all at the end, and the engine's loop spends no time on
+them but their plain values (``RunState.wire()``), encoded as MessagePack in one go
+(msgspec: times stay times, at a fraction of pickle's cost for a datetime).
 """
 
 from __future__ import annotations
