@@ -868,9 +868,13 @@ def test_rows_nobody_hurries_commit_while_sealing_goes_on_and_once_it_paused(
         for i in range(5):  # sealing goes on: deferred, the committer not woken for them
             ticket = store.stage_run(_run_row(f"run_{i}", "QUEUED", at))
             commits.wait_past(ticket)
-        time.sleep(0.5)  # sealing paused: the committer now sleeps until woken
-        with store._cv:
-            assert store._committer_wakes == float("inf")
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # sealing paused: the committer comes to sleep until woken
+            with store._cv:
+                if store._committer_wakes == float("inf"):
+                    break
+            assert time.monotonic() < deadline, "the committer never slept until woken"
+            time.sleep(0.01)
         ticket = store.stage_run(_run_row("run_late", "QUEUED", at))
         commits.wait_past(ticket)
         assert len(store.query("SELECT id FROM runs")) == 6

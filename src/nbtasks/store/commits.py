@@ -200,7 +200,7 @@ class CommitsMixin(_Base):
                 timeout = None
             self._committer_wakes = float("inf") if timeout is None else now + timeout
             self._cv.wait(timeout)
-            self._committer_wakes = float("inf")
+            self._committer_wakes = -float("inf")
 
     def _commit_loop(self) -> None:
         """The committer thread: appends sealed batches to the journal when they are due."""

@@ -101,9 +101,10 @@ class StoreBase:
         self._sealed: list[tuple[int, Batch]] = []
         self._commit_by: float | None = None  # when the sealed batches must be committed
         self._inflight: int | None = None  # the last ticket being committed now
-        # When the committer wakes next if not notified (inf: when notified), whether it
-        # waits for the staging thread's commit to end, and when a batch was last sealed.
-        self._committer_wakes = float("inf")
+        # When the committer wakes next if not notified (inf: only when notified; -inf:
+        # it is awake, and looks before it waits again), whether it waits for the staging
+        # thread's commit to end, and when a batch was last sealed.
+        self._committer_wakes = -float("inf")
         self._committer_waits = False
         self._last_seal = 0.0
         # The store thread sleeps on a condition of its own: a commit wakes it only when
