@@ -30,6 +30,7 @@ RECONNECT_AFTER_S = 0.2  # after a server crash, before starting a new one
 _settings: dict[str, Any] = {"store": None, "workers": None, "executor": None,
                              "max_payload": None}  # fmt: skip
 _engine: Any = None  # this process's connection to its store's server
+_disconnects = 0  # how many times shutdown() ran: a connect begun before one is dropped
 
 
 def _workers_from(name: str, value: object) -> int:
@@ -234,6 +235,7 @@ def prelaunch() -> None:
     from nbtasks.store.files import make_store_folder
 
     found: Any = None
+    disconnects = _disconnects
     try:
         config = server_config(True)
         make_store_folder(os.path.dirname(config.store))  # before place_of: as connect does
@@ -248,15 +250,18 @@ def prelaunch() -> None:
             return  # again here would leave a server starting behind a failed trigger)
         if sock is not None:
             sock.close()  # the connection is made anew, with its hello
-            _connect_quietly()
+            _connect_quietly(unless_disconnected_since=disconnects)
 
     threading.Thread(target=reach, name="nbtasks-connect", daemon=True).start()
 
 
-def _connect_quietly(spawn: bool = True) -> None:
+def _connect_quietly(spawn: bool = True, unless_disconnected_since: int | None = None) -> None:
+    """Connect ahead of a caller that will need it (its own connect raises what fails).
+    Not if this process disconnected meanwhile (``shutdown``, ``configure``): that
+    connection would keep the server up with no one using it."""
     try:
-        get_engine(spawn)
-    except Exception:  # the caller's own connect raises it
+        get_engine(spawn, unless_disconnected_since)
+    except Exception:
         pass
 
 
@@ -276,7 +281,7 @@ def in_background() -> Iterator[None]:
         _background.on = before
 
 
-def get_engine(spawn: bool = False) -> Any:
+def get_engine(spawn: bool = False, unless_disconnected_since: int | None = None) -> Any:
     global _engine
     engine = _engine
     if engine is not None and not engine.closed:
@@ -284,6 +289,8 @@ def get_engine(spawn: bool = False) -> Any:
     with _lock:
         if _engine is not None and not _engine.closed:
             return _engine
+        if unless_disconnected_since is not None and unless_disconnected_since != _disconnects:
+            raise NbtasksError("this process disconnected from the server meanwhile")
         if _context.IN_WORKER:
             raise NbtasksError(
                 "in a worker process, runs can be triggered and read only by task code "
@@ -411,9 +418,10 @@ def shutdown(stop_server: bool = False) -> None:
     """Disconnect this process from its store's server; the server and its runs go on.
     With ``stop_server``, stop the server first (its executing runs end INTERRUPTED)
     and wait until it is gone."""
-    global _engine
+    global _engine, _disconnects
     with _lock:
         engine, _engine = _engine, None
+        _disconnects += 1
     if engine is None:
         return
     if stop_server and not engine.closed:
