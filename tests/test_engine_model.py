@@ -937,6 +937,31 @@ def test_out_of_memory_reported_before_started() -> None:
         assert len(h.fake.by_run[r2]) == 1
 
 
+def test_a_run_created_with_a_worker_idle_is_handed_over_before_any_commit() -> None:
+    """A trigger finding a worker idle hands its run over in the same step, before the
+    commit of its creation (which holds its start too): no commit can hold the run without
+    its start. One created earlier waits for its claim's commit."""
+    with harness(1) as h:
+        handed: dict[str, bool] = {}
+        check = h.fake.on_start
+
+        def on_start(spec: AttemptSpec) -> None:
+            check(spec)
+            handed[spec.run_id] = h.engine.store.created_in_open_batch(spec.run_id)
+
+        h.fake.on_start = on_start
+        (r0,) = h.trigger(h.spec())  # no worker yet: it waits, committed, for one
+        (w1,) = h.fake.fleet
+        h.ready_worker(w1)
+        h.take_up(w1)
+        h.finish(w1)
+        h.deliver(w1)  # Finished(r0): the worker is idle
+        (r1,) = h.trigger(h.spec())
+        assert handed == {r0: False, r1: True}
+        h.engine.close()
+        assert reopened_statuses(h.engine.store_path)[r1] == "INTERRUPTED"
+
+
 def test_a_run_sent_ahead_never_runs_again_on_the_next_engine() -> None:
     """A run handed ahead to a busy worker may begin without the engine hearing it before
     it stops: the next engine ends it INTERRUPTED, with its attempt, rather than start it
