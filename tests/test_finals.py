@@ -87,6 +87,16 @@ def test_a_final_run_crosses_the_wire_as_its_snapshot() -> None:
     for (_, got), want in zip(back, (run.snapshot(), completed.snapshot()), strict=True):
         assert _every_field(got) == _every_field(want)
     got = back[0][1]
+    same = {f.name for f in dataclasses.fields(got)} & {f.name for f in dataclasses.fields(run)}
+    assert len(same) > 20
+    for name in same - {"error"}:  # each value is the live run's (the error is parsed)
+        want_value = getattr(run, name)
+        assert getattr(got, name) == (tuple(want_value) if name == "tags" else want_value), name
+    assert (got.ttl, got._history) == (30.5, tuple(run.history))
+    assert got._payload_bytes == run.payload and [a.id for a in got.attempts] == [
+        "attempt_1",
+        "attempt_2",
+    ]
     assert got.delay_until == datetime(2026, 12, 2, 10, 59, 59)
     assert got.attempts[0].error is not None and got.attempts[0].error.exc_bytes == b"\x80x"
     assert got.attempts[0].displays == ({"text/plain": "1", "text/html": "<b>1</b>"},)

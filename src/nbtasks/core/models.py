@@ -361,8 +361,9 @@ def _when(value: Any) -> Any:
 
 
 def run_from_wire(values: Sequence[Any]) -> Run:
-    """The snapshot a final run's ``RunState.wire()`` values describe (in that order),
-    after a trip through MessagePack (tuples come back as lists)."""
+    """The snapshot a run's ``RunState.wire()`` values describe (in that order), as they
+    are or after a trip through MessagePack (tuples come back as lists). Nothing of the
+    values is shared with the snapshot but immutable ones (and ``resources``)."""
     (id_, task_id, version, status, queue, payload_preview, output_preview, error, created_at,
      updated_at, queued_at, started_at, finished_at, delay_until, ttl_s, expired_at,
      idempotency_key, tags, metadata, max_attempts, attempt_count, parent_id, root_id, depth,
@@ -372,7 +373,7 @@ def run_from_wire(values: Sequence[Any]) -> Run:
         id_, task_id, version, RunStatus(status), queue, payload_preview, output_preview,
         error_from_json(error, id_), _when(created_at), _when(updated_at), _when(queued_at),
         _when(started_at), _when(finished_at), _when(delay_until), ttl_s, _when(expired_at),
-        idempotency_key, tuple(tags), metadata, max_attempts, attempt_count, parent_id,
+        idempotency_key, tuple(tags), dict(metadata), max_attempts, attempt_count, parent_id,
         root_id, depth, batch_id, replayed_from, resources, origin,
         _payload_bytes=payload,
         _output_bytes=output,

@@ -11,7 +11,7 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
-from nbtasks.core.models import Attempt, Run, error_from_json
+from nbtasks.core.models import Attempt, Run, run_from_wire
 from nbtasks.core.options import Retry
 from nbtasks.core.status import AttemptStatus, RunStatus
 
@@ -228,7 +228,8 @@ class RunState:
     def wire(self) -> tuple[Any, ...]:
         """What ``snapshot()`` holds, as plain data (attempts as rows): how the final
         runs of a blocking wait travel to its client (``service/finals.py``), for
-        ``run_from_wire`` to make the snapshots of. Its order is that function's."""
+        ``run_from_wire`` to make the snapshots of (``snapshot`` is that, here). Its order
+        is that function's."""
         return (
             self.id, self.task_id, self.version, self.status._value_, self.queue,
             self.payload_preview, self.output_preview, self.error, self.created_at,
@@ -241,40 +242,7 @@ class RunState:
         )  # fmt: skip
 
     def snapshot(self) -> Run:
-        return Run(
-            id=self.id,
-            task_id=self.task_id,
-            version=self.version,
-            status=self.status,
-            queue=self.queue,
-            payload_preview=self.payload_preview,
-            output_preview=self.output_preview,
-            error=error_from_json(self.error, self.id),
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-            queued_at=self.queued_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            delay_until=self.delay_until,
-            ttl=self.ttl_s,
-            expired_at=self.expired_at,
-            idempotency_key=self.idempotency_key,
-            tags=tuple(self.tags),
-            metadata=dict(self.metadata),
-            max_attempts=self.max_attempts,
-            attempt_count=self.attempt_count,
-            parent_id=self.parent_id,
-            root_id=self.root_id,
-            depth=self.depth,
-            batch_id=self.batch_id,
-            replayed_from=self.replayed_from,
-            resources=self.resources,
-            origin=self.origin,
-            _payload_bytes=self.payload,
-            _output_bytes=self.output,
-            _attempts=tuple(a.snapshot() for a in self.attempts),
-            _history=tuple(self.history),
-        )
+        return run_from_wire(self.wire())
 
 
 def error_json(status: RunStatus | AttemptStatus | str, type_: str, message: str,

@@ -39,12 +39,9 @@ class CommitsMixin(_Base):
     def stage_run(self, row: Row, update: Row | None = None) -> int:
         """Stage a run: ``row`` has every column; ``update`` only ``RUN_UPDATE_COLUMNS``
         and is None for a new run."""
-        s = self._open
-        run_id = row[0]
-        if update is None or run_id in s.new_runs:
-            s.new_runs[run_id] = row
-        else:
-            s.run_updates[run_id] = update
+        if update is not None:
+            return self.stage_run_update(update, lambda: row)
+        self._open.new_runs[row[0]] = row
         return self._staged()
 
     def stage_run_update(self, update: Row, row_of: Callable[[], Row]) -> int:
